@@ -1,0 +1,177 @@
+"""The job spec: the public contract shared by `POST /v1/jobs` and `python -m core.run`.
+
+One pydantic model validates both, so a spec that the CLI accepts is a spec the
+service accepts (minus server paths, which the API refuses on its own).
+Methods are presets: a preset is only a dict of loss weights, and explicit
+`loss` fields override it, so `oracle + e2kd + at` is just a spec that sets
+three terms.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from core.models import ARCHITECTURES
+
+Explainer = Literal["gradcam", "input_gradient", "input_x_gradient"]
+Distance = Literal["cosine", "mse"]
+Method = Literal["scratch", "kd", "e2kd", "xai-mse", "oracle", "xdistill", "at", "fitnet"]
+
+
+class _Strict(BaseModel):
+    """Unknown keys are an error: a typo in a spec must not silently train the wrong thing."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class DatasetSpec(_Strict):
+    """Where the data comes from: exactly one of `name`, `id`, `path`."""
+
+    name: str | None = Field(None, description="Registered dataset name: 'digits' is built in.")
+    id: str | None = Field(None, description="Id of a dataset uploaded through POST /v1/datasets.")
+    path: str | None = Field(None, description="CLI only: an ImageFolder tree or a .npz file.")
+    image_size: int = Field(32, ge=8, le=512, description="Images are resized to this square side.")
+    shots_per_class: int | None = Field(
+        None, ge=1, description="Keep this many seeded training images per class (limited-data regime)."
+    )
+    test_fraction: float = Field(
+        0.2, gt=0.0, lt=1.0, description="Seeded held-out share when the source has no test split."
+    )
+    augment: bool = Field(False, description="Random crop + flip; disables the teacher-map cache.")
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> DatasetSpec:
+        given = [key for key in ("name", "id", "path") if getattr(self, key)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of 'name', 'id' or 'path'")
+        return self
+
+
+def _check_arch(arch: str) -> str:
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture '{arch}'; known: {', '.join(sorted(ARCHITECTURES))}")
+    return arch
+
+
+class TeacherSpec(_Strict):
+    arch: str = Field("resnet20", description="Teacher architecture name (see core.models).")
+    weights: str | None = Field(
+        None, description="Uploaded model id (API) or safetensors path (CLI); null trains the teacher first."
+    )
+    epochs: int = Field(15, ge=0, le=1000, description="Epochs to train the teacher when weights is null.")
+
+    _arch = field_validator("arch")(classmethod(lambda cls, v: _check_arch(v)))
+
+
+class StudentSpec(_Strict):
+    arch: str = Field("resnet8", description="Student architecture name (see core.models).")
+
+    _arch = field_validator("arch")(classmethod(lambda cls, v: _check_arch(v)))
+
+
+class ExplanationSpec(_Strict):
+    """Explanation alignment L_exp(E_S(x), E_T(x)), target class = teacher top-1."""
+
+    weight: float = Field(0.0, ge=0.0, description="Coefficient of the explanation term.")
+    explainer: Explainer = "gradcam"
+    distance: Distance = Field("cosine", description="'cosine' (e2KD) or 'mse' on min-max normalised maps.")
+    every: int = Field(1, ge=1, description="Apply the term every N-th step (guided-step interval).")
+    target: Literal["teacher", "autoencoder"] = Field(
+        "teacher", description="'autoencoder' = XDistillation: an autoencoder predicts the teacher's maps."
+    )
+
+
+class XDistillSpec(_Strict):
+    """The XDistillation explainer autoencoder, fitted before distillation."""
+
+    epochs: int = Field(5, ge=1, le=200)
+    lr: float = Field(1e-3, gt=0.0)
+
+
+class LossSpec(_Strict):
+    """Loss terms; every field left out keeps the preset's value."""
+
+    ce: float = Field(1.0, ge=0.0, description="Cross-entropy with the labels.")
+    kd: float = Field(0.0, ge=0.0, description="Hinton KD, T^2 * KL(teacher || student).")
+    temperature: float = Field(4.0, gt=0.0)
+    explanation: ExplanationSpec = Field(default_factory=ExplanationSpec)
+    oracle_gamma: float | None = Field(
+        None, ge=0.0, description="Teacher sees x* = x - gamma*|x|*grad_x CE(T(x), y); null = off."
+    )
+    at: float = Field(0.0, ge=0.0, description="Attention transfer (Zagoruyko & Komodakis) at the last stage.")
+    fitnet: float = Field(0.0, ge=0.0, description="FitNet hint (MSE through a 1x1 regressor) at the last stage.")
+    xdistill: XDistillSpec = Field(default_factory=XDistillSpec)
+
+
+# A preset is only a dict of loss settings, merged under the spec's explicit `loss` fields.
+PRESETS: dict[str, dict[str, Any]] = {
+    "scratch": {"ce": 1.0},
+    "kd": {"ce": 1.0, "kd": 1.0},
+    "e2kd": {"ce": 1.0, "kd": 1.0, "explanation": {"weight": 1.0, "explainer": "gradcam", "distance": "cosine"}},
+    "xai-mse": {"ce": 1.0, "kd": 1.0, "explanation": {"weight": 1.0, "explainer": "gradcam", "distance": "mse"}},
+    "oracle": {"ce": 1.0, "kd": 1.0, "oracle_gamma": 1.0},
+    "xdistill": {
+        "ce": 1.0,
+        "kd": 1.0,
+        "explanation": {"weight": 1.0, "explainer": "gradcam", "distance": "cosine", "target": "autoencoder"},
+    },
+    "at": {"ce": 1.0, "at": 1000.0},
+    "fitnet": {"ce": 1.0, "fitnet": 1.0},
+}
+
+
+class TrainingSpec(_Strict):
+    epochs: int = Field(15, ge=1, le=1000)
+    batch_size: int = Field(64, ge=1, le=4096)
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(0.05, gt=0.0, le=10.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    weight_decay: float = Field(5e-4, ge=0.0)
+    scheduler: Literal["cosine", "none"] = "cosine"
+    seed: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' picks CUDA when present.")
+
+
+class ReportSpec(_Strict):
+    heatmaps: int = Field(16, ge=0, le=256, description="Test images rendered as input|teacher|student PNGs.")
+    latency_runs: int = Field(20, ge=1, le=1000, description="Batch-1 CPU forward passes timed for latency.")
+
+
+class JobSpec(_Strict):
+    name: str = Field("job", min_length=1, max_length=200)
+    dataset: DatasetSpec
+    teacher: TeacherSpec = Field(default_factory=TeacherSpec)
+    student: StudentSpec = Field(default_factory=StudentSpec)
+    method: Method | None = Field("kd", description="Preset; null means `loss` alone defines the terms.")
+    loss: LossSpec = Field(default_factory=LossSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    report: ReportSpec = Field(default_factory=ReportSpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, data: Any) -> Any:
+        """Merge the preset's loss under the explicit `loss` fields (explicit wins, key by key)."""
+        if not isinstance(data, dict):
+            return data
+        method = data.get("method", "kd")
+        if method is None or method not in PRESETS:
+            return data  # unknown method: the Literal check reports it on `method`
+        explicit = data.get("loss") or {}
+        if not isinstance(explicit, dict):
+            return data
+        merged: dict[str, Any] = {**PRESETS[method]}
+        for key, value in explicit.items():
+            if isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = {**merged[key], **value}
+            else:
+                merged[key] = value
+        return {**data, "loss": merged}
+
+    @model_validator(mode="after")
+    def _teacher_available(self) -> JobSpec:
+        # Every run has a teacher, even `scratch`: it is the yardstick for agreement and explanation cosine.
+        if self.teacher.weights is None and self.teacher.epochs == 0:
+            raise ValueError("teacher.epochs must be >= 1 when teacher.weights is null")
+        return self

@@ -1,0 +1,81 @@
+"""One Settings class, read by the API, the worker and the CLI alike.
+
+Every field is an environment variable (prefix-free names as in DESIGN.md and
+the README); defaults are the embedded, no-server setup under ./var.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", populate_by_name=True)
+
+    distill_home: Path = Field(Path("./var"), alias="DISTILL_HOME", description="Data folder (DB, broker, artifacts).")
+    database_url: str | None = Field(None, alias="DATABASE_URL", description="Default: SQLite file in DISTILL_HOME.")
+    broker_url: str | None = Field(None, alias="BROKER_URL", description="Default: filesystem transport in DISTILL_HOME.")
+    api_keys: str = Field("", alias="DISTILL_API_KEYS", description="Comma-separated bearer keys; empty = no auth.")
+    max_upload_mb: int = Field(512, alias="DISTILL_MAX_UPLOAD_MB", ge=1)
+    named_datasets: str = Field(
+        "", alias="DISTILL_DATASETS", description="Extra named datasets: 'name=/path/to/tree,other=/x.npz'."
+    )
+    heartbeat_s: float = Field(5.0, alias="DISTILL_HEARTBEAT_S", gt=0)
+    stale_after_s: float = Field(30.0, alias="DISTILL_STALE_AFTER_S", gt=0)
+    max_attempts: int = Field(3, alias="DISTILL_MAX_ATTEMPTS", ge=1)
+    progress_interval_s: float = Field(1.0, alias="DISTILL_PROGRESS_INTERVAL_S", ge=0)
+    torch_threads: int = Field(0, alias="DISTILL_TORCH_THREADS", ge=0, description="0 = torch default.")
+    log_level: str = Field("INFO", alias="DISTILL_LOG_LEVEL")
+
+    @field_validator("distill_home")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.distill_home / 'distill.db'}"
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_folder(self) -> Path:
+        """Where the filesystem transport keeps its messages (used only when BROKER_URL is unset)."""
+        return self.distill_home / "broker"
+
+    @property
+    def jobs_dir(self) -> Path:
+        return self.distill_home / "jobs"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.distill_home / "models"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.distill_home / "datasets"
+
+    @property
+    def api_key_set(self) -> frozenset[str]:
+        return frozenset(key.strip() for key in self.api_keys.split(",") if key.strip())
+
+    @property
+    def dataset_roots(self) -> dict[str, Path]:
+        """Operator-registered dataset names -> paths (DISTILL_DATASETS)."""
+        roots: dict[str, Path] = {}
+        for item in self.named_datasets.split(","):
+            if "=" in item:
+                name, path = item.split("=", 1)
+                roots[name.strip()] = Path(path.strip()).expanduser()
+        return roots
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
