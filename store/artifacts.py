@@ -1,10 +1,89 @@
-"""Artifact storage on the local (or shared) filesystem under DISTILL_HOME (CONTRACT; filled in by store).
+"""Artifact storage on the local (or shared) filesystem under DISTILL_HOME.
+
+A job writes into its own folder (the engine's --out folder); the worker then
+records what it finds there, and the API serves files only through recorded
+rows, re-checking that each resolves inside DISTILL_HOME, so neither a client
+name nor a tampered row can reach another file on the server.
 
 - `job_dir(settings, job_id) -> Path`: DISTILL_HOME/jobs/<job_id>/ (the engine's --out folder).
 - `record_job_outputs(session, settings, job_id) -> list[Artifact]`: walks the job folder for
-  student.safetensors, teacher.safetensors, metrics.json, heatmaps/*.png and records each through
-  repository.add_artifact (checkpoints are not artifacts).
+  student.safetensors, teacher.safetensors, metrics.json, report.md, heatmaps/*.png and records each
+  through repository.add_artifact (checkpoints are not artifacts).
 - `artifact_path(settings, artifact) -> Path`: the absolute file, refusing anything that resolves
   outside DISTILL_HOME.
 - `content_type_for(name) -> str`.
 """
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path, PurePosixPath
+
+from sqlalchemy.orm import Session
+
+from store import repository
+from store.models import Artifact
+from store.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# What a job publishes, in the order clients see it; anything else in the folder (checkpoints) stays private.
+ARTIFACT_PATTERNS = ("student.safetensors", "teacher.safetensors", "metrics.json", "report.md", "heatmaps/*.png")
+
+CONTENT_TYPES = {
+    ".safetensors": "application/octet-stream",
+    ".json": "application/json",
+    ".png": "image/png",
+    ".md": "text/markdown",
+}
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+
+
+class UnsafeArtifactPath(ValueError):
+    """A recorded path points outside DISTILL_HOME (serve nothing; answer 404)."""
+
+
+def job_dir(settings: Settings, job_id: str) -> Path:
+    """The job's folder (not created here: reading a job must not make folders)."""
+    if not _SAFE_ID.match(job_id):
+        raise ValueError(f"not a job id: {job_id!r}")
+    return settings.jobs_dir / job_id
+
+
+def content_type_for(name: str) -> str:
+    return CONTENT_TYPES.get(PurePosixPath(name).suffix.lower(), "application/octet-stream")
+
+
+def record_job_outputs(session: Session, settings: Settings, job_id: str) -> list[Artifact]:
+    """Record every published file of the job's folder; re-recording (a resumed attempt) replaces rows."""
+    folder = job_dir(settings, job_id)
+    home = settings.distill_home.resolve()
+    recorded: list[Artifact] = []
+    for pattern in ARTIFACT_PATTERNS:
+        for path in sorted(folder.glob(pattern)):
+            if not path.is_file():
+                continue
+            resolved = path.resolve()
+            if not resolved.is_relative_to(home):  # a symlink planted in the job folder
+                logger.warning("job %s: skipping %s, it resolves outside DISTILL_HOME", job_id, path)
+                continue
+            name = path.relative_to(folder).as_posix()
+            relpath = resolved.relative_to(home).as_posix()
+            recorded.append(
+                repository.add_artifact(
+                    session, job_id, name, relpath, content_type_for(name), resolved.stat().st_size
+                )
+            )
+    logger.info("job %s: recorded %d artifacts", job_id, len(recorded))
+    return recorded
+
+
+def artifact_path(settings: Settings, artifact: Artifact) -> Path:
+    """The absolute file of a recorded artifact; UnsafeArtifactPath if it resolves outside DISTILL_HOME."""
+    home = settings.distill_home.resolve()
+    path = (home / artifact.relpath).resolve()
+    if not path.is_relative_to(home) or path == home:
+        raise UnsafeArtifactPath(f"artifact {artifact.name!r} of job {artifact.job_id} is outside DISTILL_HOME")
+    return path

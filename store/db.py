@@ -1,7 +1,123 @@
-"""Engine and session factory (CONTRACT; filled in by the store implementation).
+"""Engine, sessions and schema migrations: the one place that knows how to reach the database.
 
-- `make_engine(url)`: SQLite gets WAL, busy_timeout and foreign keys on connect;
-  PostgreSQL (postgresql+psycopg://) gets a pool with pre_ping.
-- `session_factory(engine)`: sessionmaker(expire_on_commit=False).
-- `upgrade_database(url)`: alembic upgrade head (embedded mode runs it on start).
+SQLite (the embedded default) is tuned for several processes sharing one file:
+WAL so readers never block the writer, a 30 s busy timeout so writers queue
+instead of failing, and foreign keys on (SQLite leaves them off by default).
+PostgreSQL (production) gets pre-ping so a restarted server costs one retry,
+not a 500. Migrations run through Alembic programmatically, so they work from
+any working directory and from an installed package.
 """
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
+
+from store.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+SQLITE_BUSY_TIMEOUT_S = 30
+
+
+def _is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The database file of a SQLite URL, or None for an in-memory database."""
+    database = make_url(url).database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_S * 1000}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")  # safe with WAL: a power cut loses at most the last commits
+    finally:
+        cursor.close()
+
+
+def make_engine(url: str, **kwargs: Any) -> Engine:
+    """An engine configured for the backend named in `url` (extra kwargs go to create_engine)."""
+    if _is_sqlite(url):
+        path = _sqlite_file(url)
+        connect_args = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S}
+        if path is None:
+            # One shared connection, or every connection would see its own empty in-memory database.
+            kwargs.setdefault("poolclass", StaticPool)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args=connect_args, **kwargs)
+        event.listen(engine, "connect", _on_sqlite_connect)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_engine(url, **kwargs)
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Objects stay readable after commit, so repository functions can return them to callers."""
+    return sessionmaker(bind=engine, expire_on_commit=False)
+
+
+def alembic_config(url: str) -> Config:
+    """Alembic configuration built in code: no ini file, no dependence on the working directory."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("version_locations", str(MIGRATIONS_DIR / "versions"))
+    # ConfigParser interpolates '%': escape it, or a password containing '%' breaks the URL.
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def upgrade_database(url: str, revision: str = "head") -> None:
+    """Bring the schema to `revision` (head by default); a no-op on an up-to-date database."""
+    logger.info("migrating database %s to %s", make_url(url).render_as_string(hide_password=True), revision)
+    command.upgrade(alembic_config(url), revision)
+
+
+def downgrade_database(url: str, revision: str) -> None:
+    """Step the schema back to `revision` ('base' removes every table)."""
+    logger.info("downgrading database %s to %s", make_url(url).render_as_string(hide_password=True), revision)
+    command.downgrade(alembic_config(url), revision)
+
+
+class Database:
+    """One engine and its session factory, shared by everything in a process (API, worker, CLI)."""
+
+    def __init__(self, url: str, **engine_kwargs: Any) -> None:
+        self.url = url
+        self.engine = make_engine(url, **engine_kwargs)
+        self.sessions = session_factory(self.engine)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Database:
+        return cls(settings.db_url)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session closed on exit; repository functions commit themselves, anything left is rolled back."""
+        with self.sessions() as session:
+            yield session
+
+    def upgrade(self) -> None:
+        upgrade_database(self.url)
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -4,20 +4,33 @@ Every status change goes through `_transition`, which checks the edge against
 ALLOWED_TRANSITIONS and applies it as a conditional UPDATE (WHERE status = from),
 so two processes racing for the same job cannot both win.
 
-CONTRACT (filled in by the store implementation; api/ and worker/ code against it):
+CONTRACT (api/ and worker/ code against it):
 all functions take a SQLAlchemy `Session` first and commit themselves unless
 noted, returning detached-safe ORM objects (expire_on_commit=False sessions).
+A function that fails rolls the session back before raising, so the session
+stays usable.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
 
-from store.models import Artifact, DatasetRecord, Job, JobStatus, ModelRecord
+from store.models import TERMINAL_STATUSES, Artifact, DatasetRecord, Job, JobStatus, ModelRecord, utcnow
+
+logger = logging.getLogger(__name__)
 
 ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.queued: frozenset({JobStatus.running, JobStatus.cancelled, JobStatus.failed}),
@@ -31,6 +44,9 @@ ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
     JobStatus.cancelled: frozenset(),
 }
 
+CLAIM_STAGE = "preparing_data"
+_ACTIVE = (JobStatus.running.value, JobStatus.cancelling.value)
+
 
 class IllegalTransition(Exception):
     """The job is not in a state that allows the requested change (API answers 409)."""
@@ -38,6 +54,15 @@ class IllegalTransition(Exception):
     def __init__(self, job_id: str, current: str, wanted: str) -> None:
         super().__init__(f"job {job_id} is {current}; cannot become {wanted}")
         self.job_id, self.current, self.wanted = job_id, current, wanted
+
+
+class LeaseLost(IllegalTransition):
+    """The worker no longer owns the job (it was re-queued or claimed by another worker): stop, write nothing."""
+
+    def __init__(self, job_id: str, current: str, wanted: str, worker_id: str) -> None:
+        super().__init__(job_id, current, wanted)
+        self.args = (f"job {job_id} is no longer owned by worker {worker_id} (now {current}); cannot become {wanted}",)
+        self.worker_id = worker_id
 
 
 class IdempotencyConflict(Exception):
@@ -56,88 +81,471 @@ class JobError:
     where: str | None = None
 
 
+def new_job_id() -> str:
+    return "job_" + secrets.token_hex(8)
+
+
+def new_model_id() -> str:
+    """Public so an upload can name its file before the row exists."""
+    return "mdl_" + secrets.token_hex(8)
+
+
+def new_dataset_id() -> str:
+    """Public so an upload can unpack into its folder before the row exists."""
+    return "ds_" + secrets.token_hex(8)
+
+
+def spec_sha256(spec: dict[str, Any]) -> str:
+    """Key order and whitespace do not change the digest: equal specs are equal bodies."""
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The state machine
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _transition(
+    session: Session,
+    job_id: str,
+    source: JobStatus,
+    target: JobStatus,
+    *,
+    owner: str | None = None,
+    where: Iterable[ColumnElement[bool]] = (),
+    **values: Any,
+) -> bool:
+    """Move one job from `source` to `target` if, and only if, it is still in `source`.
+
+    Raises IllegalTransition when the edge is not in ALLOWED_TRANSITIONS. Returns False when
+    the row no longer matches (another process changed it first, or worker `owner` no longer owns
+    it); the caller decides what a lost race means. `values` are the other columns to set. Does
+    not commit.
+    """
+    if target not in ALLOWED_TRANSITIONS[source]:
+        raise IllegalTransition(job_id, source.value, target.value)
+    statement = update(Job).where(Job.id == job_id, Job.status == source.value, *where)
+    if owner is not None:
+        statement = statement.where(Job.worker_id == owner)
+    statement = statement.values(status=target.value, version=Job.version + 1, updated_at=utcnow(), **values)
+    result = session.execute(statement.execution_options(synchronize_session=False))
+    won = result.rowcount == 1
+    if won:
+        logger.info("job %s: %s -> %s", job_id, source.value, target.value)
+    return won
+
+
+def _load_job(session: Session, job_id: str) -> Job:
+    """A fresh read: populate_existing discards what the identity map remembers from before an UPDATE."""
+    statement = (
+        select(Job)
+        .where(Job.id == job_id)
+        .options(selectinload(Job.artifacts))
+        .execution_options(populate_existing=True)
+    )
+    job = session.scalars(statement).one_or_none()
+    if job is None:
+        raise NotFound(f"job {job_id} not found")
+    return job
+
+
+def _commit_and_load(session: Session, job_id: str) -> Job:
+    session.commit()
+    job = _load_job(session, job_id)
+    session.commit()  # end the read transaction; the returned object stays readable
+    return job
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Jobs
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _find_by_key(session: Session, idempotency_key: str) -> Job | None:
+    statement = (
+        select(Job)
+        .where(Job.idempotency_key == idempotency_key)
+        .options(selectinload(Job.artifacts))
+        .execution_options(populate_existing=True)
+    )
+    return session.scalars(statement).one_or_none()
+
+
+def _replay(existing: Job, digest: str, idempotency_key: str) -> tuple[Job, bool]:
+    if existing.spec_sha256 != digest:
+        raise IdempotencyConflict(
+            f"Idempotency-Key {idempotency_key!r} was already used for job {existing.id} with a different body"
+        )
+    return existing, False
+
+
 def create_job(session: Session, spec: dict[str, Any], name: str, idempotency_key: str | None = None) -> tuple[Job, bool]:
     """Insert a queued job; returns (job, created). Same key + same spec -> (existing, False);
-    same key + other spec -> IdempotencyConflict. The caller enqueues only after this returns."""
-    raise NotImplementedError
+    same key + other spec -> IdempotencyConflict. The caller enqueues only after this returns.
+
+    Two concurrent requests with one key cannot both insert: the unique constraint rejects the
+    second, which then answers with the first one's job."""
+    digest = spec_sha256(spec)
+    if idempotency_key is not None:
+        existing = _find_by_key(session, idempotency_key)
+        session.commit()
+        if existing is not None:
+            return _replay(existing, digest, idempotency_key)
+    now = utcnow()
+    job = Job(
+        id=new_job_id(),
+        name=name,
+        status=JobStatus.queued.value,
+        spec=spec,
+        spec_sha256=digest,
+        idempotency_key=idempotency_key,
+        attempts=0,
+        version=0,
+        created_at=now,
+        updated_at=now,
+        artifacts=[],
+    )
+    session.add(job)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        if idempotency_key is None:
+            raise
+        existing = _find_by_key(session, idempotency_key)
+        session.commit()
+        if existing is None:  # the clash was not on the key: a real error
+            raise
+        return _replay(existing, digest, idempotency_key)
+    logger.info("job %s: created (%s)", job.id, name)
+    return job, True
 
 
 def get_job(session: Session, job_id: str) -> Job:
     """The job with its artifacts loaded; NotFound if absent."""
-    raise NotImplementedError
+    try:
+        return _load_job(session, job_id)
+    finally:
+        session.commit()
+
+
+def _encode_cursor(job: Job) -> str:
+    raw = f"{job.created_at.astimezone(timezone.utc).isoformat()}|{job.id}"
+    return base64.urlsafe_b64encode(raw.encode("utf-8")).decode("ascii").rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("utf-8")
+        created_text, job_id = raw.split("|", 1)
+        created_at = datetime.fromisoformat(created_text)
+    except (binascii.Error, UnicodeDecodeError, ValueError) as error:
+        raise ValueError("malformed cursor") from error
+    if created_at.tzinfo is None or not job_id:
+        raise ValueError("malformed cursor")
+    return created_at, job_id
 
 
 def list_jobs(session: Session, status: JobStatus | None, limit: int, cursor: str | None) -> tuple[list[Job], str | None]:
     """Newest first (created_at desc, id desc); returns (page, next_cursor or None). The cursor is
-    opaque (base64 of created_at + id); a malformed cursor raises ValueError."""
-    raise NotImplementedError
+    opaque (base64 of created_at + id); a malformed cursor raises ValueError, as does limit < 1.
+
+    Keyset, not offset: jobs created while a client pages never shift the pages it has not read."""
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    statement = select(Job).options(selectinload(Job.artifacts)).execution_options(populate_existing=True)
+    if status is not None:
+        statement = statement.where(Job.status == JobStatus(status).value)
+    if cursor is not None:
+        created_at, job_id = _decode_cursor(cursor)
+        statement = statement.where(
+            or_(Job.created_at < created_at, and_(Job.created_at == created_at, Job.id < job_id))
+        )
+    statement = statement.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    rows = list(session.scalars(statement))
+    session.commit()
+    page = rows[:limit]
+    next_cursor = _encode_cursor(page[-1]) if len(rows) > limit else None
+    return page, next_cursor
 
 
 def claim_job(session: Session, job_id: str, worker_id: str, max_attempts: int) -> Job | None:
     """queued -> running (stage 'preparing_data'), attempts += 1, heartbeat now, started_at set once.
-    Returns None when the job is not queued (duplicate delivery, cancelled) - the caller does nothing."""
-    raise NotImplementedError
+    Returns None when the job is not queued (duplicate delivery, cancelled, unknown id) - the caller
+    does nothing. A job that would exceed max_attempts becomes failed ('too_many_attempts') instead,
+    and None is returned."""
+    job = session.scalars(
+        select(Job).where(Job.id == job_id).execution_options(populate_existing=True)
+    ).one_or_none()
+    session.commit()
+    if job is None:
+        logger.warning("job %s: not found; nothing to claim", job_id)
+        return None
+    if job.status != JobStatus.queued.value:
+        logger.info("job %s: is %s, not queued; claim by %s ignored", job_id, job.status, worker_id)
+        return None
+    now = utcnow()
+    if job.attempts + 1 > max_attempts:
+        failed = _transition(
+            session, job_id, JobStatus.queued, JobStatus.failed,
+            where=(Job.attempts == job.attempts,),
+            stage=None, finished_at=now, error_code="too_many_attempts",
+            error_message=f"the job was started {job.attempts} times without finishing (limit {max_attempts})",
+            error_field=None, error_where="claim",
+        )  # fmt: skip
+        session.commit()
+        if failed:
+            logger.warning("job %s: failed after %d attempts", job_id, job.attempts)
+        return None
+    claimed = _transition(
+        session, job_id, JobStatus.queued, JobStatus.running,
+        where=(Job.attempts == job.attempts,),
+        worker_id=worker_id, attempts=Job.attempts + 1, heartbeat_at=now, stage=CLAIM_STAGE,
+        started_at=func.coalesce(Job.started_at, now),
+    )  # fmt: skip
+    if not claimed:
+        session.rollback()
+        logger.info("job %s: claim by %s lost the race", job_id, worker_id)
+        return None
+    return _commit_and_load(session, job_id)
 
 
 def heartbeat(session: Session, job_id: str, worker_id: str, stage: str | None = None,
               progress: dict[str, Any] | None = None) -> JobStatus:
     """Refresh heartbeat_at (and stage/progress when given) if this worker owns the job;
-    returns the current status so the worker sees 'cancelling'."""
-    raise NotImplementedError
+    returns the current status so the worker sees 'cancelling'.
+
+    Writes only while the job is running/cancelling. NotFound for an unknown id; LeaseLost when
+    the job was re-queued or belongs to another worker (the caller must stop and write nothing)."""
+    values: dict[str, Any] = {"heartbeat_at": utcnow()}
+    if stage is not None or progress is not None:
+        # Stage and progress are what clients watch; the bare heartbeat is not news to them.
+        values.update(version=Job.version + 1, updated_at=values["heartbeat_at"])
+        if stage is not None:
+            values["stage"] = stage
+        if progress is not None:
+            values["progress"] = progress
+    session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.worker_id == worker_id, Job.status.in_(_ACTIVE))
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    session.commit()
+    row = session.execute(select(Job.status, Job.worker_id).where(Job.id == job_id)).one_or_none()
+    session.commit()
+    if row is None:
+        raise NotFound(f"job {job_id} not found")
+    if row.worker_id != worker_id:
+        raise LeaseLost(job_id, row.status, row.status, worker_id)
+    return JobStatus(row.status)
 
 
 def finish_job(session: Session, job_id: str, worker_id: str, status: JobStatus,
                metrics: dict[str, Any] | None = None, error: JobError | None = None) -> Job:
-    """running/cancelling -> succeeded | failed | cancelled, finished_at set, stage cleared."""
-    raise NotImplementedError
+    """running/cancelling -> succeeded | failed | cancelled, finished_at set, stage cleared.
+
+    IllegalTransition when the job is in another state; LeaseLost when another worker owns it."""
+    target = JobStatus(status)
+    if target not in TERMINAL_STATUSES:
+        raise ValueError(f"finish_job needs a terminal status, not {target.value}")
+    job = _load_job(session, job_id)
+    session.commit()
+    current = JobStatus(job.status)
+    if job.worker_id != worker_id:
+        raise LeaseLost(job_id, current.value, target.value, worker_id)
+    values: dict[str, Any] = {"finished_at": utcnow(), "stage": None}
+    if metrics is not None:
+        values["metrics"] = metrics
+    if error is not None:
+        values.update(
+            error_code=error.code, error_message=error.message, error_field=error.field, error_where=error.where
+        )
+    try:
+        finished = _transition(session, job_id, current, target, owner=worker_id, **values)
+    except IllegalTransition:
+        session.rollback()
+        raise
+    if not finished:  # changed between the read and the update (a cancel request, a requeue)
+        session.rollback()
+        fresh = _load_job(session, job_id)
+        session.commit()
+        if fresh.worker_id == worker_id and fresh.status in _ACTIVE:
+            return finish_job(session, job_id, worker_id, target, metrics, error)
+        raise IllegalTransition(job_id, fresh.status, target.value)
+    return _commit_and_load(session, job_id)
 
 
 def request_cancel(session: Session, job_id: str) -> Job:
     """queued -> cancelled at once; running -> cancelling (worker stops between steps);
     cancelling -> unchanged; terminal -> IllegalTransition."""
-    raise NotImplementedError
+    for _ in range(5):  # each retry means the job moved under us (e.g. claimed); re-read and decide again
+        job = _load_job(session, job_id)
+        session.commit()
+        current = JobStatus(job.status)
+        if current == JobStatus.cancelling:
+            return job
+        if current == JobStatus.queued:
+            done = _transition(session, job_id, current, JobStatus.cancelled, finished_at=utcnow(), stage=None)
+        elif current == JobStatus.running:
+            done = _transition(session, job_id, current, JobStatus.cancelling)
+        else:
+            raise IllegalTransition(job_id, current.value, JobStatus.cancelled.value)
+        if done:
+            return _commit_and_load(session, job_id)
+        session.rollback()
+    raise IllegalTransition(job_id, job.status, JobStatus.cancelled.value)
 
 
 def requeue_stale_jobs(session: Session, stale_before: datetime, max_attempts: int) -> list[str]:
     """Jobs running/cancelling with heartbeat older than stale_before: cancelling -> cancelled;
     running with attempts < max_attempts -> queued (returned, to be enqueued again after commit);
-    otherwise -> failed with code 'worker_lost'."""
-    raise NotImplementedError
+    otherwise -> failed with code 'worker_lost'.
+
+    A worker that heartbeats between the read and the update keeps its job: the update is
+    conditional on the heartbeat still being stale."""
+    is_stale = or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_before)
+    rows = session.execute(
+        select(Job.id, Job.status, Job.attempts).where(Job.status.in_(_ACTIVE), is_stale).order_by(Job.created_at)
+    ).all()
+    session.commit()
+    requeued: list[str] = []
+    now = utcnow()
+    for job_id, status, attempts in rows:
+        still_stale = (or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < stale_before), Job.attempts == attempts)
+        if status == JobStatus.cancelling.value:
+            _transition(session, job_id, JobStatus.cancelling, JobStatus.cancelled,
+                        where=still_stale, finished_at=now, stage=None)  # fmt: skip
+        elif attempts < max_attempts:
+            if _transition(session, job_id, JobStatus.running, JobStatus.queued,
+                           where=still_stale, worker_id=None, stage=None, heartbeat_at=None):  # fmt: skip
+                requeued.append(job_id)
+        else:
+            _transition(
+                session, job_id, JobStatus.running, JobStatus.failed, where=still_stale,
+                finished_at=now, stage=None, error_code="worker_lost",
+                error_message=f"the worker stopped sending heartbeats; gave up after {attempts} attempts",
+                error_field=None, error_where="heartbeat",
+            )  # fmt: skip
+    session.commit()
+    return requeued
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Artifacts
+# ---------------------------------------------------------------------------------------------------------------
 
 
 def add_artifact(session: Session, job_id: str, name: str, relpath: str, content_type: str, size_bytes: int) -> Artifact:
-    """Record (or replace, on a resumed attempt) one artifact of a job."""
-    raise NotImplementedError
+    """Record (or replace, on a resumed attempt) one artifact of a job. NotFound for an unknown job."""
+    if session.scalar(select(Job.id).where(Job.id == job_id)) is None:
+        session.commit()
+        raise NotFound(f"job {job_id} not found")
+    values = {"relpath": relpath, "content_type": content_type, "size_bytes": size_bytes, "created_at": utcnow()}
+    for _ in range(2):  # a concurrent insert of the same name turns the second try into a replace
+        artifact = session.scalars(
+            select(Artifact)
+            .where(Artifact.job_id == job_id, Artifact.name == name)
+            .execution_options(populate_existing=True)
+        ).one_or_none()
+        if artifact is None:
+            artifact = Artifact(job_id=job_id, name=name, **values)
+            session.add(artifact)
+        else:
+            for key, value in values.items():
+                setattr(artifact, key, value)
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(version=Job.version + 1, updated_at=values["created_at"])
+            .execution_options(synchronize_session=False)
+        )
+        try:
+            session.commit()
+        except IntegrityError:
+            session.rollback()
+            continue
+        return artifact
+    raise RuntimeError(f"job {job_id}: could not record artifact {name!r}")
 
 
 def get_artifact(session: Session, job_id: str, name: str) -> Artifact:
     """NotFound when the job has no artifact of that exact name."""
-    raise NotImplementedError
+    artifact = session.scalars(
+        select(Artifact).where(Artifact.job_id == job_id, Artifact.name == name)
+    ).one_or_none()
+    session.commit()
+    if artifact is None:
+        raise NotFound(f"job {job_id} has no artifact {name!r}")
+    return artifact
 
 
 def count_jobs_by_status(session: Session) -> dict[str, int]:
-    raise NotImplementedError
+    """Every status, zeros included, so a gauge never keeps a stale value for a status that emptied."""
+    counts = {status.value: 0 for status in JobStatus}
+    for status, count in session.execute(select(Job.status, func.count()).group_by(Job.status)):
+        counts[status] = count
+    session.commit()
+    return counts
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Uploaded models and datasets
+# ---------------------------------------------------------------------------------------------------------------
 
 
 def create_model(session: Session, record: ModelRecord) -> ModelRecord:
-    raise NotImplementedError
+    """Insert; an id ('mdl_...') and created_at are filled in when missing."""
+    record.id = record.id or new_model_id()
+    record.created_at = record.created_at or utcnow()
+    session.add(record)
+    session.commit()
+    logger.info("model %s: recorded (%s, %s)", record.id, record.name, record.arch)
+    return record
 
 
 def get_model(session: Session, model_id: str) -> ModelRecord:
-    raise NotImplementedError
+    record = session.get(ModelRecord, model_id)
+    session.commit()
+    if record is None:
+        raise NotFound(f"model {model_id} not found")
+    return record
 
 
 def list_models(session: Session, limit: int = 100) -> list[ModelRecord]:
-    raise NotImplementedError
+    """Newest first."""
+    records = list(
+        session.scalars(select(ModelRecord).order_by(ModelRecord.created_at.desc(), ModelRecord.id.desc()).limit(limit))
+    )
+    session.commit()
+    return records
 
 
 def create_dataset(session: Session, record: DatasetRecord) -> DatasetRecord:
-    raise NotImplementedError
+    """Insert; an id ('ds_...') and created_at are filled in when missing."""
+    record.id = record.id or new_dataset_id()
+    record.created_at = record.created_at or utcnow()
+    session.add(record)
+    session.commit()
+    logger.info("dataset %s: recorded (%s, %s)", record.id, record.name, record.kind)
+    return record
 
 
 def get_dataset(session: Session, dataset_id: str) -> DatasetRecord:
-    raise NotImplementedError
+    record = session.get(DatasetRecord, dataset_id)
+    session.commit()
+    if record is None:
+        raise NotFound(f"dataset {dataset_id} not found")
+    return record
 
 
 def list_datasets(session: Session, limit: int = 100) -> list[DatasetRecord]:
-    raise NotImplementedError
+    """Newest first."""
+    records = list(
+        session.scalars(
+            select(DatasetRecord).order_by(DatasetRecord.created_at.desc(), DatasetRecord.id.desc()).limit(limit)
+        )
+    )
+    session.commit()
+    return records

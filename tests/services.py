@@ -1,0 +1,219 @@
+"""Real PostgreSQL and Redis servers for the test session, on free loopback ports.
+
+Each is a context manager that starts a throwaway server in a temp folder and
+removes it afterwards. A missing binary raises ServiceUnavailable with the
+package to install: tests that need a server fail loudly rather than skip.
+PostgreSQL refuses to run as root, so under root every server command runs as
+the `postgres` system user, in a folder that user owns.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 60
+
+
+class ServiceUnavailable(RuntimeError):
+    """A server the tests need cannot be started (binary missing, failed start)."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# PostgreSQL
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def find_postgres_bin() -> Path:
+    """The folder holding initdb and pg_ctl: on PATH, else the newest /usr/lib/postgresql/*/bin."""
+    on_path = shutil.which("initdb")
+    if on_path and shutil.which("pg_ctl"):
+        return Path(on_path).resolve().parent
+    candidates = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda path: int(Path(path).parts[-3].split(".")[0])
+    )
+    if candidates:
+        return Path(candidates[-1]).parent
+    raise ServiceUnavailable(
+        "PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or under /usr/lib/postgresql/*/bin; "
+        "install them (e.g. apt-get install -y postgresql)"
+    )
+
+
+@dataclass
+class PostgresServer:
+    """A running cluster; superuser `postgres`, trust authentication on 127.0.0.1 only."""
+
+    port: int
+    base_dir: Path
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _connect(self):  # type: ignore[no-untyped-def]
+        import psycopg
+
+        return psycopg.connect(
+            host="127.0.0.1", port=self.port, user="postgres", dbname="postgres", autocommit=True
+        )
+
+    def create_database(self, template: str | None = None, prefix: str = "test") -> str:
+        """A new empty database (or a copy of `template`); returns its name."""
+        name = f"{prefix}_{uuid.uuid4().hex[:16]}"
+        sql = f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else "")
+        with self._connect() as connection:
+            connection.execute(sql)
+        return name
+
+    def drop_database(self, name: str) -> None:
+        with self._connect() as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _as_server_user(command: Sequence[str]) -> list[str]:
+    """Run as `postgres` when we are root (the server refuses root); unchanged otherwise."""
+    if os.geteuid() != 0:
+        return list(command)
+    if shutil.which("runuser"):
+        return ["runuser", "-u", "postgres", "--", *command]
+    import shlex
+
+    return ["su", "postgres", "-s", "/bin/sh", "-c", shlex.join(command)]
+
+
+def _run(command: Sequence[str], cwd: Path) -> None:
+    result = subprocess.run(
+        _as_server_user(command), cwd=cwd, capture_output=True, text=True, timeout=START_TIMEOUT_S, check=False
+    )
+    if result.returncode != 0:
+        raise ServiceUnavailable(
+            f"{' '.join(command)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
+
+
+@contextmanager
+def postgres_server() -> Iterator[PostgresServer]:
+    bin_dir = find_postgres_bin()
+    base_dir = Path(tempfile.mkdtemp(prefix="distill-pg-"))
+    if os.geteuid() == 0:
+        try:
+            account = pwd.getpwnam("postgres")
+        except KeyError as error:
+            shutil.rmtree(base_dir, ignore_errors=True)
+            raise ServiceUnavailable("running as root needs the 'postgres' system user to start PostgreSQL") from error
+        os.chown(base_dir, account.pw_uid, account.pw_gid)
+    data_dir, log_file = base_dir / "data", base_dir / "server.log"
+    started = False
+    try:
+        _run([str(bin_dir / "initdb"), "-D", str(data_dir), "-U", "postgres", "-A", "trust",
+              "-E", "UTF8", "--no-locale", "--no-sync"], cwd=base_dir)  # fmt: skip
+        for _ in range(3):  # the free port may be taken between probing and binding: try another
+            port = free_port()
+            options = (
+                f"-p {port} -k {base_dir} -c listen_addresses=127.0.0.1 -c fsync=off "
+                "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+            )
+            try:
+                _run([str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-l", str(log_file), "-o", options,
+                      "-w", "-t", str(START_TIMEOUT_S), "start"], cwd=base_dir)  # fmt: skip
+            except ServiceUnavailable:
+                logger.warning("postgres did not start on port %d; retrying", port)
+                continue
+            started = True
+            break
+        if not started:
+            log = log_file.read_text(errors="replace") if log_file.exists() else ""
+            raise ServiceUnavailable(f"PostgreSQL did not start; server log:\n{log}")
+        logger.info("postgres test server on 127.0.0.1:%d", port)
+        yield PostgresServer(port=port, base_dir=base_dir)
+    finally:
+        if started:
+            subprocess.run(
+                _as_server_user([str(bin_dir / "pg_ctl"), "-D", str(data_dir), "-m", "immediate", "-w", "stop"]),
+                cwd=base_dir, capture_output=True, timeout=START_TIMEOUT_S, check=False,
+            )  # fmt: skip
+        shutil.rmtree(base_dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Redis
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class RedisServer:
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+def _redis_ping(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@contextmanager
+def redis_server() -> Iterator[RedisServer]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ServiceUnavailable("redis-server not found on PATH; install it (e.g. apt-get install -y redis-server)")
+    work_dir = Path(tempfile.mkdtemp(prefix="distill-redis-"))
+    try:
+        for _ in range(3):
+            port = free_port()
+            log = open(work_dir / "server.log", "ab")  # noqa: SIM115 - closed after the process ends
+            process = subprocess.Popen(
+                [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--dir", str(work_dir), "--daemonize", "no"],
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while process.poll() is None and time.monotonic() < deadline and not _redis_ping(port):
+                time.sleep(0.05)
+            if process.poll() is None and _redis_ping(port):
+                break
+            process.kill()
+            process.wait()
+            log.close()
+        else:
+            text = (work_dir / "server.log").read_text(errors="replace")
+            raise ServiceUnavailable(f"redis-server did not start; log:\n{text}")
+        logger.info("redis test server on 127.0.0.1:%d", port)
+        try:
+            yield RedisServer(port=port)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            log.close()
+    finally:
+        shutil.rmtree(work_dir, ignore_errors=True)
