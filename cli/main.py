@@ -1,0 +1,155 @@
+"""`distill`: the one console script, and the composition root (it alone may import every layer).
+
+    distill run SPEC.json --out DIR     one job in this process (same as python -m core.run)
+    distill serve [--host] [--port] [--workers N]
+                                        migrations + N workers + the API: the one command a newcomer runs
+    distill api [--host] [--port]       the API alone (production)
+    distill worker [--concurrency N]    N worker processes alone (production)
+    distill migrate                     alembic upgrade head
+
+Settings come from the environment (store.settings); see the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from types import FrameType
+
+from store.settings import Settings, get_settings
+
+log = logging.getLogger("distill")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distill", description="Explanation-guided knowledge distillation service.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run one job spec in this process and write its artifacts to --out")
+    run.add_argument("spec", help="job spec JSON file")
+    run.add_argument("--out", required=True, help="output folder (a re-run resumes from its checkpoints)")
+
+    serve = commands.add_parser("serve", help="migrate, start workers and serve the API (embedded defaults)")
+    _add_bind(serve)
+    serve.add_argument("--workers", type=_positive, default=1, help="worker processes, one job each (default 1)")
+
+    api = commands.add_parser("api", help="serve the HTTP API only")
+    _add_bind(api)
+
+    worker = commands.add_parser("worker", help="run worker processes only")
+    worker.add_argument("--concurrency", type=_positive, default=1, help="worker processes, one job each (default 1)")
+
+    commands.add_parser("migrate", help="upgrade the database schema to the latest revision")
+    return parser
+
+
+def _add_bind(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default=DEFAULT_HOST, help=f"address to listen on (default {DEFAULT_HOST})")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT})")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "run":
+        from core.run import main as run_main
+
+        return run_main([args.spec, "--out", args.out])
+
+    from api.auth import InsecureBindError
+    from worker.logsetup import configure_logging
+
+    settings = get_settings()
+    configure_logging(settings.log_level)
+    handlers = {"serve": _serve, "api": _api, "worker": _worker, "migrate": _migrate}
+    try:
+        return handlers[args.command](args, settings)
+    except InsecureBindError as exc:
+        print(f"distill: {exc}", file=sys.stderr)
+        return 2
+
+
+def _migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from store.db import upgrade_database
+
+    settings.distill_home.mkdir(parents=True, exist_ok=True)
+    upgrade_database(settings.db_url)
+    return 0
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    from api.auth import check_bind_allowed
+    from worker.supervisor import WorkerProcesses
+
+    check_bind_allowed(args.host, settings)
+    _migrate(args, settings)
+    workers = WorkerProcesses(args.workers, _child_env(settings), settings.log_level)
+    workers.start()
+    try:
+        log.info("serving on http://%s:%d with %d worker(s); data in %s",
+                 args.host, args.port, args.workers, settings.distill_home)
+        _run_uvicorn(args.host, args.port, settings)
+    finally:
+        workers.stop()
+    return 0
+
+
+def _api(args: argparse.Namespace, settings: Settings) -> int:
+    from api.auth import check_bind_allowed
+
+    check_bind_allowed(args.host, settings)
+    _run_uvicorn(args.host, args.port, settings)
+    return 0
+
+
+def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.supervisor import WorkerProcesses
+
+    settings.distill_home.mkdir(parents=True, exist_ok=True)
+    workers = WorkerProcesses(args.concurrency, _child_env(settings), settings.log_level)
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s; stopping workers", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    workers.start()
+    try:
+        stop.wait()
+    finally:
+        workers.stop()
+    return 0
+
+
+def _run_uvicorn(host: str, port: int, settings: Settings) -> None:
+    """Uvicorn in the foreground; it returns on Ctrl-C / SIGTERM after draining requests."""
+    import uvicorn
+
+    from api.app import create_app
+
+    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, timeout_graceful_shutdown=5)
+
+
+def _child_env(settings: Settings) -> dict[str, str]:
+    """The workers see exactly this process's settings: DISTILL_HOME is pinned as an absolute path."""
+    return {**os.environ, "DISTILL_HOME": str(settings.distill_home)}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""The sweeper: stale jobs back to the queue, forgotten queued jobs re-sent, presence on disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
+
+from store import repository
+from store.db import Database
+from store.models import Job, JobStatus
+from tests.worker.conftest import WORKER_ID
+from worker.presence import presence_path
+from worker.runtime import WorkerRuntime
+from worker.sweeper import Sweeper
+
+
+def test_stale_running_job_is_requeued_then_enqueued(
+    runtime: WorkerRuntime,
+    database: Database,
+    make_job: Callable[..., Job],
+    read_job: Callable[[str], Job],
+    drain_queue: Callable[[], list[str]],
+) -> None:
+    job = make_job()
+    with database.sessions() as session:
+        assert repository.claim_job(session, job.id, "vanished-worker", max_attempts=2) is not None
+    sweeper = Sweeper(runtime)
+
+    assert sweeper.tick() == []  # heartbeat still fresh
+    later = datetime.now(timezone.utc) + timedelta(seconds=runtime.settings.stale_after_s + 1)
+    assert sweeper.tick(now=later) == [job.id]
+
+    after = read_job(job.id)
+    assert after.status == JobStatus.queued.value
+    assert after.worker_id is None
+    assert drain_queue() == [job.id]
+
+
+def test_stale_job_out_of_attempts_fails_as_worker_lost(
+    runtime: WorkerRuntime, database: Database, make_job: Callable[..., Job], read_job: Callable[[str], Job],
+    drain_queue: Callable[[], list[str]],
+) -> None:
+    job = make_job()
+    for attempt in range(runtime.settings.max_attempts):
+        with database.sessions() as session:
+            assert repository.claim_job(session, job.id, f"worker-{attempt}", runtime.settings.max_attempts)
+        later = datetime.now(timezone.utc) + timedelta(seconds=runtime.settings.stale_after_s + 1)
+        Sweeper(runtime).tick(now=later)
+    after = read_job(job.id)
+    assert after.status == JobStatus.failed.value
+    assert after.error_code == "worker_lost"
+    assert drain_queue() == [job.id] * (runtime.settings.max_attempts - 1)
+
+
+def test_queued_job_nobody_claimed_is_enqueued_again_with_backoff(
+    runtime: WorkerRuntime, make_job: Callable[..., Job], drain_queue: Callable[[], list[str]]
+) -> None:
+    job = make_job()
+    sweeper = Sweeper(runtime)
+    stale = timedelta(seconds=runtime.settings.stale_after_s)
+    start = job.updated_at
+
+    assert sweeper.tick(now=start + stale / 2) == []  # young: its first message is probably still on its way
+    assert sweeper.tick(now=start + stale * 1.1) == [job.id]
+    assert sweeper.tick(now=start + stale * 1.5) == []  # just re-sent
+    assert sweeper.tick(now=start + stale * 2.2) == []  # back-off doubled: next one after 2 stale periods
+    assert sweeper.tick(now=start + stale * 3.2) == [job.id]
+    assert drain_queue() == [job.id, job.id]
+
+
+def test_finished_or_running_jobs_are_left_alone(
+    runtime: WorkerRuntime, database: Database, make_job: Callable[..., Job], drain_queue: Callable[[], list[str]]
+) -> None:
+    cancelled, running = make_job(), make_job()
+    with database.sessions() as session:
+        repository.request_cancel(session, cancelled.id)
+        repository.claim_job(session, running.id, WORKER_ID, max_attempts=2)
+    assert Sweeper(runtime).tick() == []
+    assert drain_queue() == []
+
+
+def test_presence_file_is_refreshed_every_tick_and_removed_on_stop(runtime: WorkerRuntime) -> None:
+    sweeper = Sweeper(runtime)
+    path = presence_path(runtime.settings, runtime.worker_id)
+    sweeper.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        first = json.loads(path.read_text())
+        assert first["worker_id"] == WORKER_ID
+        assert first["pid"] == os.getpid()
+        time.sleep(runtime.settings.heartbeat_s * 3)
+        assert json.loads(path.read_text())["time"] > first["time"]
+    finally:
+        sweeper.stop()
+    assert not path.exists()

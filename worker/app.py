@@ -1,0 +1,67 @@
+"""The Celery worker: `celery -A worker.app worker --pool solo --concurrency 1 -Q distill`.
+
+One training job per worker process (solo pool, prefetch 1, late ack: see
+store.queue). Worker start begins the sweeper; a shutdown request makes the
+running job yield at its next step so the process exits promptly and the job
+resumes elsewhere from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import signals
+
+from store.queue import RUN_JOB_TASK, get_celery
+from store.settings import get_settings
+from worker.logsetup import configure_logging
+from worker.runtime import get_runtime
+from worker.sweeper import Sweeper
+from worker.tasks import run_job
+
+log = logging.getLogger(__name__)
+
+settings = get_settings()
+configure_logging(settings.log_level)
+
+app = get_celery()
+run_job_task = app.task(name=RUN_JOB_TASK, ignore_result=True)(run_job)
+
+_sweeper: Sweeper | None = None
+
+
+@signals.setup_logging.connect
+def _keep_our_logging(**_: Any) -> None:
+    """Connected, so Celery leaves the root logger (and its job-id format) alone."""
+    configure_logging(settings.log_level)
+
+
+@signals.worker_init.connect
+def _on_worker_init(**_: Any) -> None:
+    if settings.torch_threads > 0:
+        import torch
+
+        torch.set_num_threads(settings.torch_threads)
+        log.info("torch uses %d threads", settings.torch_threads)
+
+
+@signals.worker_ready.connect
+def _on_worker_ready(**_: Any) -> None:
+    global _sweeper
+    runtime = get_runtime()
+    log.info("worker %s ready (database %s)", runtime.worker_id, runtime.settings.db_url.split("://")[0])
+    _sweeper = Sweeper(runtime)
+    _sweeper.start()
+
+
+@signals.worker_shutting_down.connect
+def _on_shutting_down(**_: Any) -> None:
+    get_runtime().shutdown.set()
+
+
+@signals.worker_shutdown.connect
+def _on_worker_shutdown(**_: Any) -> None:
+    if _sweeper is not None:
+        _sweeper.stop()
+    log.info("worker %s stopped", get_runtime().worker_id)

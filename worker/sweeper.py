@@ -1,0 +1,110 @@
+"""The sweeper: a daemon thread in every worker that keeps jobs from getting stuck.
+
+Every tick it
+- re-queues jobs whose worker stopped heart-beating (the repository decides:
+  another attempt, cancelled, or failed `worker_lost`) and enqueues them after
+  that commit;
+- re-enqueues jobs that sit `queued` longer than the stale timeout, which covers
+  a message lost between the API's commit and its enqueue, or a broker that lost
+  its messages. Duplicates are harmless (claiming is conditional), but to keep
+  the queue small each job is re-sent with exponential back-off;
+- rewrites this worker's presence file (worker.presence).
+Several workers may sweep at once: every state change is a conditional update.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+
+from store import repository
+from store.models import JobStatus
+from store.queue import enqueue_job
+from worker.presence import remove_presence, write_presence
+from worker.runtime import WorkerRuntime
+
+log = logging.getLogger(__name__)
+
+PAGE_SIZE = 100
+
+
+def _as_utc(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes; they are UTC by construction."""
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+
+
+class Sweeper:
+    def __init__(self, runtime: WorkerRuntime) -> None:
+        self.runtime = runtime
+        self.interval_s = runtime.settings.heartbeat_s
+        self.stale_after = timedelta(seconds=runtime.settings.stale_after_s)
+        self._resent: dict[str, tuple[datetime, int]] = {}  # job id -> (last re-send, how many)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=contextvars.copy_context().run, args=(self._loop,), name="sweeper", daemon=True
+        )
+        self._thread.start()
+        log.info("sweeper started (every %.1fs, stale after %.0fs)", self.interval_s, self.stale_after.total_seconds())
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=max(5.0, 2 * self.interval_s))
+        remove_presence(self.runtime.settings, self.runtime.worker_id)
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                self.tick()
+            except Exception:  # noqa: BLE001 - the sweeper must outlive a database or broker outage
+                log.exception("sweep failed; retrying in %.1fs", self.interval_s)
+            if self._stop.wait(self.interval_s):
+                return
+
+    def tick(self, now: datetime | None = None) -> list[str]:
+        """One sweep; returns the job ids it enqueued."""
+        now = now or datetime.now(timezone.utc)
+        write_presence(self.runtime.settings, self.runtime.worker_id)
+        with self.runtime.sessions() as session:
+            requeued = repository.requeue_stale_jobs(
+                session, stale_before=now - self.stale_after, max_attempts=self.runtime.settings.max_attempts
+            )
+        for job_id in requeued:
+            log.warning("job %s lost its worker; re-queued for another attempt", job_id)
+            self._send(job_id, now)
+        resent = [job_id for job_id in self._unclaimed(now) if job_id not in requeued]
+        for job_id in resent:
+            log.warning("job %s queued for a while without a worker claiming it; enqueued again", job_id)
+            self._send(job_id, now)
+        return [*requeued, *resent]
+
+    def _send(self, job_id: str, now: datetime) -> None:
+        enqueue_job(job_id, self.runtime.celery)
+        _, count = self._resent.get(job_id, (now, 0))
+        self._resent[job_id] = (now, count + 1)
+
+    def _unclaimed(self, now: datetime) -> list[str]:
+        """Queued jobs untouched for longer than the stale timeout, minus those re-sent too recently."""
+        due: list[str] = []
+        still_queued: set[str] = set()
+        cursor: str | None = None
+        with self.runtime.sessions() as session:
+            while True:
+                page, cursor = repository.list_jobs(session, JobStatus.queued, PAGE_SIZE, cursor)
+                for job in page:
+                    still_queued.add(job.id)
+                    if now - _as_utc(job.updated_at) < self.stale_after:
+                        continue
+                    last, count = self._resent.get(job.id, (None, 0))
+                    if last is None or now - last >= self.stale_after * (2**count):
+                        due.append(job.id)
+                if cursor is None:
+                    break
+        self._resent = {job_id: sent for job_id, sent in self._resent.items() if job_id in still_queued}
+        return due

@@ -1,0 +1,120 @@
+"""The one task: run job X.
+
+The message only says "look at job X"; the SQL row is the truth. The task claims
+the row with a conditional update (a duplicate or stale message finds nothing to
+claim and returns), keeps a heartbeat lease while the engine runs, and always
+ends the row in a terminal state - except when it no longer owns the row or the
+worker is shutting down, where the sweeper hands the job to the next attempt,
+which resumes from the engine's per-epoch checkpoints in the same job folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from core.errors import DistillError, JobCancelled
+from core.run import run_job as run_engine
+from store import repository
+from store.artifacts import job_dir, record_job_outputs
+from store.models import JobStatus
+from store.repository import JobError
+from worker.callbacks import WorkerCallbacks, json_safe
+from worker.heartbeat import HeartbeatThread
+from worker.logsetup import job_context
+from worker.resolve import resolve_spec
+from worker.runtime import WorkerRuntime, get_runtime
+
+log = logging.getLogger(__name__)
+
+FINISH_RETRIES = 5
+
+
+@dataclass
+class Outcome:
+    """How the run ended; `status` None means "not ours to finish" (lost lease or shutdown)."""
+
+    status: JobStatus | None
+    metrics: dict[str, Any] | None = None
+    error: JobError | None = None
+
+
+def run_job(job_id: str, runtime: WorkerRuntime | None = None) -> str:
+    """Claim, run and finish one job; returns what happened (for logs and tests)."""
+    runtime = runtime or get_runtime()
+    with job_context(job_id):
+        with runtime.sessions() as session:
+            job = repository.claim_job(session, job_id, runtime.worker_id, runtime.settings.max_attempts)
+        if job is None:
+            log.info("not claimable (duplicate delivery, cancelled or already taken): nothing to do")
+            return "skipped"
+        log.info("claimed by %s, attempt %d", runtime.worker_id, job.attempts)
+        callbacks = WorkerCallbacks(
+            runtime.sessions,
+            job_id,
+            runtime.worker_id,
+            progress_interval_s=runtime.settings.progress_interval_s,
+            shutdown=runtime.shutdown,
+        )
+        started = time.monotonic()
+        with HeartbeatThread(runtime.sessions, job_id, runtime.worker_id, runtime.settings.heartbeat_s):
+            outcome = _execute(runtime, job_id, job.spec, callbacks)
+        if outcome.status is None:
+            return "released"
+        _finish(runtime, job_id, outcome)
+        log.info("%s after %.1fs", outcome.status.value, time.monotonic() - started)
+        return outcome.status.value
+
+
+def _execute(runtime: WorkerRuntime, job_id: str, stored_spec: dict[str, Any], callbacks: WorkerCallbacks) -> Outcome:
+    settings = runtime.settings
+    try:
+        with runtime.sessions() as session:
+            spec = resolve_spec(session, settings, stored_spec)
+        out_dir = job_dir(settings, job_id)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        metrics = run_engine(spec, out_dir, callbacks, named_datasets=settings.dataset_roots)
+        with runtime.sessions() as session:
+            record_job_outputs(session, settings, job_id)
+        return Outcome(JobStatus.succeeded, metrics=json_safe(metrics))
+    except JobCancelled:
+        if callbacks.lost:
+            log.warning("stopped: the job belongs to another attempt now")
+            return Outcome(None)
+        if callbacks.interrupted and not callbacks.cancel_requested:
+            log.warning("stopped by worker shutdown; the sweeper re-queues it and the next attempt resumes")
+            return Outcome(None)
+        return Outcome(JobStatus.cancelled)
+    except DistillError as exc:
+        log.warning("failed in %s: %s (%s, field %s)", callbacks.stage, exc.message, exc.code, exc.field)
+        return Outcome(JobStatus.failed, error=JobError(exc.code, exc.message, exc.field, where=callbacks.stage))
+    except Exception as exc:
+        log.exception("internal error in %s", callbacks.stage)
+        message = f"{type(exc).__name__}: {exc}"
+        return Outcome(JobStatus.failed, error=JobError("internal_error", message, None, where=callbacks.stage))
+
+
+def _finish(runtime: WorkerRuntime, job_id: str, outcome: Outcome) -> None:
+    """Write the terminal state, retrying through a short database outage so the row never stays running."""
+    assert outcome.status is not None
+    for attempt in range(1, FINISH_RETRIES + 1):
+        try:
+            with runtime.sessions() as session:
+                repository.finish_job(
+                    session, job_id, runtime.worker_id, outcome.status, metrics=outcome.metrics, error=outcome.error
+                )
+            return
+        except repository.IllegalTransition as exc:
+            log.warning("could not record %s: %s", outcome.status.value, exc)
+            return
+        except SQLAlchemyError as exc:
+            if attempt == FINISH_RETRIES:
+                log.error("could not record %s after %d tries; the sweeper will settle it: %s",
+                          outcome.status.value, attempt, exc)
+                return
+            log.warning("could not record %s (try %d), retrying: %s", outcome.status.value, attempt, exc)
+            time.sleep(min(2.0**attempt, 10.0))
