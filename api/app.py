@@ -1,0 +1,97 @@
+"""The FastAPI application: one Settings, one Database, one Celery client per app.
+
+`create_app(settings)` builds everything from the settings it is given (or the
+environment), so tests and the embedded `distill serve` can run several apps
+side by side. In embedded mode (SQLite) the schema is migrated on startup; with
+PostgreSQL migrations are a deploy step (`distill migrate`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI
+from sqlalchemy.engine import make_url
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import require_api_key
+from api.errors import install_error_handlers
+from api.events import EventStreamConfig
+from api.metrics import ApiMetrics, MetricsMiddleware
+from api.routes import datasets, health, jobs, models
+from api.schemas import ErrorResponse
+from api.uploads import tmp_dir
+from store.db import Database, upgrade_database
+from store.queue import make_celery
+from store.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "1.0.0"
+
+_DESCRIPTION = """
+Explanation-guided knowledge distillation as a service: submit a job spec, follow
+its progress (poll or Server-Sent Events), download the distilled student, its
+metrics and teacher-vs-student heatmaps.
+
+Every error is `{"error": {"code", "message", "field"}}`. When the service runs with
+API keys, every `/v1` route needs `Authorization: Bearer <key>`.
+"""
+
+
+def is_embedded(settings: Settings) -> bool:
+    """SQLite means the one-machine setup, where the app itself owns the schema."""
+    return make_url(settings.db_url).get_backend_name() == "sqlite"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    database = Database(settings.db_url)
+    celery = make_celery(settings)
+    metrics = ApiMetrics(database.sessions)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        for folder in (settings.models_dir, settings.datasets_dir, settings.jobs_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+        tmp_dir(settings)
+        if is_embedded(settings):
+            await run_in_threadpool(upgrade_database, settings.db_url)
+        log.info("API ready (data in %s)", settings.distill_home)
+        try:
+            yield
+        finally:
+            celery.close()
+            database.dispose()
+
+    app = FastAPI(
+        title="distill",
+        version=API_VERSION,
+        description=_DESCRIPTION,
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "jobs", "description": "Submit, follow, cancel jobs and download their artifacts."},
+            {"name": "models", "description": "Teacher weights (safetensors) uploads."},
+            {"name": "datasets", "description": "Dataset uploads (.zip ImageFolder tree or .npz)."},
+            {"name": "health", "description": "Liveness, readiness and Prometheus metrics (no key needed)."},
+        ],
+    )
+    app.state.settings = settings
+    app.state.database = database
+    app.state.celery = celery
+    app.state.metrics = metrics
+    app.state.event_stream = EventStreamConfig()
+
+    install_error_handlers(app)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    for module in (jobs, models, datasets):
+        app.include_router(
+            module.router,
+            dependencies=[Depends(require_api_key)],
+            responses={401: {"model": ErrorResponse, "description": "Missing or wrong bearer key."}},
+        )
+    app.include_router(health.router)  # open: probes and scrapers carry no key
+    return app

@@ -1,0 +1,109 @@
+"""Uploaded datasets: a .zip of an ImageFolder tree or a .npz, checked and unpacked under DISTILL_HOME."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import PurePosixPath
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import SessionDep, SettingsDep
+from api.errors import ApiError
+from api.routes import API_V1
+from api.schemas import ERROR_RESPONSES, DatasetList, DatasetOut, ErrorResponse
+from api.uploads import (
+    ReceivedUpload,
+    install_dataset,
+    multipart_openapi,
+    new_staging_dir,
+    parse_fields,
+    receive_upload,
+    unpack_dataset,
+)
+from store import repository
+from store.models import DatasetRecord
+from store.settings import Settings
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix=f"{API_V1}/datasets", tags=["datasets"])
+
+
+class DatasetUploadForm(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(None, min_length=1, max_length=200, description="Label; default: the file name.")
+
+
+_UPLOAD_EXAMPLE = {"file": "(binary: flowers.zip with train/<class>/*.jpg and test/<class>/*.jpg)",
+                   "name": "flowers"}
+
+
+def _store_dataset(upload: ReceivedUpload, form: DatasetUploadForm, settings: Settings, session: Session) -> DatasetOut:
+    staging = new_staging_dir(settings)
+    try:
+        unpacked = unpack_dataset(upload, staging, settings)
+        dataset_id = repository.new_dataset_id()
+        destination = settings.datasets_dir / dataset_id
+        install_dataset(unpacked, destination)
+        relpath = f"datasets/{dataset_id}" + (f"/{unpacked.data_name}" if unpacked.data_name else "")
+        record = DatasetRecord(
+            id=dataset_id,
+            name=form.name or PurePosixPath(upload.filename).stem or dataset_id,
+            kind=unpacked.kind,
+            num_classes=len(unpacked.class_names),
+            class_names={"names": unpacked.class_names, "in_channels": unpacked.in_channels},
+            num_train=unpacked.num_train,
+            num_test=unpacked.num_test,
+            relpath=relpath,
+            size_bytes=unpacked.size_bytes,
+        )
+        try:
+            record = repository.create_dataset(session, record)
+        except BaseException:
+            shutil.rmtree(destination, ignore_errors=True)
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("dataset %s: stored %s (%d classes, %d train, %d test)", dataset_id, unpacked.kind,
+             record.num_classes, record.num_train, record.num_test)
+    return DatasetOut.from_record(record)
+
+
+@router.post(
+    "",
+    status_code=201,
+    summary="Upload a dataset (.zip ImageFolder tree or .npz)",
+    description="multipart/form-data with `file` and optional `name`. A .zip holds `train/<class>/*` images "
+    "(optionally `test/<class>/*`); a .npz holds arrays `x`, `y` and optionally `x_test`, `y_test` "
+    "(numeric only: object arrays are refused).",
+    openapi_extra=multipart_openapi(DatasetUploadForm, _UPLOAD_EXAMPLE),
+    responses={413: {"model": ErrorResponse, "description": "Larger than DISTILL_MAX_UPLOAD_MB."},
+               **ERROR_RESPONSES},
+)
+async def upload_dataset(request: Request, settings: SettingsDep, session: SessionDep) -> DatasetOut:
+    upload = await receive_upload(request, settings)
+    try:
+        form = parse_fields(DatasetUploadForm, upload.fields)
+        return await run_in_threadpool(_store_dataset, upload, form, settings, session)
+    finally:
+        upload.discard()
+
+
+@router.get("", summary="List uploaded datasets, newest first", responses=ERROR_RESPONSES)
+def list_datasets(session: SessionDep) -> DatasetList:
+    return DatasetList(items=[DatasetOut.from_record(record) for record in repository.list_datasets(session)])
+
+
+@router.get("/{dataset_id}", summary="One uploaded dataset",
+            responses={404: {"model": ErrorResponse, "description": "`dataset_not_found`."}, **ERROR_RESPONSES})
+def get_dataset(dataset_id: Annotated[str, Path(min_length=1, max_length=40)], session: SessionDep) -> DatasetOut:
+    try:
+        return DatasetOut.from_record(repository.get_dataset(session, dataset_id))
+    except repository.NotFound:
+        raise ApiError(404, "dataset_not_found", f"no dataset with id '{dataset_id}'", "dataset_id") from None

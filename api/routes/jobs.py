@@ -1,0 +1,240 @@
+"""Jobs: create (validated, committed, then enqueued), list, read, cancel, stream events, download artifacts."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from pathlib import PurePosixPath
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
+from fastapi.responses import FileResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from sqlalchemy.orm import Session
+
+from api.deps import CeleryDep, SessionDep, SessionMakerDep, SettingsDep
+from api.errors import ApiError
+from api.events import EventStreamConfig, job_events
+from api.routes import API_V1
+from api.schemas import ERROR_RESPONSES, JOB_SPEC_EXAMPLES, ErrorResponse, JobOut, JobPage
+from core.spec import JobSpec
+from store import repository
+from store.artifacts import UnsafeArtifactPath, artifact_path
+from store.models import Job, JobStatus
+from store.queue import enqueue_job
+from store.settings import Settings
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix=f"{API_V1}/jobs", tags=["jobs"])
+
+# scikit-learn's digits: 10 classes of 8x8 grey images (core.data reads it the same way).
+DIGITS_NUM_CLASSES, DIGITS_IN_CHANNELS = 10, 1
+
+JobId = Annotated[str, Path(min_length=1, max_length=40, description="Job id, e.g. 'job_5f0c2a9d3e1b4c7a'.")]
+_NOT_FOUND = {404: {"model": ErrorResponse, "description": "No job with that id (`job_not_found`)."}}
+
+
+def _job_not_found(job_id: str) -> ApiError:
+    return ApiError(404, "job_not_found", f"no job with id '{job_id}'", "job_id")
+
+
+def load_job(session: Session, job_id: str) -> Job:
+    try:
+        return repository.get_job(session, job_id)
+    except repository.NotFound:
+        raise _job_not_found(job_id) from None
+
+
+def _dataset_shape(spec: JobSpec, session: Session, settings: Settings) -> tuple[int | None, int | None]:
+    """(num_classes, in_channels) of the spec's dataset where the server knows them; 422 if it does not exist."""
+    dataset = spec.dataset
+    if dataset.path is not None:
+        raise ApiError(422, "path_not_allowed", "the API never reads server paths sent by a client: upload the data "
+                       "with POST /v1/datasets and pass its id as dataset.id", "dataset.path")
+    if dataset.name is not None:
+        if dataset.name == "digits":
+            return DIGITS_NUM_CLASSES, DIGITS_IN_CHANNELS
+        if dataset.name in settings.dataset_roots:
+            return None, None
+        known = ", ".join(sorted({"digits", *settings.dataset_roots}))
+        raise ApiError(422, "unknown_dataset", f"unknown dataset '{dataset.name}'; known: {known}", "dataset.name")
+    assert dataset.id is not None  # JobSpec guarantees exactly one source
+    try:
+        record = repository.get_dataset(session, dataset.id)
+    except repository.NotFound:
+        raise ApiError(422, "unknown_dataset", f"no uploaded dataset with id '{dataset.id}'", "dataset.id") from None
+    return record.num_classes, (record.class_names or {}).get("in_channels")
+
+
+def check_spec_against_server(spec: JobSpec, session: Session, settings: Settings) -> None:
+    """What JobSpec cannot know alone: the dataset and the teacher weights exist here and fit each other."""
+    num_classes, in_channels = _dataset_shape(spec, session, settings)
+    model_id = spec.teacher.weights
+    if model_id is None:
+        return
+    try:
+        model = repository.get_model(session, model_id)
+    except repository.NotFound:
+        raise ApiError(422, "unknown_model", f"no uploaded model with id '{model_id}' (upload weights with "
+                       "POST /v1/models)", "teacher.weights") from None
+    problems = []
+    if model.arch != spec.teacher.arch:
+        problems.append(f"it is a {model.arch} but teacher.arch is {spec.teacher.arch}")
+    if num_classes is not None and model.num_classes != num_classes:
+        problems.append(f"it has {model.num_classes} classes but the dataset has {num_classes}")
+    if in_channels is not None and model.in_channels != in_channels:
+        problems.append(f"it takes {model.in_channels}-channel input but the dataset has {in_channels} channel(s)")
+    if problems:
+        raise ApiError(422, "invalid_spec", f"model '{model_id}' does not fit this job: {'; '.join(problems)}",
+                       "teacher.weights")
+
+
+@router.post(
+    "",
+    status_code=201,
+    summary="Submit a distillation job",
+    responses={
+        200: {"model": JobOut, "description": "Replay: the Idempotency-Key was seen with this same body."},
+        409: {"model": ErrorResponse, "description": "Idempotency-Key reused with another body."},
+        **ERROR_RESPONSES,
+    },
+)
+def create_job(
+    spec: Annotated[JobSpec, Body(openapi_examples=JOB_SPEC_EXAMPLES)],  # type: ignore[arg-type]
+    session: SessionDep,
+    settings: SettingsDep,
+    celery: CeleryDep,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(alias="Idempotency-Key", min_length=1, max_length=200,
+               description="Retry-safe submission: the same key and body return the same job."),
+    ] = None,
+) -> JobOut:
+    check_spec_against_server(spec, session, settings)
+    job, created = repository.create_job(session, spec.model_dump(mode="json"), spec.name, idempotency_key)
+    if not created:
+        log.info("job %s: replayed for Idempotency-Key %r; not enqueued again", job.id, idempotency_key)
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+        return JobOut.from_job(job)
+    try:
+        enqueue_job(job.id, celery)
+    except Exception:
+        # The row is committed and stays queued: the worker's sweeper re-enqueues queued jobs left untouched
+        # past the stale timeout, so the client still gets its job (201) instead of an error it would retry.
+        log.exception("job %s: committed but could not be enqueued; the sweeper will re-send it", job.id)
+    else:
+        log.info("job %s: enqueued", job.id)
+    return JobOut.from_job(job)
+
+
+@router.get("", summary="List jobs, newest first", responses=ERROR_RESPONSES)
+def list_jobs(
+    session: SessionDep,
+    status: Annotated[JobStatus | None, Query(description="Only jobs in this state.")] = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
+    cursor: Annotated[str | None, Query(max_length=500, description="`next_cursor` of the previous page.")] = None,
+) -> JobPage:
+    try:
+        jobs, next_cursor = repository.list_jobs(session, status, limit, cursor)
+    except ValueError:
+        raise ApiError(422, "invalid_cursor", "the cursor is not one this API returned", "cursor") from None
+    return JobPage(items=[JobOut.from_job(job) for job in jobs], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", summary="A job's state, progress, metrics, error and artifacts",
+            responses={**_NOT_FOUND, **ERROR_RESPONSES})
+def get_job(job_id: JobId, session: SessionDep) -> JobOut:
+    return JobOut.from_job(load_job(session, job_id))
+
+
+@router.post(
+    "/{job_id}/cancel",
+    status_code=202,
+    summary="Cancel a job",
+    description="A queued job is cancelled at once; a running one becomes `cancelling` and stops at its next step.",
+    responses={**_NOT_FOUND, 409: {"model": ErrorResponse, "description": "The job already ended (`job_finished`)."},
+               **ERROR_RESPONSES},
+)
+def cancel_job(job_id: JobId, session: SessionDep) -> JobOut:
+    try:
+        job = repository.request_cancel(session, job_id)  # IllegalTransition -> 409 job_finished
+    except repository.NotFound:
+        raise _job_not_found(job_id) from None
+    log.info("job %s: cancel requested; now %s", job_id, job.status)
+    return JobOut.from_job(job)
+
+
+def _existing_job_id(job_id: JobId, session: SessionDep) -> str:
+    """Checked before the stream opens: once events flow, a 404 can no longer be sent."""
+    load_job(session, job_id)
+    return job_id
+
+
+_EVENTS_EXAMPLE = (
+    "retry: 2000\nevent: state\nid: 3\ndata: {\"id\": \"job_5f0c2a9d3e1b4c7a\", \"status\": \"running\", ...}\n\n"
+    "event: progress\nid: 4\ndata: {\"id\": \"job_5f0c2a9d3e1b4c7a\", \"progress\": {\"fraction\": 0.12, ...}}\n\n"
+    ": keep-alive\n\n"
+)
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=EventSourceResponse,
+    summary="Stream a job's state and progress (Server-Sent Events)",
+    description="`event: state` when status or stage changes, `event: progress` otherwise; `data` is the job JSON. "
+    "The stream ends after a terminal state.",
+    responses={200: {"content": {"text/event-stream": {"example": _EVENTS_EXAMPLE}}}, **_NOT_FOUND, **ERROR_RESPONSES},
+)
+async def stream_job_events(
+    request: Request, job_id: Annotated[str, Depends(_existing_job_id)], sessions: SessionMakerDep
+) -> AsyncIterator[ServerSentEvent]:
+    config: EventStreamConfig = request.app.state.event_stream
+    async for event in job_events(request, sessions, job_id, config):
+        yield event
+
+
+@router.get(
+    "/{job_id}/artifacts/{name:path}",
+    response_class=FileResponse,
+    summary="Download one artifact by its recorded name",
+    description="Names come from the job's `artifacts` list (e.g. `student.safetensors`, `heatmaps/0003.png`); "
+    "only recorded names are served.",
+    responses={
+        200: {"content": {"application/octet-stream": {"example": "<safetensors bytes>"},
+                          "application/json": {"example": {"student_accuracy": 0.97, "agreement": 0.98}},
+                          "image/png": {"example": "<png bytes>"}}},
+        404: {"model": ErrorResponse, "description": "`job_not_found` or `artifact_not_found`."},
+        **ERROR_RESPONSES,
+    },
+)
+def download_artifact(
+    job_id: JobId,
+    name: Annotated[str, Path(description="Artifact name, e.g. 'metrics.json' or 'heatmaps/0001.png'.")],
+    session: SessionDep,
+    settings: SettingsDep,
+) -> FileResponse:
+    load_job(session, job_id)
+    not_found = ApiError(404, "artifact_not_found", f"job '{job_id}' has no artifact named '{name}'", "name")
+    try:
+        # The name is only ever a lookup key: the file path comes from the recorded row, never from the client.
+        artifact = repository.get_artifact(session, job_id, name)
+    except repository.NotFound:
+        raise not_found from None
+    try:
+        path = artifact_path(settings, artifact)
+    except UnsafeArtifactPath:
+        log.error("job %s: artifact %r points outside DISTILL_HOME; refused", job_id, name)
+        raise not_found from None
+    if not path.is_file():
+        log.warning("job %s: artifact %r is recorded but its file is missing", job_id, name)
+        raise not_found
+    inline = artifact.content_type.startswith(("image/", "application/json", "text/"))
+    return FileResponse(
+        path,
+        media_type=artifact.content_type,
+        filename=PurePosixPath(artifact.name).name,
+        content_disposition_type="inline" if inline else "attachment",
+    )

@@ -1,0 +1,108 @@
+"""Uploaded teacher weights: safetensors that load strictly into a named architecture."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import PurePosixPath
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from api.deps import SessionDep, SettingsDep
+from api.errors import ApiError
+from api.routes import API_V1
+from api.schemas import ERROR_RESPONSES, ErrorResponse, ModelList, ModelOut
+from api.uploads import ReceivedUpload, check_weights, multipart_openapi, parse_fields, receive_upload
+from core.models import ARCHITECTURES
+from store import repository
+from store.models import ModelRecord
+from store.settings import Settings
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix=f"{API_V1}/models", tags=["models"])
+
+
+class ModelUploadForm(BaseModel):
+    """The text fields sent next to the `file` part."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    arch: str = Field(description="Architecture the weights belong to (see core.models), e.g. 'resnet20'.")
+    num_classes: int = Field(ge=2, le=100_000, description="Output classes of the classifier head.")
+    in_channels: int = Field(ge=1, le=4, description="Input image channels: 1 (grey) or 3 (RGB).")
+    name: str | None = Field(None, min_length=1, max_length=200, description="Label; default: the file name.")
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str) -> str:
+        if arch not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture '{arch}'; known: {', '.join(sorted(ARCHITECTURES))}")
+        return arch
+
+
+_UPLOAD_EXAMPLE = {"file": "(binary: resnet20-digits.safetensors)", "arch": "resnet20", "num_classes": 10,
+                   "in_channels": 1, "name": "resnet20-digits"}
+
+
+def _store_model(upload: ReceivedUpload, form: ModelUploadForm, settings: Settings, session: Session) -> ModelOut:
+    check_weights(upload.path, form.arch, form.num_classes, form.in_channels)
+    model_id = repository.new_model_id()
+    relpath = f"models/{model_id}.safetensors"
+    destination = settings.distill_home / relpath
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(upload.path, destination)
+    record = ModelRecord(
+        id=model_id,
+        name=form.name or PurePosixPath(upload.filename).stem or model_id,
+        arch=form.arch,
+        num_classes=form.num_classes,
+        in_channels=form.in_channels,
+        relpath=relpath,
+        size_bytes=upload.size_bytes,
+        sha256=upload.sha256,
+    )
+    try:
+        record = repository.create_model(session, record)
+    except BaseException:
+        destination.unlink(missing_ok=True)
+        raise
+    log.info("model %s: stored %s (%d bytes, %s)", model_id, form.arch, upload.size_bytes, upload.sha256[:12])
+    return ModelOut.from_record(record)
+
+
+@router.post(
+    "",
+    status_code=201,
+    summary="Upload teacher weights (safetensors)",
+    description="multipart/form-data with `file` (safetensors), `arch`, `num_classes`, `in_channels` and optional "
+    "`name`. The weights must load strictly into the architecture; pickle checkpoints are refused.",
+    openapi_extra=multipart_openapi(ModelUploadForm, _UPLOAD_EXAMPLE),
+    responses={413: {"model": ErrorResponse, "description": "Larger than DISTILL_MAX_UPLOAD_MB."},
+               **ERROR_RESPONSES},
+)
+async def upload_model(request: Request, settings: SettingsDep, session: SessionDep) -> ModelOut:
+    upload = await receive_upload(request, settings)
+    try:
+        form = parse_fields(ModelUploadForm, upload.fields)
+        return await run_in_threadpool(_store_model, upload, form, settings, session)
+    finally:
+        upload.discard()
+
+
+@router.get("", summary="List uploaded models, newest first", responses=ERROR_RESPONSES)
+def list_models(session: SessionDep) -> ModelList:
+    return ModelList(items=[ModelOut.from_record(record) for record in repository.list_models(session)])
+
+
+@router.get("/{model_id}", summary="One uploaded model",
+            responses={404: {"model": ErrorResponse, "description": "`model_not_found`."}, **ERROR_RESPONSES})
+def get_model(model_id: Annotated[str, Path(min_length=1, max_length=40)], session: SessionDep) -> ModelOut:
+    try:
+        return ModelOut.from_record(repository.get_model(session, model_id))
+    except repository.NotFound:
+        raise ApiError(404, "model_not_found", f"no model with id '{model_id}'", "model_id") from None

@@ -1,0 +1,275 @@
+"""Response bodies (and request examples) of the v1 API.
+
+Request bodies reuse core.spec.JobSpec as is: one contract for CLI and API.
+Every model carries an OpenAPI example so the generated docs show a real call.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import quote
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from store.models import Artifact, DatasetRecord, Job, JobStatus, ModelRecord
+
+log = logging.getLogger(__name__)
+
+_EXAMPLE_TIME = "2026-01-01T12:00:00Z"
+_EXAMPLE_JOB_ID = "job_01hv6xq3k2m8c0f7d9w5n4t3ra"
+
+JOB_SPEC_EXAMPLES: dict[str, dict[str, Any]] = {
+    "digits-e2kd": {
+        "summary": "e2KD on the built-in digits set, teacher trained first",
+        "value": {
+            "name": "digits-e2kd",
+            "dataset": {"name": "digits", "image_size": 32},
+            "teacher": {"arch": "resnet20", "weights": None, "epochs": 15},
+            "student": {"arch": "resnet8"},
+            "method": "e2kd",
+            "loss": {"temperature": 4.0, "explanation": {"weight": 1.0, "distance": "cosine"}},
+            "training": {"epochs": 15, "batch_size": 64, "optimizer": "sgd", "lr": 0.05, "seed": 0},
+            "report": {"heatmaps": 16},
+        },
+    },
+    "uploaded-teacher": {
+        "summary": "Uploaded dataset and teacher weights, MSE explanation loss",
+        "value": {
+            "name": "flowers-xai-mse",
+            "dataset": {"id": "ds_01hv6xq3k2m8c0f7d9w5n4t3rb", "image_size": 64, "shots_per_class": 20},
+            "teacher": {"arch": "resnet32", "weights": "mdl_01hv6xq3k2m8c0f7d9w5n4t3rc"},
+            "student": {"arch": "cnn"},
+            "method": "xai-mse",
+            "training": {"epochs": 10},
+        },
+    },
+}
+
+
+def as_utc(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; every time the API shows is UTC and says so."""
+    if value is None:
+        return None
+    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable, machine-readable error code.")
+    message: str = Field(description="What went wrong, for a person.")
+    field: str | None = Field(None, description="Dotted path of the offending input, when one input is to blame.")
+
+
+class ErrorResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"error": {"code": "validation_error", "message": "student.arch: unknown architecture "
+                                    "'resnet9'", "field": "student.arch"}}]
+        }
+    )
+
+    error: ErrorDetail
+
+
+class ProgressOut(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    epoch: int = Field(0, description="1-based epoch within the current stage (0 before the first ends).")
+    total_epochs: int = 0
+    step: int = Field(0, description="1-based step within the epoch.")
+    total_steps: int = 0
+    fraction: float = Field(0.0, description="Completion of the whole run, 0..1.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Latest training metrics.")
+
+
+class JobErrorOut(BaseModel):
+    code: str
+    message: str
+    field: str | None = None
+    where: str | None = Field(None, description="Stage or component where the job failed.")
+
+
+class ArtifactOut(BaseModel):
+    name: str = Field(description="e.g. 'student.safetensors', 'metrics.json', 'heatmaps/0003.png'.")
+    size_bytes: int
+    content_type: str
+    url: str = Field(description="Download path, relative to the API root.")
+
+    @classmethod
+    def from_artifact(cls, artifact: Artifact) -> ArtifactOut:
+        url = f"/v1/jobs/{quote(artifact.job_id, safe='')}/artifacts/{quote(artifact.name, safe='/')}"
+        return cls(name=artifact.name, size_bytes=artifact.size_bytes, content_type=artifact.content_type, url=url)
+
+
+_JOB_EXAMPLE: dict[str, Any] = {
+    "id": _EXAMPLE_JOB_ID,
+    "name": "digits-e2kd",
+    "status": "running",
+    "stage": "distilling",
+    "progress": {"epoch": 3, "total_epochs": 15, "step": 12, "total_steps": 23, "fraction": 0.61,
+                 "metrics": {"loss": 0.42, "train_accuracy": 0.93}},
+    "metrics": None,
+    "error": None,
+    "attempts": 1,
+    "created_at": _EXAMPLE_TIME,
+    "started_at": "2026-01-01T12:00:02Z",
+    "finished_at": None,
+    "artifacts": [],
+    "spec": JOB_SPEC_EXAMPLES["digits-e2kd"]["value"],
+}
+
+
+class JobOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_JOB_EXAMPLE]})
+
+    id: str
+    name: str
+    status: JobStatus
+    stage: str | None = Field(None, description="Set while running: preparing_data, training_teacher, ...")
+    progress: ProgressOut | None = None
+    metrics: dict[str, Any] | None = Field(None, description="The run's metrics.json once it succeeded.")
+    error: JobErrorOut | None = None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    artifacts: list[ArtifactOut] = Field(default_factory=list)
+    spec: dict[str, Any] = Field(description="The validated job spec, with every default filled in.")
+
+    @classmethod
+    def from_job(cls, job: Job) -> JobOut:
+        error = None
+        if job.error_code:
+            error = JobErrorOut(code=job.error_code, message=job.error_message or "", field=job.error_field,
+                                where=job.error_where)
+        return cls(
+            id=job.id,
+            name=job.name,
+            status=JobStatus(job.status),
+            stage=job.stage,
+            progress=_progress(job),
+            metrics=job.metrics,
+            error=error,
+            attempts=job.attempts or 0,
+            created_at=as_utc(job.created_at),
+            started_at=as_utc(job.started_at),
+            finished_at=as_utc(job.finished_at),
+            artifacts=[ArtifactOut.from_artifact(artifact) for artifact in job.artifacts],
+            spec=job.spec,
+        )
+
+
+def _progress(job: Job) -> ProgressOut | None:
+    """The worker writes progress; a malformed blob must not turn a GET into a 500."""
+    if not job.progress:
+        return None
+    try:
+        return ProgressOut.model_validate(job.progress)
+    except ValidationError:
+        log.warning("job %s: unreadable progress blob %r", job.id, job.progress)
+        return None
+
+
+class JobPage(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [_JOB_EXAMPLE], "next_cursor": "MjAyNi0..."}]})
+
+    items: list[JobOut]
+    next_cursor: str | None = Field(None, description="Pass as `cursor` for the next page; null on the last page.")
+
+
+_MODEL_EXAMPLE: dict[str, Any] = {
+    "id": "mdl_01hv6xq3k2m8c0f7d9w5n4t3rc", "name": "resnet32-flowers", "arch": "resnet32", "num_classes": 5,
+    "in_channels": 3, "size_bytes": 1895432, "sha256": "9f2c" + "0" * 60, "created_at": _EXAMPLE_TIME,
+}
+_DATASET_EXAMPLE: dict[str, Any] = {
+    "id": "ds_01hv6xq3k2m8c0f7d9w5n4t3rb", "name": "flowers", "kind": "imagefolder", "num_classes": 5,
+    "class_names": ["daisy", "dandelion", "rose", "sunflower", "tulip"], "in_channels": 3, "num_train": 3000,
+    "num_test": 670, "size_bytes": 228000000, "created_at": _EXAMPLE_TIME,
+}
+
+
+class ModelOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_MODEL_EXAMPLE]})
+
+    id: str
+    name: str
+    arch: str
+    num_classes: int
+    in_channels: int
+    size_bytes: int
+    sha256: str
+    created_at: datetime
+
+    @classmethod
+    def from_record(cls, record: ModelRecord) -> ModelOut:
+        return cls(id=record.id, name=record.name, arch=record.arch, num_classes=record.num_classes,
+                   in_channels=record.in_channels, size_bytes=record.size_bytes, sha256=record.sha256,
+                   created_at=as_utc(record.created_at))
+
+
+class ModelList(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [_MODEL_EXAMPLE]}]})
+
+    items: list[ModelOut]
+
+
+class DatasetOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_DATASET_EXAMPLE]})
+
+    id: str
+    name: str
+    kind: str = Field(description="'imagefolder' or 'npz'.")
+    num_classes: int
+    class_names: list[str]
+    in_channels: int | None = Field(None, description="Image channels (1 or 3), when known.")
+    num_train: int
+    num_test: int = Field(description="0 when the upload has no test split (jobs then hold out a seeded share).")
+    size_bytes: int
+    created_at: datetime
+
+    @classmethod
+    def from_record(cls, record: DatasetRecord) -> DatasetOut:
+        info = record.class_names or {}
+        return cls(id=record.id, name=record.name, kind=record.kind, num_classes=record.num_classes,
+                   class_names=list(info.get("names", [])), in_channels=info.get("in_channels"),
+                   num_train=record.num_train, num_test=record.num_test, size_bytes=record.size_bytes,
+                   created_at=as_utc(record.created_at))
+
+
+class DatasetList(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [_DATASET_EXAMPLE]}]})
+
+    items: list[DatasetOut]
+
+
+class HealthOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
+
+    status: str
+
+
+class CheckOut(BaseModel):
+    ok: bool
+    detail: str = ""
+
+
+class ReadyOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"status": "ready", "checks": {
+                "database": {"ok": True, "detail": "SELECT 1 ok"},
+                "broker": {"ok": True, "detail": "connected to redis://redis:6379/0"},
+                "worker": {"ok": True, "detail": "1 worker(s) answered ping"}}}]
+        }
+    )
+
+    status: str = Field(description="'ready' or 'not_ready'.")
+    checks: dict[str, CheckOut]
+
+
+# Error responses documented on every route (with the shared example body).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "Missing or wrong bearer key (only when keys are configured)."},
+    422: {"model": ErrorResponse, "description": "Invalid input; `error.field` names it."},
+}
