@@ -14,16 +14,17 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
 
 from store.settings import Settings
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 logger = logging.getLogger(__name__)
 
@@ -78,6 +79,8 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
 
 def alembic_config(url: str) -> Config:
     """Alembic configuration built in code: no ini file, no dependence on the working directory."""
+    from alembic.config import Config  # imported here: only migrating pays for importing alembic
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.set_main_option("version_locations", str(MIGRATIONS_DIR / "versions"))
@@ -88,12 +91,16 @@ def alembic_config(url: str) -> Config:
 
 def upgrade_database(url: str, revision: str = "head") -> None:
     """Bring the schema to `revision` (head by default); a no-op on an up-to-date database."""
+    from alembic import command
+
     logger.info("migrating database %s to %s", make_url(url).render_as_string(hide_password=True), revision)
     command.upgrade(alembic_config(url), revision)
 
 
 def downgrade_database(url: str, revision: str) -> None:
     """Step the schema back to `revision` ('base' removes every table)."""
+    from alembic import command
+
     logger.info("downgrading database %s to %s", make_url(url).render_as_string(hide_password=True), revision)
     command.downgrade(alembic_config(url), revision)
 

@@ -61,7 +61,7 @@ class LeaseLost(IllegalTransition):
 
     def __init__(self, job_id: str, current: str, wanted: str, worker_id: str) -> None:
         super().__init__(job_id, current, wanted)
-        self.args = (f"job {job_id} is no longer owned by worker {worker_id} (now {current}); cannot become {wanted}",)
+        self.args = (f"job {job_id} is no longer owned by worker {worker_id} (it is {current})",)
         self.worker_id = worker_id
 
 
@@ -338,7 +338,7 @@ def heartbeat(session: Session, job_id: str, worker_id: str, stage: str | None =
     if row is None:
         raise NotFound(f"job {job_id} not found")
     if row.worker_id != worker_id:
-        raise LeaseLost(job_id, row.status, row.status, worker_id)
+        raise LeaseLost(job_id, row.status, "heartbeat", worker_id)
     return JobStatus(row.status)
 
 
@@ -350,11 +350,6 @@ def finish_job(session: Session, job_id: str, worker_id: str, status: JobStatus,
     target = JobStatus(status)
     if target not in TERMINAL_STATUSES:
         raise ValueError(f"finish_job needs a terminal status, not {target.value}")
-    job = _load_job(session, job_id)
-    session.commit()
-    current = JobStatus(job.status)
-    if job.worker_id != worker_id:
-        raise LeaseLost(job_id, current.value, target.value, worker_id)
     values: dict[str, Any] = {"finished_at": utcnow(), "stage": None}
     if metrics is not None:
         values["metrics"] = metrics
@@ -362,19 +357,15 @@ def finish_job(session: Session, job_id: str, worker_id: str, status: JobStatus,
         values.update(
             error_code=error.code, error_message=error.message, error_field=error.field, error_where=error.where
         )
-    try:
-        finished = _transition(session, job_id, current, target, owner=worker_id, **values)
-    except IllegalTransition:
-        session.rollback()
-        raise
-    if not finished:  # changed between the read and the update (a cancel request, a requeue)
-        session.rollback()
-        fresh = _load_job(session, job_id)
+    for _ in range(5):  # a retry means the row moved under us (running -> cancelling); decide again
+        job = _load_job(session, job_id)
         session.commit()
-        if fresh.worker_id == worker_id and fresh.status in _ACTIVE:
-            return finish_job(session, job_id, worker_id, target, metrics, error)
-        raise IllegalTransition(job_id, fresh.status, target.value)
-    return _commit_and_load(session, job_id)
+        if job.worker_id != worker_id:
+            raise LeaseLost(job_id, job.status, target.value, worker_id)
+        if _transition(session, job_id, JobStatus(job.status), target, owner=worker_id, **values):
+            return _commit_and_load(session, job_id)
+        session.rollback()
+    raise IllegalTransition(job_id, job.status, target.value)
 
 
 def request_cancel(session: Session, job_id: str) -> Job:

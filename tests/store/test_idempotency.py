@@ -1,0 +1,93 @@
+"""Idempotency-Key: a retried POST returns the first job; a reused key with another body is a conflict."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from store import repository
+from store.db import Database
+from store.models import Job
+from store.repository import IdempotencyConflict
+from tests.store.support import spec
+
+
+def _job_count(session: Session) -> int:
+    count = session.scalar(select(func.count()).select_from(Job))
+    session.commit()
+    return count
+
+
+def test_same_key_and_same_body_return_the_existing_job(session: Session) -> None:
+    first, first_created = repository.create_job(session, spec(), "a", idempotency_key="key-1")
+    second, second_created = repository.create_job(session, spec(), "a", idempotency_key="key-1")
+
+    assert (first_created, second_created) == (True, False)
+    assert second.id == first.id
+    assert _job_count(session) == 1
+
+
+def test_key_order_of_the_body_does_not_matter(session: Session) -> None:
+    body = spec()
+    reordered = dict(reversed(list(body.items())))
+    first, _ = repository.create_job(session, body, "a", idempotency_key="key-1")
+
+    second, created = repository.create_job(session, reordered, "a", idempotency_key="key-1")
+
+    assert (second.id, created) == (first.id, False)
+
+
+def test_same_key_with_another_body_is_a_conflict(session: Session) -> None:
+    repository.create_job(session, spec(), "a", idempotency_key="key-1")
+
+    with pytest.raises(IdempotencyConflict, match="key-1"):
+        repository.create_job(session, spec(method="kd"), "a", idempotency_key="key-1")
+
+    assert _job_count(session) == 1
+
+
+def test_without_a_key_every_post_creates_a_job(session: Session) -> None:
+    first, _ = repository.create_job(session, spec(), "a")
+    second, _ = repository.create_job(session, spec(), "a")
+
+    assert first.id != second.id
+    assert first.id.startswith("job_") and len(first.id) == 4 + 16
+    assert _job_count(session) == 2
+
+
+def test_different_keys_create_different_jobs(session: Session) -> None:
+    first, _ = repository.create_job(session, spec(), "a", idempotency_key="key-1")
+    second, _ = repository.create_job(session, spec(), "a", idempotency_key="key-2")
+
+    assert first.id != second.id
+
+
+def test_concurrent_posts_with_one_key_create_one_job(database: Database) -> None:
+    contenders = 6
+    barrier = threading.Barrier(contenders)
+    outcomes: list[tuple[str, bool]] = []
+    errors: list[BaseException] = []
+
+    def post() -> None:
+        try:
+            with database.session() as session:
+                barrier.wait(timeout=30)
+                job, created = repository.create_job(session, spec(), "a", idempotency_key="shared-key")
+                outcomes.append((job.id, created))
+        except BaseException as error:  # surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=post) for _ in range(contenders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert errors == []
+    assert len({job_id for job_id, _ in outcomes}) == 1
+    assert sorted(created for _, created in outcomes) == [False] * (contenders - 1) + [True]
+    with database.session() as session:
+        assert _job_count(session) == 1
