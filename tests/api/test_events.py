@@ -1,0 +1,121 @@
+"""Server-Sent Events: one event per visible change, `state` vs `progress`, and the stream ends with the job."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import replace
+
+from fastapi.testclient import TestClient
+
+from store import repository
+from store.db import Database
+from store.models import JobStatus
+from tests.api.support import digits_spec
+
+
+def _read_events(client: TestClient, url: str) -> list[dict]:
+    """Every event until the server closes the stream: [{"event", "id", "data"} | {"comment"}]."""
+    events: list[dict] = []
+    current: dict = {}
+    with client.stream("GET", url) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line == "":
+                if current:
+                    events.append(current)
+                current = {}
+            elif line.startswith(":"):
+                current["comment"] = line[1:].strip()
+            else:
+                key, _, value = line.partition(": ")
+                current[key] = json.loads(value) if key == "data" else value
+    if current:
+        events.append(current)
+    return events
+
+
+def test_stream_of_a_finished_job_sends_its_state_once_and_closes(client: TestClient, db: Database) -> None:
+    job_id = client.post("/v1/jobs", json=digits_spec()).json()["id"]
+    with db.session() as session:
+        repository.claim_job(session, job_id, "worker-1", max_attempts=3)
+        repository.finish_job(session, job_id, "worker-1", JobStatus.succeeded, metrics={"student_accuracy": 0.9})
+
+    events = _read_events(client, f"/v1/jobs/{job_id}/events")
+
+    assert [event["event"] for event in events] == ["state"]
+    assert events[0]["data"]["status"] == "succeeded"
+    assert events[0]["data"]["metrics"] == {"student_accuracy": 0.9}
+
+
+def test_stream_follows_a_job_through_state_and_progress_changes_until_it_ends(
+    client: TestClient, db: Database
+) -> None:
+    job_id = client.post("/v1/jobs", json=digits_spec()).json()["id"]
+
+    def worker() -> None:
+        # Each step waits several poll intervals, so the stream sees every version.
+        steps = [
+            lambda s: repository.claim_job(s, job_id, "worker-1", max_attempts=3),
+            lambda s: repository.heartbeat(s, job_id, "worker-1", progress={"epoch": 1, "fraction": 0.3}),
+            lambda s: repository.heartbeat(s, job_id, "worker-1", stage="evaluating"),
+            lambda s: repository.finish_job(s, job_id, "worker-1", JobStatus.succeeded),
+        ]
+        for step in steps:
+            time.sleep(0.4)
+            with db.session() as session:
+                step(session)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    try:
+        events = _read_events(client, f"/v1/jobs/{job_id}/events")
+    finally:
+        thread.join()
+
+    sent = [(event["event"], event["data"]["status"], event["data"]["stage"]) for event in events]
+    assert sent == [
+        ("state", "queued", None),
+        ("state", "running", "preparing_data"),
+        ("progress", "running", "preparing_data"),
+        ("state", "running", "evaluating"),
+        ("state", "succeeded", None),
+    ]
+    assert events[2]["data"]["progress"]["fraction"] == 0.3
+    versions = [int(event["id"]) for event in events]
+    assert versions == sorted(set(versions))
+
+
+def test_idle_stream_sends_keep_alive_comments(client: TestClient) -> None:
+    client.app.state.event_stream = replace(client.app.state.event_stream, keepalive_s=0.1)  # type: ignore
+    job_id = client.post("/v1/jobs", json=digits_spec()).json()["id"]
+    cancel = threading.Timer(0.6, lambda: client.post(f"/v1/jobs/{job_id}/cancel"))
+    cancel.start()
+    try:
+        events = _read_events(client, f"/v1/jobs/{job_id}/events")
+    finally:
+        cancel.join()
+
+    assert events[0]["event"] == "state" and events[-1]["data"]["status"] == "cancelled"
+    assert any(event.get("comment") == "keep-alive" for event in events[1:-1])
+
+
+def test_client_that_disconnects_ends_the_stream(client: TestClient) -> None:
+    job_id = client.post("/v1/jobs", json=digits_spec()).json()["id"]  # stays queued: the stream would go on
+
+    started = time.monotonic()
+    with client.stream("GET", f"/v1/jobs/{job_id}/events") as response:
+        first = next(response.iter_lines())
+    elapsed_s = time.monotonic() - started
+
+    assert first == "event: state"
+    assert elapsed_s < 5
+
+
+def test_stream_of_an_unknown_job_is_a_404_json_error(client: TestClient) -> None:
+    response = client.get("/v1/jobs/job_missing/events")
+
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "job_not_found"

@@ -1,0 +1,93 @@
+"""Liveness, readiness (database, broker, a live worker), Prometheus metrics, and the 500 safety net."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from fastapi.testclient import TestClient
+
+from store.settings import Settings
+from tests.api.support import digits_spec
+from worker.presence import write_presence
+
+
+def test_healthz_answers_while_the_process_is_up(client: TestClient) -> None:
+    response = client.get("/healthz")
+
+    assert response.status_code == 200
+    assert response.json() == {"status": "ok"}
+
+
+def test_readyz_with_database_and_broker_but_no_worker_is_503_naming_the_worker(client: TestClient) -> None:
+    response = client.get("/readyz")
+
+    assert response.status_code == 503
+    checks = response.json()["checks"]
+    assert checks["database"]["ok"] is True
+    assert checks["broker"]["ok"] is True
+    assert checks["worker"]["ok"] is False
+
+
+def test_readyz_is_ready_when_a_worker_is_present(client: TestClient, app_settings: Settings) -> None:
+    write_presence(app_settings, "worker-test")
+
+    response = client.get("/readyz")
+
+    assert response.status_code == 200, response.json()
+    assert response.json()["status"] == "ready"
+    assert all(check["ok"] for check in response.json()["checks"].values())
+
+
+def test_readyz_ignores_a_worker_that_stopped_reporting(client: TestClient, app_settings: Settings) -> None:
+    write_presence(app_settings, "worker-gone", now=time.time() - 3600)
+
+    response = client.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.json()["checks"]["worker"]["ok"] is False
+
+
+def test_readyz_reports_an_unreachable_broker(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(BROKER_URL="redis://127.0.0.1:1/0")
+
+    response = client.get("/readyz")
+
+    assert response.status_code == 503
+    assert response.json()["checks"]["broker"]["ok"] is False
+    assert response.json()["checks"]["database"]["ok"] is True
+
+
+def test_metrics_count_requests_by_route_template_and_jobs_by_state(client: TestClient) -> None:
+    job_id = client.post("/v1/jobs", json=digits_spec()).json()["id"]
+    client.post("/v1/jobs", json=digits_spec())
+    client.get(f"/v1/jobs/{job_id}")
+    client.post(f"/v1/jobs/{job_id}/cancel")
+
+    text = client.get("/metrics").text
+
+    assert 'distill_http_requests_total{method="POST",route="/v1/jobs",status="201"} 2.0' in text
+    assert 'distill_http_requests_total{method="GET",route="/v1/jobs/{job_id}",status="200"} 1.0' in text
+    assert 'distill_http_request_duration_seconds_count{method="POST",route="/v1/jobs",status="201"} 2.0' in text
+    assert 'distill_http_request_duration_seconds_bucket{le="+Inf",method="POST",route="/v1/jobs",status="201"} 2.0' \
+        in text
+    assert 'distill_jobs{status="queued"} 1.0' in text
+    assert 'distill_jobs{status="cancelled"} 1.0' in text
+    assert 'distill_jobs{status="running"} 0.0' in text
+    assert "distill_queue_depth 1.0" in text
+
+
+def test_an_unexpected_error_is_a_json_500_without_the_traceback(make_client: Callable[..., TestClient]) -> None:
+    client = make_client(raise_server_exceptions=False)
+
+    def explode() -> None:
+        raise RuntimeError("secret internals /srv/app/config.py line 12")
+
+    client.app.add_api_route("/explode", explode)  # type: ignore[attr-defined]
+
+    response = client.get("/explode")
+
+    assert response.status_code == 500
+    assert response.json()["error"]["code"] == "internal_error"
+    assert "secret internals" not in response.text and "Traceback" not in response.text
+    assert 'route="/explode",status="500"' in client.get("/metrics").text
