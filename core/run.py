@@ -1,0 +1,409 @@
+"""One job, start to finish: data, teacher, (explainer), student, evaluation, heatmaps.
+
+`run_job` is what a worker calls and what `python -m core.run SPEC.json --out DIR` runs;
+both leave the same artifacts in the out folder. A run can be interrupted at any point
+and rerun with the same folder: finished stages are not redone (their results are on
+disk) and the stage that was running continues from its last epoch checkpoint, so the
+final student is bit-identical to that of an uninterrupted run. The folder remembers the
+spec's sha256 and refuses to continue a different spec.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from core.attribution import captum_maps
+from core.callbacks import STAGES, NullCallbacks, RunCallbacks
+from core.checkpoint import load_checkpoint
+from core.data import DataBundle, load_dataset
+from core.errors import DistillError, JobCancelled, SpecError, WeightsError
+from core.evaluate import evaluate
+from core.explain import FeatureTap
+from core.models import build_model, explained_layer, load_weights, pick_device, save_weights
+from core.report import render_heatmaps
+from core.spec import JobSpec
+from core.terms import build_terms, cross_entropy_only, term_weights
+from core.trainer import DistillationObjective, OptimConfig, train
+from core.xdistill import ExplainerAutoencoder, explainer_objective
+
+log = logging.getLogger("core.run")  # not "__main__" under python -m
+
+RUN_STATE = "run_state.json"
+CHECKPOINTS = "checkpoints"
+
+
+def spec_sha256(spec: JobSpec) -> str:
+    """The identity of a spec: canonical JSON of every field after preset merging and defaults."""
+    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _write_json(path: Path, payload: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False))
+    tmp.replace(path)
+
+
+class RunState:
+    """Which stages of this out folder are finished, with their history and seconds (run_state.json)."""
+
+    def __init__(self, path: Path, sha256: str, stages: dict[str, dict[str, Any]]) -> None:
+        self.path, self.sha256, self.stages = path, sha256, stages
+
+    @classmethod
+    def open(cls, out_dir: Path, spec: JobSpec) -> RunState:
+        path, sha256 = out_dir / RUN_STATE, spec_sha256(spec)
+        if not path.exists():
+            state = cls(path, sha256, {})
+            state._save()
+            return state
+        saved = json.loads(path.read_text())
+        if saved.get("spec_sha256") != sha256:
+            raise SpecError(
+                f"the out folder {out_dir} holds a run of a different spec; use a new folder for a new spec"
+            )
+        return cls(path, sha256, saved.get("stages", {}))
+
+    def done(self, stage: str) -> bool:
+        return stage in self.stages
+
+    def complete(self, stage: str, seconds: float, history: list[dict[str, Any]] | None = None) -> None:
+        self.stages[stage] = {"seconds": seconds, "history": history or []}
+        self._save()
+
+    def history(self, stage: str) -> list[dict[str, Any]]:
+        return list(self.stages.get(stage, {}).get("history", []))
+
+    def _save(self) -> None:
+        _write_json(self.path, {"spec_sha256": self.sha256, "stages": self.stages})
+
+
+class _Job:
+    """The state shared by the stages of one run."""
+
+    def __init__(self, spec: JobSpec, out_dir: Path, callbacks: RunCallbacks, named: Mapping[str, Path] | None) -> None:
+        self.spec, self.out_dir, self.callbacks, self.named = spec, out_dir, callbacks, named
+        self.state = RunState.open(out_dir, spec)
+        self.device = pick_device(spec.training.device)
+        self.checkpoints = out_dir / CHECKPOINTS
+        self.seconds: dict[str, float] = {stage: info["seconds"] for stage, info in self.state.stages.items()}
+        self.spans = _progress_spans(spec)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        if self.callbacks.should_cancel():
+            raise JobCancelled(f"cancelled before {name}")
+        self.callbacks.on_stage(name)
+        log.info("job %s: stage %s", self.spec.name, name)
+        started = time.perf_counter()
+        yield
+        self.seconds[name] = time.perf_counter() - started
+
+    def seed(self, stage: str) -> None:
+        """A distinct, reproducible stream per stage: a student never starts as a copy of a teacher."""
+        torch.manual_seed(self.spec.training.seed + STAGES.index(stage))
+
+    def config(self, epochs: int) -> OptimConfig:
+        return OptimConfig.from_training(self.spec.training, epochs)
+
+
+def _progress_spans(spec: JobSpec) -> dict[str, tuple[float, float]]:
+    """Each stage's share of the run's progress, roughly by cost (an epoch is one unit)."""
+    explainer = spec.loss.explanation.weight > 0 and spec.loss.explanation.target == "autoencoder"
+    costs = {
+        "preparing_data": 0.5,
+        "training_teacher": float(spec.teacher.epochs) if spec.teacher.weights is None else 0.0,
+        "fitting_explainer": 0.5 * spec.loss.xdistill.epochs if explainer else 0.0,
+        "distilling": 1.5 * spec.training.epochs,
+        "evaluating": 1.0,
+        "rendering": 0.5 if spec.report.heatmaps else 0.0,
+    }
+    total, spans, done = sum(costs.values()), {}, 0.0
+    for stage in STAGES:
+        spans[stage] = (done / total, (done + costs[stage]) / total)
+        done += costs[stage]
+    return spans
+
+
+def _feature_channels(model: nn.Module, data: DataBundle, device: torch.device) -> int:
+    """Channels of the explained layer, from one eval-mode forward (BatchNorm statistics untouched)."""
+    tap = FeatureTap(explained_layer(model))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(data.train_x[:1].to(device))
+    model.train(was_training)
+    channels = int(tap.take().shape[1])
+    tap.remove()
+    return channels
+
+
+def _check_teacher_file(path: Path, model: nn.Module, data: DataBundle) -> None:
+    """Name the spec mistake (wrong class count or channels) before a generic shape mismatch would."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise SpecError(f"teacher.weights: no such file {path}", field="teacher.weights")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            shapes = {key: list(handle.get_slice(key).get_shape()) for key in handle.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"not a readable safetensors file: {exc}", field="teacher.weights") from exc
+    expected = model.state_dict()
+    first_conv = next(key for key, value in expected.items() if value.ndim == 4)
+    classifier = [key for key, value in expected.items() if value.ndim == 2][-1]
+    if classifier in shapes and shapes[classifier][0] != data.num_classes:
+        raise SpecError(
+            f"teacher.weights has {shapes[classifier][0]} classes but the dataset has {data.num_classes}",
+            field="teacher.weights",
+        )
+    if first_conv in shapes and len(shapes[first_conv]) == 4 and shapes[first_conv][1] != data.in_channels:
+        raise SpecError(
+            f"teacher.weights takes {shapes[first_conv][1]}-channel images but the dataset has {data.in_channels}",
+            field="teacher.weights",
+        )
+
+
+def _teacher(job: _Job, data: DataBundle) -> tuple[nn.Module, list[dict[str, Any]]]:
+    spec = job.spec
+    job.seed("training_teacher")
+    teacher = build_model(spec.teacher.arch, data.num_classes, data.in_channels)
+    if spec.teacher.weights is not None:
+        path = Path(spec.teacher.weights)
+        _check_teacher_file(path, teacher, data)
+        return load_weights(teacher, path).to(job.device), []
+    weights_path = job.out_dir / "teacher.safetensors"
+    if job.state.done("training_teacher") and weights_path.exists():
+        log.info("job %s: teacher already trained, loading %s", spec.name, weights_path)
+        return load_weights(teacher, weights_path).to(job.device), job.state.history("training_teacher")
+    with job.stage("training_teacher"):
+        objective = DistillationObjective(teacher, cross_entropy_only(), data, job.device)
+        try:
+            history = train(
+                teacher, objective, data.train_x, data.train_y, job.config(spec.teacher.epochs),
+                stage="training_teacher", device=job.device, callbacks=job.callbacks,
+                checkpoint_path=job.checkpoints / "training_teacher.pt", augment=spec.dataset.augment,
+                span=job.spans["training_teacher"],
+            )
+        finally:
+            objective.close()
+        save_weights(teacher, weights_path)
+    job.state.complete("training_teacher", job.seconds["training_teacher"], history)
+    return teacher, history
+
+
+def _explainer(job: _Job, data: DataBundle, teacher: nn.Module) -> tuple[nn.Module, list[dict[str, Any]]]:
+    """The XDistillation autoencoder: fitted once, then reloaded from its final checkpoint on a rerun."""
+    spec = job.spec
+    explainer = spec.loss.explanation.explainer
+    checkpoint = job.checkpoints / "fitting_explainer.pt"
+    if job.state.done("fitting_explainer") and checkpoint.exists():
+        map_size = tuple(captum_maps(teacher, data.train_x[:1], torch.zeros(1, dtype=torch.long), explainer).shape[-2:])
+        autoencoder = ExplainerAutoencoder(data.in_channels, map_size).to(job.device)
+        autoencoder.load_state_dict(load_checkpoint(checkpoint)["model"])
+        return autoencoder, job.state.history("fitting_explainer")
+    with job.stage("fitting_explainer"):
+        autoencoder, objective = explainer_objective(
+            teacher, data, explainer, job.device, spec.training.seed + STAGES.index("fitting_explainer")
+        )
+        config = OptimConfig(
+            epochs=spec.loss.xdistill.epochs, batch_size=spec.training.batch_size, optimizer="adam",
+            lr=spec.loss.xdistill.lr, weight_decay=0.0, scheduler="cosine", seed=spec.training.seed,
+        )
+        history = train(
+            autoencoder, objective, data.train_x, data.train_y, config, stage="fitting_explainer",
+            device=job.device, callbacks=job.callbacks, checkpoint_path=checkpoint, augment=spec.dataset.augment,
+            span=job.spans["fitting_explainer"],
+        )
+    job.state.complete("fitting_explainer", job.seconds["fitting_explainer"], history)
+    return autoencoder, history
+
+
+def _student(
+    job: _Job, data: DataBundle, teacher: nn.Module, autoencoder: nn.Module | None
+) -> tuple[nn.Module, list[dict[str, Any]]]:
+    spec = job.spec
+    job.seed("distilling")
+    student = build_model(spec.student.arch, data.num_classes, data.in_channels).to(job.device)
+    weights_path = job.out_dir / "student.safetensors"
+    if job.state.done("distilling") and weights_path.exists():
+        return load_weights(student, weights_path).to(job.device), job.state.history("distilling")
+    with job.stage("distilling"):
+        teacher.to(job.device)
+        terms = build_terms(
+            spec.loss, _feature_channels(student, data, job.device), _feature_channels(teacher, data, job.device)
+        ).to(job.device)
+        explaining = spec.loss.explanation.weight > 0
+        objective = DistillationObjective(
+            student, terms, data, job.device, teacher=teacher,
+            explanation=spec.loss.explanation if explaining else None,
+            oracle_gamma=spec.loss.oracle_gamma,
+            autoencoder=autoencoder if explaining else None,
+            cache_maps=not spec.dataset.augment,
+        )
+        try:
+            history = train(
+                student, objective, data.train_x, data.train_y, job.config(spec.training.epochs),
+                stage="distilling", device=job.device, callbacks=job.callbacks,
+                checkpoint_path=job.checkpoints / "distilling.pt", augment=spec.dataset.augment,
+                span=job.spans["distilling"],
+            )
+        finally:
+            objective.close()
+        save_weights(student, weights_path)
+    job.state.complete("distilling", job.seconds["distilling"], history)
+    return student, history
+
+
+def run_job(
+    spec: JobSpec,
+    out_dir: Path,
+    callbacks: RunCallbacks | None = None,
+    *,
+    named_datasets: Mapping[str, Path] | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) `spec` into `out_dir`; returns what metrics.json holds.
+
+    Raises DistillError subclasses for problems the user can fix, JobCancelled when the
+    callbacks ask to stop (checkpoints are kept, so rerunning continues the run).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    job = _Job(spec, out_dir, callbacks or NullCallbacks(), named_datasets)
+    metrics_path = out_dir / "metrics.json"
+    if job.state.done("rendering") and metrics_path.exists():
+        log.info("job %s: already finished in %s", spec.name, out_dir)
+        return json.loads(metrics_path.read_text())
+
+    seed = spec.training.seed
+    torch.manual_seed(seed)
+    with job.stage("preparing_data"):
+        data = load_dataset(spec.dataset, seed, named_datasets)
+    teacher, teacher_history = _teacher(job, data)
+    teacher.eval().requires_grad_(False)
+
+    autoencoder, explainer_history = None, None
+    if spec.loss.explanation.weight > 0 and spec.loss.explanation.target == "autoencoder":
+        autoencoder, explainer_history = _explainer(job, data, teacher)
+    student, student_history = _student(job, data, teacher, autoencoder)
+
+    with job.stage("evaluating"):
+        metrics = evaluate(student, teacher, data, job.device, latency_runs=spec.report.latency_runs)
+    heatmaps: list[Path] = []
+    with job.stage("rendering"):
+        if spec.report.heatmaps > 0:
+            heatmaps = render_heatmaps(student, teacher, data, out_dir, spec.report.heatmaps, job.device)
+
+    history = {"teacher": teacher_history, "student": student_history}
+    if explainer_history is not None:
+        history["explainer"] = explainer_history
+    result: dict[str, Any] = {
+        **metrics,
+        "history": history,
+        "method": spec.method,
+        "loss_terms": term_weights(spec.loss),
+        "oracle_gamma": spec.loss.oracle_gamma,
+        "heatmaps": [str(path.relative_to(out_dir)) for path in heatmaps],
+        "seconds": dict(job.seconds),
+        "device": str(job.device),
+        "spec_sha256": job.state.sha256,
+        "spec": spec.model_dump(mode="json"),
+    }
+    _write_json(metrics_path, result)
+    job.state.complete("rendering", job.seconds["rendering"])
+    shutil.rmtree(job.checkpoints, ignore_errors=True)  # the run is final: nothing left to resume
+    log.info(
+        "job %s: done in %.1fs: student %.4f, teacher %.4f, explanation cosine %.4f",
+        spec.name, sum(job.seconds.values()), metrics["student_accuracy"], metrics["teacher_accuracy"],
+        metrics["explanation_cosine"],
+    )
+    return result
+
+
+# --- command line ------------------------------------------------------------------------------------------
+
+
+def describe_validation_error(error: ValidationError) -> list[str]:
+    """One line per problem, each naming the dotted spec field: `training.lr: Input should be ...`."""
+    lines = []
+    for problem in error.errors():
+        field = ".".join(str(part) for part in problem["loc"]) or "(spec)"
+        lines.append(f"{field}: {problem['msg']}")
+    return lines
+
+
+def _parse_data(values: Sequence[str], parser: argparse.ArgumentParser) -> dict[str, Path]:
+    named: dict[str, Path] = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            parser.error(f"--data expects NAME=PATH, got '{value}'")
+        named[name] = Path(path)
+    return named
+
+
+SUMMARY_KEYS = ("student_accuracy", "teacher_accuracy", "agreement", "explanation_cosine", "ece")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m core.run SPEC.json --out DIR [--data NAME=PATH ...]` (also `distill run`)."""
+    from core.progress import terminal_callbacks
+
+    parser = argparse.ArgumentParser(
+        prog="distill run", description="Run one distillation job in this process (resumes an interrupted --out)."
+    )
+    parser.add_argument("spec", type=Path, help="job spec JSON (the body of POST /v1/jobs)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for artifacts and checkpoints")
+    parser.add_argument("--data", action="append", default=[], metavar="NAME=PATH",
+                        help="register a named dataset (ImageFolder tree or .npz); repeatable")
+    args = parser.parse_args(argv)
+    named = _parse_data(args.data, parser)
+    logging.basicConfig(level=os.environ.get("DISTILL_LOG_LEVEL", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    try:
+        spec = JobSpec.model_validate_json(args.spec.read_bytes())
+    except OSError as exc:
+        print(f"cannot read spec {args.spec}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:
+        print(f"invalid spec {args.spec}:", file=sys.stderr)
+        for line in describe_validation_error(exc):
+            print(f"  {line}", file=sys.stderr)
+        return 2
+
+    callbacks = terminal_callbacks()
+    try:
+        result = run_job(spec, args.out, callbacks, named_datasets=named)
+    except DistillError as exc:
+        where = f" ({exc.field})" if exc.field else ""
+        print(f"error [{exc.code}]{where}: {exc.message}", file=sys.stderr)
+        return 2
+    except (JobCancelled, KeyboardInterrupt):
+        print(f"interrupted; rerun the same command to resume from the last checkpoint in {args.out}", file=sys.stderr)
+        return 130
+    finally:
+        close = getattr(callbacks, "close", None)
+        if close is not None:
+            close()
+    print(json.dumps({key: result[key] for key in SUMMARY_KEYS}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
