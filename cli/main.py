@@ -33,9 +33,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distill", description="Explanation-guided knowledge distillation service.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="run one job spec in this process and write its artifacts to --out")
-    run.add_argument("spec", help="job spec JSON file")
-    run.add_argument("--out", required=True, help="output folder (a re-run resumes from its checkpoints)")
+    # `run` is parsed by core.run itself (spec, --out, --data): listed here for `distill --help` only.
+    commands.add_parser("run", help="run one job spec in this process: run SPEC.json --out DIR [--data NAME=PATH]",
+                        add_help=False)
 
     serve = commands.add_parser("serve", help="migrate, start workers and serve the API (embedded defaults)")
     _add_bind(serve)
@@ -64,12 +64,12 @@ def _positive(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "run":
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["run"]:
         from core.run import main as run_main
 
-        return run_main([args.spec, "--out", args.out])
-
+        return run_main(argv[1:])
+    args = _parser().parse_args(argv)
     from api.auth import InsecureBindError
     from worker.logsetup import configure_logging
 

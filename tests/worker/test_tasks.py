@@ -1,0 +1,115 @@
+"""worker.tasks.run_job with the real engine on tiny jobs: every way a job can end, written to its row."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from store import repository
+from store.artifacts import job_dir
+from store.db import Database
+from store.models import Job, JobStatus
+from tests.worker.jobspecs import tiny_spec
+from worker.runtime import WorkerRuntime
+from worker.tasks import run_job
+
+
+def test_successful_job_records_metrics_artifacts_and_ends_without_stage(
+    runtime: WorkerRuntime, make_job: Callable[..., Job], read_job: Callable[[str], Job]
+) -> None:
+    job = make_job()
+    assert run_job(job.id, runtime) == "succeeded"
+
+    done = read_job(job.id)
+    assert done.status == JobStatus.succeeded.value
+    assert done.stage is None and done.error_code is None
+    assert done.attempts == 1 and done.worker_id == runtime.worker_id
+    assert 0.0 <= done.metrics["student_accuracy"] <= 1.0
+    assert done.metrics["history"]["student"][0]["epoch"] == 1
+    assert done.progress["fraction"] > 0.5  # progress was written while it ran
+    names = {artifact.name for artifact in done.artifacts}
+    assert {"student.safetensors", "teacher.safetensors", "metrics.json"} <= names
+    assert any(name.startswith("heatmaps/") for name in names)
+    assert (job_dir(runtime.settings, job.id) / "student.safetensors").is_file()
+
+
+def test_second_delivery_of_a_finished_job_does_nothing(
+    runtime: WorkerRuntime, make_job: Callable[..., Job], read_job: Callable[[str], Job]
+) -> None:
+    job = make_job()
+    assert run_job(job.id, runtime) == "succeeded"
+    finished_at = read_job(job.id).finished_at
+    assert run_job(job.id, runtime) == "skipped"
+    again = read_job(job.id)
+    assert again.attempts == 1 and again.finished_at == finished_at
+
+
+def test_unknown_job_id_is_skipped(runtime: WorkerRuntime) -> None:
+    assert run_job("job_doesnotexist", runtime) == "skipped"
+
+
+def test_user_error_fails_with_code_field_and_stage(
+    runtime: WorkerRuntime, make_job: Callable[..., Job], read_job: Callable[[str], Job]
+) -> None:
+    job = make_job(tiny_spec(dataset={"name": None, "id": "ds_vanished"}))
+    assert run_job(job.id, runtime) == "failed"
+    failed = read_job(job.id)
+    assert failed.status == JobStatus.failed.value
+    assert (failed.error_code, failed.error_field, failed.error_where) == ("invalid_dataset", "dataset.id",
+                                                                          "preparing_data")
+    assert "ds_vanished" in failed.error_message
+
+
+def test_unexpected_exception_fails_as_internal_error_not_running(
+    runtime: WorkerRuntime, make_job: Callable[..., Job], read_job: Callable[[str], Job]
+) -> None:
+    job = make_job()
+    folder = job_dir(runtime.settings, job.id)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    folder.write_text("a file where the job folder should be")  # the engine cannot create its out folder
+    assert run_job(job.id, runtime) == "failed"
+    failed = read_job(job.id)
+    assert failed.status == JobStatus.failed.value
+    assert failed.error_code == "internal_error"
+    assert "FileExistsError" in failed.error_message
+    assert "Traceback" not in failed.error_message  # the traceback goes to the log only
+
+
+def test_cancel_during_distillation_ends_cancelled(
+    runtime: WorkerRuntime, database: Database, make_job: Callable[..., Job], read_job: Callable[[str], Job]
+) -> None:
+    job = make_job(tiny_spec(student_epochs=200))
+    outcome: list[str] = []
+    thread = threading.Thread(target=lambda: outcome.append(run_job(job.id, runtime)))
+    thread.start()
+    deadline = time.monotonic() + 120
+    while read_job(job.id).stage != "distilling" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    with database.sessions() as session:
+        repository.request_cancel(session, job.id)
+    thread.join(timeout=30)
+
+    assert outcome == ["cancelled"]
+    cancelled = read_job(job.id)
+    assert cancelled.status == JobStatus.cancelled.value
+    assert cancelled.stage is None and cancelled.finished_at is not None
+
+
+def test_worker_shutdown_leaves_the_job_to_the_next_attempt(
+    runtime: WorkerRuntime, make_job: Callable[..., Job], read_job: Callable[[str], Job]
+) -> None:
+    job = make_job(tiny_spec(student_epochs=200))
+    outcome: list[str] = []
+    thread = threading.Thread(target=lambda: outcome.append(run_job(job.id, runtime)))
+    thread.start()
+    deadline = time.monotonic() + 120
+    while read_job(job.id).stage != "distilling" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    runtime.shutdown.set()
+    thread.join(timeout=30)
+
+    assert outcome == ["released"]
+    left = read_job(job.id)
+    assert left.status == JobStatus.running.value  # the sweeper re-queues it once its heartbeat is stale
+    assert left.finished_at is None
