@@ -48,6 +48,18 @@ JOB_SPEC_EXAMPLES: dict[str, dict[str, Any]] = {
 }
 
 
+def nul_field(value: Any, path: str = "") -> str | None:
+    """Dotted path of the first string holding a NUL character (PostgreSQL text cannot store one), or None."""
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = nul_field(item, f"{path}.{key}" if path else str(key))
+        if found is not None:
+            return found
+    return None
+
+
 def as_utc(value: datetime | None) -> datetime | None:
     """SQLite hands back naive datetimes; every time the API shows is UTC and says so."""
     if value is None:

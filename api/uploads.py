@@ -88,6 +88,10 @@ class ReceivedUpload:
     def discard(self) -> None:
         self.path.unlink(missing_ok=True)
 
+    def default_name(self, fallback: str) -> str:
+        """A record's name when the client gave none: the file's stem, cut to the column's 200 characters."""
+        return (PurePosixPath(self.filename.replace("\\", "/")).stem or fallback)[:200]
+
 
 @dataclass
 class _Part:
@@ -141,7 +145,7 @@ class _StreamingForm:
                 raise ApiError(422, "validation_error", f"unexpected file field '{self.part.name}'", self.part.name)
             if self.file_handle is not None:
                 raise ApiError(422, "validation_error", f"send exactly one '{self.file_field}'", self.file_field)
-            self.filename = options[b"filename"].decode("utf-8", "replace")
+            self.filename = options[b"filename"].decode("utf-8", "replace").replace("\x00", "")
             self.file_handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in on_part_end / close()
                 dir=tmp_dir(self.settings), prefix="upload-", suffix=".part", delete=False
             )
@@ -170,7 +174,10 @@ class _StreamingForm:
             self.file_handle.close()
             self.writing_file = False
         else:
-            self.fields[self.part.name] = self.part.data.decode("utf-8", "replace")
+            value = self.part.data.decode("utf-8", "replace")
+            if "\x00" in value:  # PostgreSQL text cannot hold it; no legitimate field needs it
+                raise ApiError(422, "validation_error", f"form field '{self.part.name}' contains NUL", self.part.name)
+            self.fields[self.part.name] = value
 
     def on_end(self) -> None:
         self.ended = True

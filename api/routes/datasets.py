@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-from pathlib import PurePosixPath
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
@@ -54,7 +53,7 @@ def _store_dataset(upload: ReceivedUpload, form: DatasetUploadForm, settings: Se
         relpath = f"datasets/{dataset_id}" + (f"/{unpacked.data_name}" if unpacked.data_name else "")
         record = DatasetRecord(
             id=dataset_id,
-            name=form.name or PurePosixPath(upload.filename).stem or dataset_id,
+            name=form.name or upload.default_name(dataset_id),
             kind=unpacked.kind,
             num_classes=len(unpacked.class_names),
             class_names={"names": unpacked.class_names, "in_channels": unpacked.in_channels},
@@ -102,7 +101,7 @@ def list_datasets(session: SessionDep) -> DatasetList:
 
 @router.get("/{dataset_id}", summary="One uploaded dataset",
             responses={404: {"model": ErrorResponse, "description": "`dataset_not_found`."}, **ERROR_RESPONSES})
-def get_dataset(dataset_id: Annotated[str, Path(min_length=1, max_length=40)], session: SessionDep) -> DatasetOut:
+def get_dataset(dataset_id: Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_-]+$")], session: SessionDep) -> DatasetOut:
     try:
         return DatasetOut.from_record(repository.get_dataset(session, dataset_id))
     except repository.NotFound:

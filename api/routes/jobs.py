@@ -16,7 +16,7 @@ from api.deps import CeleryDep, SessionDep, SessionMakerDep, SettingsDep
 from api.errors import ApiError
 from api.events import EventStreamConfig, job_events
 from api.routes import API_V1
-from api.schemas import ERROR_RESPONSES, JOB_SPEC_EXAMPLES, ErrorResponse, JobOut, JobPage
+from api.schemas import ERROR_RESPONSES, JOB_SPEC_EXAMPLES, ErrorResponse, JobOut, JobPage, nul_field
 from core.spec import JobSpec
 from store import repository
 from store.artifacts import UnsafeArtifactPath, artifact_path
@@ -31,7 +31,8 @@ router = APIRouter(prefix=f"{API_V1}/jobs", tags=["jobs"])
 # scikit-learn's digits: 10 classes of 8x8 grey images (core.data reads it the same way).
 DIGITS_NUM_CLASSES, DIGITS_IN_CHANNELS = 10, 1
 
-JobId = Annotated[str, Path(min_length=1, max_length=40, description="Job id, e.g. 'job_5f0c2a9d3e1b4c7a'.")]
+JobId = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_-]+$",
+                            description="Job id, e.g. 'job_5f0c2a9d3e1b4c7a'.")]
 _NOT_FOUND = {404: {"model": ErrorResponse, "description": "No job with that id (`job_not_found`)."}}
 
 
@@ -112,8 +113,11 @@ def create_job(
                description="Retry-safe submission: the same key and body return the same job."),
     ] = None,
 ) -> JobOut:
+    document = spec.model_dump(mode="json")
+    if (field := nul_field(document)) is not None:
+        raise ApiError(422, "validation_error", f"{field}: text must not contain NUL characters", field)
     check_spec_against_server(spec, session, settings)
-    job, created = repository.create_job(session, spec.model_dump(mode="json"), spec.name, idempotency_key)
+    job, created = repository.create_job(session, document, spec.name, idempotency_key)
     if not created:
         log.info("job %s: replayed for Idempotency-Key %r; not enqueued again", job.id, idempotency_key)
         response.status_code = 200
@@ -217,7 +221,9 @@ def download_artifact(
     settings: SettingsDep,
 ) -> FileResponse:
     load_job(session, job_id)
-    not_found = ApiError(404, "artifact_not_found", f"job '{job_id}' has no artifact named '{name}'", "name")
+    not_found = ApiError(404, "artifact_not_found", f"job '{job_id}' has no artifact named {name!r}", "name")
+    if "\x00" in name:  # no recorded name holds one, and PostgreSQL would refuse the lookup
+        raise not_found
     try:
         # The name is only ever a lookup key: the file path comes from the recorded row, never from the client.
         artifact = repository.get_artifact(session, job_id, name)

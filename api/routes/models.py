@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import PurePosixPath
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
@@ -58,7 +57,7 @@ def _store_model(upload: ReceivedUpload, form: ModelUploadForm, settings: Settin
     os.replace(upload.path, destination)
     record = ModelRecord(
         id=model_id,
-        name=form.name or PurePosixPath(upload.filename).stem or model_id,
+        name=form.name or upload.default_name(model_id),
         arch=form.arch,
         num_classes=form.num_classes,
         in_channels=form.in_channels,
@@ -101,7 +100,7 @@ def list_models(session: SessionDep) -> ModelList:
 
 @router.get("/{model_id}", summary="One uploaded model",
             responses={404: {"model": ErrorResponse, "description": "`model_not_found`."}, **ERROR_RESPONSES})
-def get_model(model_id: Annotated[str, Path(min_length=1, max_length=40)], session: SessionDep) -> ModelOut:
+def get_model(model_id: Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_-]+$")], session: SessionDep) -> ModelOut:
     try:
         return ModelOut.from_record(repository.get_model(session, model_id))
     except repository.NotFound:

@@ -70,6 +70,12 @@ def test_invalid_spec_fields_are_named(client: TestClient, app_settings: Setting
     _assert_refused(client, app_settings, response, "validation_error", field)
 
 
+def test_text_with_a_nul_character_is_refused_naming_the_field(client: TestClient, app_settings: Settings) -> None:
+    response = client.post("/v1/jobs", json=digits_spec(name="digits\u0000kd"))
+
+    _assert_refused(client, app_settings, response, "validation_error", "name")
+
+
 def test_a_body_that_is_not_an_object_is_422(client: TestClient, app_settings: Settings) -> None:
     response = client.post("/v1/jobs", json=[1, 2, 3])
 
@@ -171,6 +177,13 @@ def test_teacher_model_class_count_is_checked_against_an_uploaded_dataset(
         ("GET", "/v1/jobs", {"params": {"cursor": "\u00e9\u00e9\u00e9"}}),
         ("GET", "/v1/jobs", {"params": {"limit": "1e309"}}),
         ("GET", "/v1/jobs/" + "x" * 300, {}),
+        ("GET", "/v1/jobs/job%00x", {}),
+        ("GET", "/v1/jobs/job%E2%80%AEx/events", {}),
+        ("POST", "/v1/jobs/job%00x/cancel", {}),
+        ("GET", "/v1/jobs/job%00x/artifacts/metrics.json", {}),
+        ("GET", "/v1/models/mdl%00x", {}),
+        ("GET", "/v1/datasets/ds%00x", {}),
+        ("POST", "/v1/datasets", {"data": {"name": "a\u0000b"}, "files": {"file": ("d.zip", b"PK")}}),
         ("POST", "/v1/jobs", {"content": b"\xff\xfe\x00", "headers": {"Content-Type": "application/json"}}),
         ("POST", "/v1/jobs", {"content": b"name=x", "headers": {"Content-Type": "application/x-www-form-urlencoded"}}),
         ("POST", "/v1/jobs", {"json": digits_spec(), "headers": {"Idempotency-Key": ""}}),

@@ -48,6 +48,15 @@ def test_upload_stores_safetensors_and_records_the_model(
     assert list((app_settings.distill_home / "tmp").iterdir()) == []
 
 
+def test_without_a_name_the_model_is_named_after_its_file(client: TestClient, tmp_path: Path) -> None:
+    filename = "t" * 300 + ".safetensors"
+
+    response = _upload(client, weights_bytes(tmp_path, "cnn", 10, 1), filename=filename)
+
+    assert response.status_code == 201, response.text
+    assert response.json()["name"] == "t" * 200
+
+
 def test_uploaded_model_can_be_the_teacher_of_a_job(client: TestClient, tmp_path: Path) -> None:
     model_id = _upload(client, weights_bytes(tmp_path, "cnn", 10, 1)).json()["id"]
 
