@@ -19,7 +19,6 @@ import hashlib
 import logging
 import os
 import re
-import shutil
 import stat
 import struct
 import tempfile
@@ -312,7 +311,7 @@ def _dataset_kind(upload: ReceivedUpload) -> str:
 
 def _stage_npz(upload: ReceivedUpload, staging: Path) -> UnpackedDataset:
     target = staging / "data.npz"
-    shutil.copyfile(upload.path, target)
+    os.replace(upload.path, target)  # same filesystem: a rename, not a copy
     counts = _npz_counts(target)
     try:
         bundle = load_dataset(DatasetSpec(path=str(target), image_size=8), seed=0)

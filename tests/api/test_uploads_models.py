@@ -143,11 +143,22 @@ def test_bad_form_fields_are_named(
     assert _leftovers(app_settings) == []
 
 
-def test_missing_file_is_named(client: TestClient) -> None:
-    response = client.post("/v1/models", data=FIELDS, files={"other": ("x.txt", b"x")})
+def test_a_form_without_the_file_is_refused_naming_file(client: TestClient) -> None:
+    body = b"".join(f'--b0\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+                    for k, v in FIELDS.items()) + b"--b0--\r\n"
+
+    response = client.post("/v1/models", content=body, headers={"Content-Type": "multipart/form-data; boundary=b0"})
 
     assert response.status_code == 422
-    assert response.json()["error"]["field"] in {"file", "other"}
+    assert response.json()["error"]["field"] == "file"
+
+
+def test_a_file_under_another_field_name_is_refused_naming_it(client: TestClient, app_settings: Settings) -> None:
+    response = client.post("/v1/models", data=FIELDS, files={"weights": ("w.safetensors", b"x")})
+
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == "weights"
+    assert _leftovers(app_settings) == []
 
 
 def test_a_non_multipart_body_is_415(client: TestClient) -> None:
