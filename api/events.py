@@ -57,25 +57,28 @@ async def job_events(
     last_version: int | None = None
     last_state: tuple[JobStatus, str | None] | None = None
     last_sent = time.monotonic()
-    while not await request.is_disconnected():
-        snapshot = await run_in_threadpool(_snapshot, sessions, job_id)
-        if snapshot is None:
-            log.info("job %s: gone while streaming events; closing the stream", job_id)
-            return
-        if snapshot.version != last_version:
-            state = (snapshot.status, snapshot.stage)
-            kind = "state" if state != last_state else "progress"
-            yield ServerSentEvent(
-                event=kind,
-                id=str(snapshot.version),
-                raw_data=snapshot.job.model_dump_json(),
-                retry=config.retry_ms if last_version is None else None,
-            )
-            last_version, last_state, last_sent = snapshot.version, state, time.monotonic()
-        if snapshot.status in TERMINAL_STATUSES:
-            return
-        if time.monotonic() - last_sent >= config.keepalive_s:
-            yield ServerSentEvent(comment="keep-alive")
-            last_sent = time.monotonic()
-        await anyio.sleep(config.poll_interval_s)
-    log.info("job %s: event stream client disconnected", job_id)
+    try:
+        while not await request.is_disconnected():
+            snapshot = await run_in_threadpool(_snapshot, sessions, job_id)
+            if snapshot is None:
+                log.info("job %s: gone while streaming events", job_id)
+                return
+            if snapshot.version != last_version:
+                state = (snapshot.status, snapshot.stage)
+                kind = "state" if state != last_state else "progress"
+                yield ServerSentEvent(
+                    event=kind,
+                    id=str(snapshot.version),
+                    raw_data=snapshot.job.model_dump_json(),
+                    retry=config.retry_ms if last_version is None else None,
+                )
+                last_version, last_state, last_sent = snapshot.version, state, time.monotonic()
+            if snapshot.status in TERMINAL_STATUSES:
+                return
+            if time.monotonic() - last_sent >= config.keepalive_s:
+                yield ServerSentEvent(comment="keep-alive")
+                last_sent = time.monotonic()
+            await anyio.sleep(config.poll_interval_s)
+    finally:
+        # Reached on every exit: terminal state, vanished job, or the client going away (the server cancels us).
+        log.info("job %s: event stream closed", job_id)
