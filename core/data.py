@@ -135,10 +135,12 @@ def _read_path(path: Path, image_size: int) -> Arrays:
 
 
 def _npz(path: Path) -> Arrays:
+    # numpy reads members lazily: object arrays (pickles) only fail on access, so read all inside the try.
     try:
-        arrays = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read .npz: {exc}", field="dataset") from exc
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, EOFError) as exc:
+        raise DataError(f"cannot read .npz (pickled object arrays are refused): {exc}", field="dataset") from exc
     if "x" not in arrays or "y" not in arrays:
         raise DataError(".npz must hold arrays 'x' and 'y' (optional 'x_test', 'y_test')", field="dataset")
     x, y = _npz_images(arrays["x"]), _npz_labels(arrays["y"], "y")
