@@ -23,6 +23,7 @@ from datetime import datetime, timedelta, timezone
 from store import repository
 from store.models import JobStatus
 from store.queue import enqueue_job
+from worker.logsetup import job_context
 from worker.presence import remove_presence, write_presence
 from worker.runtime import WorkerRuntime
 
@@ -76,12 +77,14 @@ class Sweeper:
                 session, stale_before=now - self.stale_after, max_attempts=self.runtime.settings.max_attempts
             )
         for job_id in requeued:
-            log.warning("job %s lost its worker; re-queued for another attempt", job_id)
-            self._send(job_id, now)
+            with job_context(job_id):
+                log.warning("job %s lost its worker; re-queued for another attempt", job_id)
+                self._send(job_id, now)
         resent = [job_id for job_id in self._unclaimed(now) if job_id not in requeued]
         for job_id in resent:
-            log.warning("job %s queued for a while without a worker claiming it; enqueued again", job_id)
-            self._send(job_id, now)
+            with job_context(job_id):
+                log.warning("job %s queued for a while without a worker claiming it; enqueued again", job_id)
+                self._send(job_id, now)
         return [*requeued, *resent]
 
     def _send(self, job_id: str, now: datetime) -> None:

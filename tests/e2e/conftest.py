@@ -82,6 +82,11 @@ class Process:
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 30) -> int:
         if self.alive():
             self.popen.send_signal(sig)
+        return self.wait(timeout_s)
+
+    def wait(self, timeout_s: float = 30) -> int:
+        """Wait for the exit; kill the process if it overstays."""
+        if self.alive():
             try:
                 self.popen.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
@@ -223,8 +228,12 @@ class Stack:
         return "\n".join(parts)
 
     def close(self) -> None:
-        for process in [*self.workers, *([self.api] if self.api else [])]:
-            process.stop(signal.SIGTERM, timeout_s=20)
+        processes = [*self.workers, *([self.api] if self.api else [])]
+        for process in processes:  # all at once: each takes a few seconds to wind down
+            if process.alive():
+                process.popen.send_signal(signal.SIGTERM)
+        for process in processes:
+            process.wait(timeout_s=20)
         if self.client is not None:
             self.client.close()
         if self.database is not None:

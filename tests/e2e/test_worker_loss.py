@@ -43,8 +43,7 @@ def test_killed_worker_job_resumes_from_its_checkpoint_on_a_new_worker(
 
     assert final["status"] == "succeeded", f"{final}\n{stack.logs()}"
     assert final["attempts"] == 2
-    row = stack.row(job_id)
-    assert row.worker_id != f"{first.pid}" and row.worker_id.endswith(f"-{second.pid}")
+    assert stack.row(job_id).worker_id.endswith(f"-{second.pid}")
 
     resumed_log = second.log()
     assert f"[job={job_id}]" in resumed_log and "claimed by" in resumed_log
@@ -56,7 +55,5 @@ def test_killed_worker_job_resumes_from_its_checkpoint_on_a_new_worker(
         assert teacher_file.stat().st_mtime_ns == teacher_before
 
     metrics = assert_downloads_reproduce_metrics(stack.client, final, tmp_path / "download")
-    distill_history = metrics["history"]
-    if isinstance(distill_history, dict):  # per-stage histories
-        distill_history = distill_history.get("distilling", distill_history.get("student"))
-    assert [entry["epoch"] for entry in distill_history] == list(range(1, STUDENT_EPOCHS + 1))
+    # One history entry per epoch, none repeated: the epochs before the kill were kept, not redone.
+    assert [entry["epoch"] for entry in metrics["history"]["student"]] == list(range(1, STUDENT_EPOCHS + 1))
