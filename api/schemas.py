@@ -234,7 +234,7 @@ class DatasetOut(BaseModel):
     kind: str = Field(description="'imagefolder' or 'npz'.")
     num_classes: int
     class_names: list[str]
-    in_channels: int | None = Field(None, description="Image channels (1 or 3), when known.")
+    in_channels: int = Field(description="Image channels (1 or 3).")
     num_train: int
     num_test: int = Field(description="0 when the upload has no test split (jobs then hold out a seeded share).")
     size_bytes: int
@@ -244,7 +244,7 @@ class DatasetOut(BaseModel):
     def from_record(cls, record: DatasetRecord) -> DatasetOut:
         info = record.class_names or {}
         return cls(id=record.id, name=record.name, kind=record.kind, num_classes=record.num_classes,
-                   class_names=list(info.get("names", [])), in_channels=info.get("in_channels"),
+                   class_names=list(info.get("names", [])), in_channels=record.in_channels,
                    num_train=record.num_train, num_test=record.num_test, size_bytes=record.size_bytes,
                    created_at=as_utc(record.created_at))
 

@@ -145,9 +145,27 @@ class DatasetRecord(Base):
     name: Mapped[str] = mapped_column(String(200))
     kind: Mapped[str] = mapped_column(String(20))  # "imagefolder" | "npz"
     num_classes: Mapped[int] = mapped_column(Integer)
+    in_channels: Mapped[int] = mapped_column(Integer, server_default="3")
     class_names: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"names": [...]}
     num_train: Mapped[int] = mapped_column(Integer)
     num_test: Mapped[int] = mapped_column(Integer)
     relpath: Mapped[str] = mapped_column(String(500))  # the tree root or the .npz, relative to DISTILL_HOME
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class WorkerRecord(Base):
+    """A worker process that is alive: it rewrites `seen_at` every heartbeat.
+
+    Readiness asks "is any worker answering?" in the database both sides already
+    share, so it needs no broker round trip (the filesystem transport has no
+    remote control) and sees a worker even while it is busy with a job.
+    """
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)

@@ -24,11 +24,20 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from store.models import TERMINAL_STATUSES, Artifact, DatasetRecord, Job, JobStatus, ModelRecord, utcnow
+from store.models import (
+    TERMINAL_STATUSES,
+    Artifact,
+    DatasetRecord,
+    Job,
+    JobStatus,
+    ModelRecord,
+    WorkerRecord,
+    utcnow,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -536,6 +545,43 @@ def list_datasets(session: Session, limit: int = 100) -> list[DatasetRecord]:
     records = list(
         session.scalars(
             select(DatasetRecord).order_by(DatasetRecord.created_at.desc(), DatasetRecord.id.desc()).limit(limit)
+        )
+    )
+    session.commit()
+    return records
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Worker presence
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def touch_worker(session: Session, worker_id: str, hostname: str, pid: int) -> None:
+    """Record that this worker is alive now (insert on first call, then refresh seen_at)."""
+    now = utcnow()
+    updated = session.execute(update(WorkerRecord).where(WorkerRecord.id == worker_id).values(seen_at=now))
+    if updated.rowcount == 0:
+        session.add(WorkerRecord(id=worker_id, hostname=hostname, pid=pid, started_at=now, seen_at=now))
+        try:
+            session.commit()
+            return
+        except IntegrityError:  # a concurrent first touch of the same id: the row exists now
+            session.rollback()
+            session.execute(update(WorkerRecord).where(WorkerRecord.id == worker_id).values(seen_at=now))
+    session.commit()
+
+
+def remove_worker(session: Session, worker_id: str) -> None:
+    """A clean shutdown: the worker stops counting at once instead of after its last heartbeat ages out."""
+    session.execute(delete(WorkerRecord).where(WorkerRecord.id == worker_id))
+    session.commit()
+
+
+def live_workers(session: Session, seen_after: datetime) -> list[WorkerRecord]:
+    """Workers whose last heartbeat is newer than `seen_after`, most recent first."""
+    records = list(
+        session.scalars(
+            select(WorkerRecord).where(WorkerRecord.seen_at > seen_after).order_by(WorkerRecord.seen_at.desc())
         )
     )
     session.commit()

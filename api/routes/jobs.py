@@ -65,7 +65,7 @@ def _dataset_shape(spec: JobSpec, session: Session, settings: Settings) -> tuple
         record = repository.get_dataset(session, dataset.id)
     except repository.NotFound:
         raise ApiError(422, "unknown_dataset", f"no uploaded dataset with id '{dataset.id}'", "dataset.id") from None
-    return record.num_classes, (record.class_names or {}).get("in_channels")
+    return record.num_classes, record.in_channels
 
 
 def check_spec_against_server(spec: JobSpec, session: Session, settings: Settings) -> None:

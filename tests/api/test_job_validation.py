@@ -38,8 +38,8 @@ def _model(db: Database, arch: str = "cnn", num_classes: int = 10, in_channels: 
 def _dataset(db: Database, num_classes: int = 3, in_channels: int = 3) -> str:
     with db.session() as session:
         record = repository.create_dataset(session, DatasetRecord(
-            name="shapes", kind="imagefolder", num_classes=num_classes,
-            class_names={"names": [str(i) for i in range(num_classes)], "in_channels": in_channels},
+            name="shapes", kind="imagefolder", num_classes=num_classes, in_channels=in_channels,
+            class_names={"names": [str(i) for i in range(num_classes)]},
             num_train=30, num_test=0, relpath="datasets/x", size_bytes=1))
     return record.id
 
