@@ -131,7 +131,8 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     signal.signal(signal.SIGINT, request_stop)
     workers.start()
     try:
-        stop.wait()
+        while not stop.wait(1.0):
+            pass
     finally:
         workers.stop()
     return 0
