@@ -59,7 +59,6 @@ class TqdmCallbacks:
         self.close()
         self._stage = stage
         self._accuracy = None
-        self.stream.write(f"stage {stage}\n")
 
     def on_progress(self, progress: Progress) -> None:
         from tqdm import tqdm
@@ -69,7 +68,11 @@ class TqdmCallbacks:
             self.close()
             self._stage = progress.stage
             self._bar = tqdm(total=total, desc=progress.stage, file=self.stream, dynamic_ncols=True, leave=True)
-        done = (progress.epoch - 1) * progress.total_steps + progress.step if progress.epoch else 0
+        # A step report counts within its (1-based) epoch; the stage-start report (step 0) after whole epochs.
+        if progress.step == 0:
+            done = progress.epoch * progress.total_steps
+        else:
+            done = (progress.epoch - 1) * progress.total_steps + progress.step
         self._bar.n = min(done, total)
         if _is_epoch_end(progress):
             self._accuracy = progress.metrics.get("test_accuracy", progress.metrics.get("train_accuracy"))

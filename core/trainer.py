@@ -175,7 +175,7 @@ class DistillationObjective:
         self._explaining = "maps" in needs
         if self._explaining and self.explanation is None:
             raise ValueError("an explanation term needs the explanation settings")
-        if (needs - {"maps"} or self._explaining) and self.teacher is None:
+        if needs and self.teacher is None:
             raise ValueError(f"terms {sorted(needs)} need a teacher")
         if self.explanation is not None and self.explanation.target == "autoencoder" and self.autoencoder is None:
             raise ValueError("explanation.target 'autoencoder' needs the fitted autoencoder")

@@ -83,9 +83,8 @@ class AutoencoderObjective:
         was_training = self.autoencoder.training
         self.autoencoder.eval()
         with torch.inference_mode():
-            predicted = torch.cat(
-                [self.autoencoder(self.test_x[i : i + 256].to(self.device)).cpu() for i in range(0, len(self.test_x), 256)]
-            )
+            batches = [self.test_x[i : i + 256] for i in range(0, len(self.test_x), 256)]
+            predicted = torch.cat([self.autoencoder(batch.to(self.device)).cpu() for batch in batches])
         self.autoencoder.train(was_training)
         return {"test_map_mse": float(F.mse_loss(predicted, self.test_targets.cpu()))}
 

@@ -49,8 +49,9 @@ def test_input_maps_equal_captum_saliency_and_input_x_gradient_summed_over_chann
     saliency = input_gradient_maps(logits, inputs, target)
     input_x_gradient = input_x_gradient_maps(logits, inputs, target)
 
-    saliency_ref = Saliency(model).attribute(x.clone(), target=target, abs=True).sum(dim=1, keepdim=True)
-    ixg_ref = InputXGradient(model).attribute(x.clone(), target=target).sum(dim=1, keepdim=True)
+    fresh = lambda: x.clone().requires_grad_()  # noqa: E731
+    saliency_ref = Saliency(model).attribute(fresh(), target=target, abs=True).sum(dim=1, keepdim=True)
+    ixg_ref = InputXGradient(model).attribute(fresh(), target=target).sum(dim=1, keepdim=True)
     assert saliency.shape == (6, 1, 16, 16)
     torch.testing.assert_close(saliency, saliency_ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(input_x_gradient, ixg_ref, atol=1e-5, rtol=1e-5)

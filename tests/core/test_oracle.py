@@ -10,7 +10,9 @@ from core.spec import PRESETS
 from core.terms import oracle_inputs
 
 
-def _ce_before_and_after(teacher: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, gamma: float) -> tuple[float, float]:
+def _ce_before_and_after(
+    teacher: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, gamma: float
+) -> tuple[float, float]:
     inputs = x.clone().requires_grad_()
     logits = teacher(inputs)
     oracle_x = oracle_inputs(inputs, logits, y, gamma)

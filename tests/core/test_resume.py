@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -93,4 +92,6 @@ def test_interrupted_run_resumes_to_bit_identical_weights(
             assert torch.equal(expected[key], actual[key]), f"{name}:{key}"
     for key in ("student_accuracy", "teacher_accuracy", "agreement", "explanation_cosine", "ece"):
         assert resumed[key] == straight[key], key
-    assert json.loads(json.dumps(resumed["history"]["student"]))[0]["losses"] == straight["history"]["student"][0]["losses"]
+    assert resumed["history"]["student"] != [] and [e["losses"] for e in resumed["history"]["student"]] == [
+        e["losses"] for e in straight["history"]["student"]
+    ]

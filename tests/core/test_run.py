@@ -222,8 +222,12 @@ def test_terminal_callbacks_draw_a_bar_on_a_tty_and_log_lines_otherwise(caplog: 
     terminal = FakeTerminal()
     bar = terminal_callbacks(terminal)
     assert isinstance(bar, TqdmCallbacks)
+    bar.on_stage("training_teacher")
+    bar.on_progress(Progress("training_teacher", 1, 2, 0, 7, 0.1))  # resumed after one epoch
+    assert "7/14" in terminal.getvalue()
     bar.on_stage("distilling")
     bar.on_progress(Progress("distilling", 1, 2, 3, 7, 0.2, {"loss": 1.5}))
+    assert "3/14" in terminal.getvalue()
     bar.on_progress(_epoch_end())
     bar.close()
     drawn = terminal.getvalue()

@@ -36,9 +36,8 @@ def test_cross_entropy_is_the_mean_negative_log_likelihood_of_the_label() -> Non
 
 def test_kd_of_identical_logits_is_zero() -> None:
     logits = torch.randn(5, 10)
-    assert KnowledgeDistillation(4.0)(_ctx(student_logits=logits, teacher_logits=logits.clone())).item() == pytest.approx(
-        0.0, abs=1e-6
-    )
+    value = KnowledgeDistillation(4.0)(_ctx(student_logits=logits, teacher_logits=logits.clone()))
+    assert value.item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_kd_is_t_squared_times_the_batch_mean_kl_from_teacher_to_student() -> None:
@@ -58,7 +57,8 @@ def test_kd_is_t_squared_times_the_batch_mean_kl_from_teacher_to_student() -> No
 def test_kd_pulls_the_student_towards_the_teacher() -> None:
     student = torch.zeros(1, 3, requires_grad=True)
     teacher = torch.tensor([[3.0, 0.0, 0.0]])
-    KnowledgeDistillation(4.0)(_ctx(student_logits=student, teacher_logits=teacher, labels=torch.tensor([0]))).backward()
+    kd = KnowledgeDistillation(4.0)
+    kd(_ctx(student_logits=student, teacher_logits=teacher, labels=torch.tensor([0]))).backward()
     assert student.grad[0, 0] < 0 < student.grad[0, 1]
 
 
@@ -91,7 +91,8 @@ def test_mse_explanation_loss_compares_min_max_normalised_maps() -> None:
 
 def test_explanation_term_is_inactive_without_maps() -> None:
     assert not ExplanationAlignment("cosine").active(_ctx())
-    assert ExplanationAlignment("cosine").active(_ctx(student_maps=torch.ones(2, 1, 2, 2), target_maps=torch.ones(2, 1, 2, 2)))
+    maps = torch.ones(2, 1, 2, 2)
+    assert ExplanationAlignment("cosine").active(_ctx(student_maps=maps, target_maps=maps))
 
 
 def test_attention_transfer_ignores_feature_scale_and_knows_the_reference_value() -> None:
@@ -124,9 +125,10 @@ def test_fitnet_hint_trains_its_regressor_and_maps_student_channels_to_the_teach
 
 def test_weighted_sum_adds_active_terms_with_their_weights_and_skips_inactive_ones() -> None:
     logits, teacher = torch.randn(2, 3), torch.randn(2, 3)
-    total, values = WeightedSum([(0.5, CrossEntropy()), (2.0, KnowledgeDistillation(2.0)), (9.0, ExplanationAlignment("cosine"))])(
-        _ctx(student_logits=logits, teacher_logits=teacher)
+    loss = WeightedSum(
+        [(0.5, CrossEntropy()), (2.0, KnowledgeDistillation(2.0)), (9.0, ExplanationAlignment("cosine"))]
     )
+    total, values = loss(_ctx(student_logits=logits, teacher_logits=teacher))
     assert set(values) == {"ce", "kd"}
     assert total.item() == pytest.approx(0.5 * values["ce"].item() + 2.0 * values["kd"].item(), rel=1e-6)
 

@@ -12,7 +12,7 @@ from core.callbacks import NullCallbacks, Progress
 from core.data import DataBundle
 from core.errors import JobCancelled
 from core.models import build_model
-from core.spec import ExplanationSpec, JobSpec
+from core.spec import JobSpec
 from core.terms import build_terms, cross_entropy_only
 from core.trainer import DistillationObjective, OptimConfig, train
 from core.xdistill import explainer_objective
