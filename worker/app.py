@@ -8,6 +8,7 @@ resumes elsewhere from its checkpoint.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 from typing import Any
 
@@ -15,7 +16,7 @@ from celery import signals
 
 from store.queue import RUN_JOB_TASK, get_celery
 from store.settings import get_settings
-from worker.logsetup import configure_logging
+from worker.logsetup import configure_logging, current_job_id
 from worker.runtime import get_runtime
 from worker.sweeper import Sweeper
 from worker.tasks import run_job
@@ -29,12 +30,26 @@ app = get_celery()
 run_job_task = app.task(name=RUN_JOB_TASK, ignore_result=True)(run_job)
 
 _sweeper: Sweeper | None = None
+_job_tokens: dict[str, contextvars.Token[str]] = {}
 
 
 @signals.setup_logging.connect
 def _keep_our_logging(**_: Any) -> None:
     """Connected, so Celery leaves the root logger (and its job-id format) alone."""
     configure_logging(settings.log_level)
+
+
+@signals.task_prerun.connect
+def _name_the_job(task_id: str, args: tuple[Any, ...] | None = None, **_: Any) -> None:
+    """Celery's own lines about the task (received, succeeded) carry the job id too."""
+    _job_tokens[task_id] = current_job_id.set(str(args[0]) if args else "-")
+
+
+@signals.task_postrun.connect
+def _forget_the_job(task_id: str, **_: Any) -> None:
+    token = _job_tokens.pop(task_id, None)
+    if token is not None:
+        current_job_id.reset(token)
 
 
 @signals.worker_init.connect

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -57,3 +58,28 @@ def test_killed_worker_job_resumes_from_its_checkpoint_on_a_new_worker(
     metrics = assert_downloads_reproduce_metrics(stack.client, final, tmp_path / "download")
     # One history entry per epoch, none repeated: the epochs before the kill were kept, not redone.
     assert [entry["epoch"] for entry in metrics["history"]["student"]] == list(range(1, STUDENT_EPOCHS + 1))
+
+
+def test_sigterm_makes_the_running_job_yield_and_the_next_worker_resumes_it(
+    sqlite_url: str, stacks: Callable[..., Stack]
+) -> None:
+    stack = stacks(sqlite_url)
+    stack.start_api()
+    first = stack.start_worker()
+    job_id = stack.post_job(tiny_spec(teacher_epochs=1, student_epochs=STUDENT_EPOCHS, shots_per_class=20))["id"]
+    wait_until(
+        lambda: (job := stack.get_job(job_id))["stage"] == "distilling" and (job["progress"] or {}).get("epoch", 0) >= 2,
+        180, "the second distillation epoch", interval_s=0.05,
+    )  # fmt: skip
+
+    stopped_at = time.monotonic()
+    assert first.stop(signal.SIGTERM, timeout_s=30) == 0  # a warm shutdown ...
+    assert time.monotonic() - stopped_at < 15  # ... that did not wait for the job to finish
+    assert "stopped by worker shutdown" in first.log()
+    assert stack.get_job(job_id)["status"] == "running"
+
+    second = stack.start_worker()
+    final = stack.wait_for_status(job_id, TERMINAL, timeout_s=180)
+    assert final["status"] == "succeeded", f"{final}\n{stack.logs()}"
+    assert final["attempts"] == 2
+    assert "distilling: resuming after epoch" in second.log()
