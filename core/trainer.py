@@ -155,6 +155,8 @@ class DistillationObjective:
       augmentation) and the oracle is off; see `MapCache`.
     - With `explanation.target == "autoencoder"` the target maps come from the fitted
       XDistillation autoencoder on x; the class explained is still the teacher's top-1.
+    - The student's map comes from its training forward (train mode, BatchNorm on batch
+      statistics), so it costs no extra forward; the evaluation explains it in eval mode.
     """
 
     student: nn.Module  # the network being trained: the student, or the teacher in its own stage (CE only)
