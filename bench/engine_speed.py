@@ -1,0 +1,376 @@
+"""Engine speed: seconds per distillation epoch of each method, against a bare PyTorch loop, and peak RSS.
+
+    python bench/engine_speed.py                   # the full run (quiet machine): 3 rounds, 2 threads
+    python bench/engine_speed.py --quick           # smoke test: tiny data, 1 round, 1 thread
+    python bench/engine_speed.py --profile e2kd    # torch.profiler's top entries for one method
+
+Every method runs in its own fresh process (so its peak RSS is its own), one warm-up epoch
+then `--epochs` timed epochs; a round runs every method once, in turn, and the rounds are
+repeated, so slow phases of the machine hit all methods alike. Each ratio is taken within a
+round (side by side) and the table gives its median over the rounds. The engine rows run the
+engine's own pieces (`DistillationObjective` + `train`, what a job runs); the bare rows are a
+hand-written loop with the same math (CE + T^2 KL, Grad-CAM with create_graph, 1 - cos) and
+none of the engine's abstractions (terms, context, callbacks, per-step bookkeeping).
+Both include the same per-epoch held-out accuracy on a small test split.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import common
+
+TEACHER_ARCH, STUDENT_ARCH = "resnet20", "resnet8"
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row: an engine configuration (a spec's loss) or the bare loop."""
+
+    name: str
+    loss: dict[str, Any] = field(default_factory=dict)
+    preset: str | None = "kd"
+    cache_maps: bool = True
+    bare: bool = False
+
+
+METHODS = [
+    Method("kd", preset="kd"),
+    Method("e2kd (Grad-CAM), cached maps", preset="e2kd"),
+    Method("e2kd (Grad-CAM), no cache", preset="e2kd", cache_maps=False),
+    Method("xai-mse, cached maps", preset="xai-mse"),
+    Method("xai-mse, no cache", preset="xai-mse", cache_maps=False),
+    Method("input-gradient alignment, cached maps", preset="e2kd", loss={"explanation": {"explainer": "input_gradient"}}),
+    Method("input-gradient alignment, no cache", preset="e2kd", loss={"explanation": {"explainer": "input_gradient"}},
+           cache_maps=False),
+    Method("oracle", preset="oracle"),
+    Method("bare loop: kd", preset="kd", bare=True),
+    Method("bare loop: e2kd, cached maps", preset="e2kd", bare=True),
+    Method("bare loop: e2kd, no cache", preset="e2kd", bare=True, cache_maps=False),
+]
+BY_NAME = {m.name: m for m in METHODS}
+SHORT = {"kd": "kd", "e2kd": "e2kd (Grad-CAM), cached maps", "e2kd-nocache": "e2kd (Grad-CAM), no cache",
+         "xai-mse": "xai-mse, cached maps", "input-gradient": "input-gradient alignment, cached maps",
+         "oracle": "oracle", "bare-kd": "bare loop: kd", "bare-e2kd": "bare loop: e2kd, cached maps"}
+
+# (numerator, denominator, target ratio or None): the comparisons the issue asks for
+RATIOS = [
+    ("e2kd (Grad-CAM), cached maps", "kd", 1.2),
+    ("e2kd (Grad-CAM), no cache", "kd", None),
+    ("xai-mse, cached maps", "kd", None),
+    ("input-gradient alignment, cached maps", "kd", None),
+    ("input-gradient alignment, no cache", "kd", None),
+    ("oracle", "kd", None),
+    ("kd", "bare loop: kd", 1.1),
+    ("e2kd (Grad-CAM), cached maps", "bare loop: e2kd, cached maps", 1.1),
+    ("e2kd (Grad-CAM), no cache", "bare loop: e2kd, no cache", 1.1),
+]
+
+
+# --- the child: one method, one process ------------------------------------------------------------------
+
+
+def vm_kib(field_name: str) -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+RSS_AT_RESET_MB: list[float] = []
+
+
+def reset_peak_rss() -> None:
+    """Linux: writing 5 to clear_refs resets VmHWM, so the peak seen next is training's own."""
+    RSS_AT_RESET_MB.append(vm_kib("VmRSS") / 1024)
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+
+
+def build(args: argparse.Namespace, method: Method):  # noqa: ANN201 - returns a tuple of engine objects
+    import torch
+
+    from core.data import load_dataset
+    from core.models import build_model, load_weights
+    from core.spec import DatasetSpec, JobSpec
+
+    torch.manual_seed(0)
+    npz = common.small_npz(args.shots, args.test_size)
+    data = load_dataset(DatasetSpec(path=str(npz)), seed=0)
+    teacher = build_model(TEACHER_ARCH, data.num_classes, data.in_channels)
+    weights = common.CACHE_DIR / "teacher.safetensors"
+    if weights.exists():  # speed does not depend on the weights, but a trained teacher makes it the real case
+        load_weights(teacher, weights)
+    student = build_model(STUDENT_ARCH, data.num_classes, data.in_channels)
+    spec = JobSpec.model_validate({
+        "dataset": {"path": str(npz)}, "method": method.preset, "loss": method.loss,
+        "training": {"epochs": 1 + args.epochs, "batch_size": args.batch_size, "seed": 0},
+    })
+    return data, teacher, student, spec
+
+
+def layer_channels(model, in_channels: int) -> int:  # noqa: ANN001
+    import torch
+
+    from core.explain import FeatureTap
+    from core.models import explained_layer
+
+    tap = FeatureTap(explained_layer(model))
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, in_channels, 32, 32))
+    channels = tap.take().shape[1]
+    tap.remove()
+    return int(channels)
+
+
+def engine_epochs(args: argparse.Namespace, method: Method) -> list[float]:
+    import torch
+
+    from core.terms import build_terms
+    from core.trainer import DistillationObjective, OptimConfig, train
+
+    data, teacher, student, spec = build(args, method)
+    device = torch.device("cpu")
+    terms = build_terms(spec.loss, layer_channels(student, data.in_channels), layer_channels(teacher, data.in_channels))
+    explanation = spec.loss.explanation if spec.loss.explanation.weight > 0 else None
+    objective = DistillationObjective(
+        student=student, terms=terms, data=data, device=device, teacher=teacher, explanation=explanation,
+        oracle_gamma=spec.loss.oracle_gamma, cache_maps=method.cache_maps,
+    )
+    reset_peak_rss()
+    history = train(student, objective, data.train_x, data.train_y,
+                    OptimConfig.from_training(spec.training, spec.training.epochs), stage="distilling", device=device)
+    objective.close()
+    return [entry["seconds"] for entry in history]
+
+
+def bare_epochs(args: argparse.Namespace, method: Method) -> list[float]:
+    """The same math as the engine's kd / e2kd objective, written straight: the yardstick for its overhead."""
+    import torch
+    import torch.nn.functional as F
+
+    from core.evaluate import predict_logits
+    from core.models import explained_layer
+
+    data, teacher, student, spec = build(args, method)
+    loss_spec, training = spec.loss, spec.training
+    explaining = loss_spec.explanation.weight > 0
+    temperature = loss_spec.temperature
+    activations: dict[str, torch.Tensor] = {}
+    hooks = [
+        explained_layer(student).register_forward_hook(lambda m, i, o: activations.__setitem__("student", o)),
+        explained_layer(teacher).register_forward_hook(lambda m, i, o: activations.__setitem__("teacher", o)),
+    ]
+    teacher.eval().requires_grad_(False)
+    train_x, train_y = data.train_x, data.train_y
+    samples, batch_size = len(train_x), training.batch_size
+    steps = math.ceil(samples / batch_size)
+    optimizer = torch.optim.SGD(student.parameters(), lr=training.lr, momentum=training.momentum,
+                                weight_decay=training.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=training.epochs * steps)
+    cached_maps: torch.Tensor | None = None
+    cached_classes = torch.zeros(samples, dtype=torch.long)
+    filled = torch.zeros(samples, dtype=torch.bool)
+
+    def gradcam(logits: torch.Tensor, acts: torch.Tensor, classes: torch.Tensor, graph: bool) -> torch.Tensor:
+        (grads,) = torch.autograd.grad(logits.gather(1, classes.view(-1, 1)).sum(), acts, create_graph=graph)
+        return F.relu((grads.mean(dim=(2, 3), keepdim=True) * acts).sum(dim=1, keepdim=True))
+
+    reset_peak_rss()
+    seconds = []
+    for epoch in range(training.epochs):
+        started = time.perf_counter()
+        student.train()
+        order = torch.randperm(samples, generator=torch.Generator().manual_seed(training.seed * 1_000_003 + epoch))
+        for step in range(steps):
+            index = order[step * batch_size : (step + 1) * batch_size]
+            x, y = train_x[index], train_y[index]
+            teacher_maps = classes = None
+            if explaining and not (method.cache_maps and bool(filled[index].all())):
+                inputs = x.detach().requires_grad_()
+                teacher_logits = teacher(inputs)
+                classes = teacher_logits.detach().argmax(dim=1)
+                teacher_maps = gradcam(teacher_logits, activations["teacher"], classes, False).detach()
+                teacher_logits = teacher_logits.detach()
+                if method.cache_maps:
+                    if cached_maps is None:
+                        cached_maps = teacher_maps.new_zeros((samples, *teacher_maps.shape[1:]))
+                    cached_maps[index], cached_classes[index] = teacher_maps, classes
+                    filled[index] = True
+            else:
+                with torch.no_grad():
+                    teacher_logits = teacher(x)
+                if explaining:
+                    assert cached_maps is not None
+                    teacher_maps, classes = cached_maps[index], cached_classes[index]
+            student_logits = student(x)
+            loss = loss_spec.ce * F.cross_entropy(student_logits, y) + loss_spec.kd * temperature**2 * F.kl_div(
+                F.log_softmax(student_logits / temperature, dim=1), F.log_softmax(teacher_logits / temperature, dim=1),
+                reduction="batchmean", log_target=True)
+            if explaining:
+                assert teacher_maps is not None and classes is not None
+                student_maps = gradcam(student_logits, activations["student"], classes, True)
+                if student_maps.shape[-2:] != teacher_maps.shape[-2:]:
+                    size = max(student_maps.shape[-2:], teacher_maps.shape[-2:])
+                    student_maps = F.interpolate(student_maps, size=size, mode="bilinear", align_corners=False)
+                    teacher_maps = F.interpolate(teacher_maps, size=size, mode="bilinear", align_corners=False)
+                cosine = F.cosine_similarity(student_maps.flatten(1), teacher_maps.flatten(1), dim=1, eps=1e-8)
+                loss = loss + loss_spec.explanation.weight * (1.0 - cosine).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+        logits = predict_logits(student, data.test_x, torch.device("cpu"))  # the engine's held-out accuracy
+        _ = float((logits.argmax(dim=1) == data.test_y).float().mean())
+        seconds.append(time.perf_counter() - started)
+    for hook in hooks:
+        hook.remove()
+    return seconds
+
+
+def child(args: argparse.Namespace) -> None:
+    common.set_threads(args.threads)
+    method = BY_NAME[args.child]
+    seconds = (bare_epochs if method.bare else engine_epochs)(args, method)
+    timed = seconds[1:] or seconds  # epoch 1 is the warm-up (and fills the map cache)
+    print(json.dumps({
+        "method": method.name,
+        "epoch_seconds": common.median(timed),
+        "all_epoch_seconds": seconds,
+        "peak_rss_mb": vm_kib("VmHWM") / 1024,
+        "rss_before_training_mb": RSS_AT_RESET_MB[-1] if RSS_AT_RESET_MB else 0.0,
+    }))
+
+
+# --- the parent: rounds of fresh processes ----------------------------------------------------------------
+
+
+def run_method(args: argparse.Namespace, method: Method) -> dict[str, Any]:
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    command = [sys.executable, __file__, "--child", method.name, "--threads", str(args.threads),
+               "--epochs", str(args.epochs), "--shots", str(args.shots), "--test-size", str(args.test_size),
+               "--batch-size", str(args.batch_size)]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False, cwd=common.REPO_ROOT)
+    if result.returncode != 0:
+        raise SystemExit(f"{method.name} failed:\n{result.stderr[-4000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def profile(args: argparse.Namespace) -> None:
+    """torch.profiler over the timed epochs of one method, in this process: the top entries by self CPU time."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+
+    common.set_threads(args.threads)
+    method = BY_NAME.get(SHORT.get(args.profile, args.profile))
+    if method is None:
+        raise SystemExit(f"unknown method '{args.profile}'; known: {', '.join(SHORT)} or a full row name")
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        seconds = (bare_epochs if method.bare else engine_epochs)(args, method)
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile_rows)
+    print(f"profile of '{method.name}' ({args.epochs + 1} epochs, {seconds}):\n{table}")
+    common.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    slug = args.profile.replace(" ", "_").replace(",", "").replace(":", "").replace("(", "").replace(")", "")
+    out = common.RESULTS_DIR / f"engine_profile_{slug}.txt"
+    out.write_text(f"python bench/engine_speed.py --profile {args.profile} --epochs {args.epochs} "
+                   f"--threads {args.threads}\nepoch seconds (with profiler overhead): {seconds}\n\n{table}\n")
+    print(f"wrote {out.relative_to(common.REPO_ROOT)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smoke test: 20 shots/class, 1 round, 1 thread")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=2, help="timed epochs per process (after 1 warm-up epoch)")
+    parser.add_argument("--shots", type=int, default=200, help="training images per class (10 classes)")
+    parser.add_argument("--test-size", type=int, default=200, help="held-out images scored after each epoch")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--methods", nargs="*", default=None, help="subset of row names (default: all)")
+    parser.add_argument("--profile", default=None, help=f"profile one method: {', '.join(SHORT)}")
+    parser.add_argument("--profile-rows", type=int, default=15)
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.quick:
+        args.rounds, args.epochs, args.shots, args.test_size, args.threads = 1, 1, 20, 50, 1
+    if args.child:
+        child(args)
+        return
+    common.setup_logging()
+    if args.profile:
+        profile(args)
+        return
+
+    methods = [BY_NAME[name] for name in args.methods] if args.methods else METHODS
+    rounds: list[dict[str, dict[str, Any]]] = []
+    for round_index in range(args.rounds):
+        results = {}
+        for method in methods:
+            results[method.name] = run_method(args, method)
+            common.log.info("round %d/%d %-40s %.2f s/epoch, peak RSS %.0f MB", round_index + 1, args.rounds,
+                            method.name, results[method.name]["epoch_seconds"], results[method.name]["peak_rss_mb"])
+        rounds.append(results)
+
+    def per_round(name: str, key: str) -> list[float]:
+        return [r[name][key] for r in rounds]
+
+    kd_ratio = lambda name: [r[name]["epoch_seconds"] / r["kd"]["epoch_seconds"] for r in rounds]  # noqa: E731
+    rows = []
+    for method in methods:
+        seconds = per_round(method.name, "epoch_seconds")
+        rows.append([
+            method.name,
+            f"{common.median(seconds):.2f} ± {common.spread(seconds):.2f}",
+            f"{common.median(kd_ratio(method.name)):.2f}" if "kd" in rounds[0] else "",
+            f"{common.median(per_round(method.name, 'peak_rss_mb')):.0f}",
+            f"{common.median(per_round(method.name, 'peak_rss_mb')) - common.median(per_round(method.name, 'rss_before_training_mb')):.0f}",
+        ])
+    ratio_rows, ratio_data = [], {}
+    for numerator, denominator, target in RATIOS:
+        if numerator not in rounds[0] or denominator not in rounds[0]:
+            continue
+        ratios = [r[numerator]["epoch_seconds"] / r[denominator]["epoch_seconds"] for r in rounds]
+        value = common.median(ratios)
+        ratio_data[f"{numerator} / {denominator}"] = ratios
+        verdict = "" if target is None else ("met" if value <= target else "MISSED")
+        ratio_rows.append([f"{numerator} / {denominator}", f"{value:.2f}", f"{common.spread(ratios):.2f}",
+                           "" if target is None else f"<= {target}", verdict])
+    steps = math.ceil(10 * args.shots / args.batch_size)
+    settings = {
+        "teacher": TEACHER_ARCH, "student": STUDENT_ARCH, "train_images": 10 * args.shots,
+        "batch_size": args.batch_size, "steps_per_epoch": steps, "test_images": args.test_size,
+        "timed_epochs_per_process": args.epochs, "warmup_epochs": 1, "rounds": args.rounds,
+        "torch_threads": args.threads, "device": "cpu",
+    }
+    common.write_results(
+        "engine_speed" if not args.quick else "engine_speed_quick",
+        "Engine speed: seconds per distillation epoch (CIFAR-10 32x32)",
+        settings,
+        [
+            ("Per-epoch seconds (median ± spread over rounds), ratio to kd, peak RSS", 
+             ["method", "s/epoch", "x kd", "peak RSS MB", "RSS growth in training MB"], rows),
+            ("Ratios, each taken within a round (median, spread over rounds)",
+             ["ratio", "median", "spread", "target", "verdict"], ratio_rows),
+        ],
+        {"rounds": rounds, "ratios": ratio_data},
+        notes=[
+            "Each method runs in a fresh process: 1 warm-up epoch (fills the teacher-map cache), then the timed epochs.",
+            "Peak RSS is the process's high-water mark during training (reset after loading data and models).",
+            "Epoch seconds include the per-epoch held-out accuracy on the test images, in the engine and the bare loop.",
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()

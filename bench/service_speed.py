@@ -1,0 +1,445 @@
+"""Service speed and scale: HTTP latency under load, queue latency, and scale-out over workers.
+
+    python bench/service_speed.py                      # all three parts (quiet machine)
+    python bench/service_speed.py --quick              # smoke test: 5 clients x 3 s, tiny jobs
+    python bench/service_speed.py --parts load         # one part: load, queue, scale
+
+Everything runs on loopback, in processes this script starts and stops: `distill api` /
+`distill serve` / `distill worker`, and for the production rows a throwaway PostgreSQL
+and Redis (tests/services.py). Each stack gets its own DISTILL_HOME under bench/.cache/.
+
+1. Load: a bounded, self-stopping asyncio client (keep-alive HTTP/1.1 written on asyncio
+   streams, so the client spends little of the 2 cores the server needs) runs `--clients`
+   concurrent clients for `--seconds` per endpoint, in two shapes: `saturation` (each client
+   sends its next request as soon as the answer arrives: throughput, and latency = clients /
+   throughput by Little's law) and `paced` (each client waits `--think-ms` between requests,
+   like a UI polling a job: the latency a user sees at a realistic load). The API runs
+   without a worker, so the jobs POSTed stay queued and no training competes for the CPU.
+2. Queue latency: POST a tiny job to an idle `distill serve` and time it to `running`, from
+   the server's own timestamps (started_at - created_at) and as the polling client saw it.
+3. Scale-out: 4 equal jobs on 1 worker process vs 2 (DISTILL_TORCH_THREADS=1), from the first
+   POST until the last job succeeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import common
+
+DISTILL = str(Path(sys.executable).with_name("distill"))
+SERVICE_DIR = common.CACHE_DIR / "service"
+HOST = "127.0.0.1"
+TINY_JOB: dict[str, Any] = {
+    "name": "bench-tiny",
+    "dataset": {"name": "digits", "image_size": 16},
+    "teacher": {"arch": "cnn", "epochs": 1},
+    "student": {"arch": "cnn"},
+    "method": "kd",
+    "training": {"epochs": 1, "batch_size": 128},
+    "report": {"heatmaps": 0, "latency_runs": 1},
+}
+
+
+def scale_job(epochs: int) -> dict[str, Any]:
+    """One of the 4 equal scale-out jobs: digits, resnet8 teacher and student, e2kd."""
+    return {
+        "name": "bench-scale",
+        "dataset": {"name": "digits"},
+        "teacher": {"arch": "resnet8", "epochs": epochs},
+        "student": {"arch": "resnet8"},
+        "method": "e2kd",
+        "training": {"epochs": epochs, "batch_size": 64},
+        "report": {"heatmaps": 0, "latency_runs": 1},
+    }
+
+
+# --- processes -------------------------------------------------------------------------------------------
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without any distill setting, plus `extra` (so a developer's settings do not leak in)."""
+    from store.settings import Settings
+
+    names = {f.alias for f in Settings.model_fields.values() if f.alias}
+    env = {key: value for key, value in os.environ.items() if key not in names}
+    return {**env, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "DISTILL_LOG_LEVEL": "WARNING", **extra}
+
+
+@dataclass
+class Stack:
+    """The processes of one service stack, and where to reach its API."""
+
+    home: Path
+    env: dict[str, str]
+    port: int
+    processes: list[subprocess.Popen[bytes]]
+
+    @property
+    def base(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        log = open(self.home / f"{name}.log", "ab")  # noqa: SIM115 - the process owns it until it ends
+        process = subprocess.Popen([DISTILL, *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                   cwd=common.REPO_ROOT)
+        self.processes.append(process)
+        return process
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):  # only the processes this script started, by their pid
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in reversed(self.processes):
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.processes.clear()
+
+
+@contextlib.contextmanager
+def stack(label: str, database_url: str | None, broker_url: str | None, extra_env: dict[str, str] | None = None
+          ) -> Iterator[Stack]:
+    from tests.services import free_port
+
+    home = SERVICE_DIR / label
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    env = clean_env(DISTILL_HOME=str(home), **(extra_env or {}))
+    if database_url:
+        env["DATABASE_URL"] = database_url
+    if broker_url:
+        env["BROKER_URL"] = broker_url
+    running = Stack(home, env, free_port(), [])
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def wait_healthy(base: str, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base}/healthz", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.2)
+    raise SystemExit(f"the API at {base} did not become healthy in {timeout_s:.0f} s")
+
+
+def http_json(method: str, url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+@contextlib.contextmanager
+def servers(needed: bool) -> Iterator[tuple[Any, Any]]:
+    """A throwaway PostgreSQL and Redis on loopback (the tests' own fixtures), or nothing."""
+    if not needed:
+        yield None, None
+        return
+    from tests.services import postgres_server, redis_server
+
+    with postgres_server() as postgres, redis_server() as redis:
+        yield postgres, redis
+
+
+# --- the load client -------------------------------------------------------------------------------------
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection; just enough protocol for JSON requests to uvicorn."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int) -> Connection:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        return cls(reader, writer)
+
+    async def request(self, method: str, path: str, body: bytes = b"") -> int:
+        head = f"{method} {path} HTTP/1.1\r\nHost: {HOST}\r\nAccept: application/json\r\n"
+        if body:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        self.writer.write(head.encode() + b"\r\n" + body)
+        await self.writer.drain()
+        header = await self.reader.readuntil(b"\r\n\r\n")
+        lines = header.decode("latin-1").split("\r\n")
+        status = int(lines[0].split(" ", 2)[1])
+        headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+        if "content-length" in headers:
+            await self.reader.readexactly(int(headers["content-length"]))
+        elif headers.get("transfer-encoding") == "chunked":
+            while True:
+                size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                await self.reader.readexactly(size + 2)
+                if size == 0:
+                    break
+        return status
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def load(port: int, method: str, paths: list[str], body: bytes, clients: int, seconds: float,
+               think_s: float, warmup_s: float) -> dict[str, Any]:
+    """`clients` concurrent keep-alive clients for warm-up + `seconds`; latencies of the measured window only."""
+    latencies_ms: list[float] = []
+    statuses: Counter[int] = Counter()
+    errors = 0
+    started = time.perf_counter()
+    measure_from, stop_at = started + warmup_s, started + warmup_s + seconds
+
+    async def client(index: int) -> None:
+        nonlocal errors
+        connection = await Connection.open(port)
+        count = index
+        try:
+            while (now := time.perf_counter()) < stop_at:
+                path = paths[count % len(paths)]
+                count += 1
+                try:
+                    status = await connection.request(method, path, body)
+                except (ConnectionError, asyncio.IncompleteReadError, ValueError):
+                    errors += 1
+                    connection.close()
+                    connection = await Connection.open(port)
+                    continue
+                done = time.perf_counter()
+                if now >= measure_from:
+                    latencies_ms.append((done - now) * 1000)
+                    statuses[status] += 1
+                if think_s:
+                    await asyncio.sleep(think_s)
+        finally:
+            connection.close()
+
+    await asyncio.wait_for(asyncio.gather(*(client(i) for i in range(clients))), timeout=warmup_s + seconds + 60)
+    return {
+        "requests": len(latencies_ms),
+        "throughput_rps": len(latencies_ms) / seconds,
+        "p50_ms": common.percentile(latencies_ms, 50),
+        "p99_ms": common.percentile(latencies_ms, 99),
+        "max_ms": max(latencies_ms, default=float("nan")),
+        "statuses": dict(statuses),
+        "errors": errors,
+    }
+
+
+# --- part 1: HTTP load -----------------------------------------------------------------------------------
+
+
+def part_load(args: argparse.Namespace) -> tuple[list[tuple[str, list[str], list[list[Any]]]], dict[str, Any]]:
+    rows, data = [], {}
+    backends = ["sqlite", "postgresql"] if not args.sqlite_only else ["sqlite"]
+    with servers("postgresql" in backends) as (postgres, redis):
+        for backend in backends:
+            if backend == "sqlite":
+                label, db_url, broker_url = "SQLite + filesystem broker", None, None
+            else:
+                label, db_url, broker_url = "PostgreSQL + Redis", postgres.url(postgres.create_database(
+                    prefix="bench")), redis.url
+            with stack(f"load-{backend}", db_url, broker_url) as running:
+                subprocess.run([DISTILL, "migrate"], env=running.env, check=True, cwd=common.REPO_ROOT,
+                               capture_output=True)
+                running.start("api", "api", "--host", HOST, "--port", str(running.port))
+                wait_healthy(running.base)
+                job_ids = [http_json("POST", f"{running.base}/v1/jobs", TINY_JOB)["id"] for _ in range(args.seed_jobs)]
+                body = json.dumps(TINY_JOB).encode()
+                endpoints = [
+                    ("GET /v1/jobs/{id}", "GET", [f"/v1/jobs/{job_id}" for job_id in job_ids], b""),
+                    ("GET /v1/jobs", "GET", ["/v1/jobs"], b""),
+                    ("POST /v1/jobs", "POST", ["/v1/jobs"], body),
+                ]
+                for name, method, paths, payload in endpoints:
+                    for shape, think_s in (("saturation", 0.0), (f"paced {args.think_ms:g} ms", args.think_ms / 1000)):
+                        result = asyncio.run(load(running.port, method, paths, payload, args.clients, args.seconds,
+                                                  think_s, args.warmup))
+                        target = 50.0 if method == "POST" else 20.0
+                        ok = {200, 201}
+                        bad = sum(n for s, n in result["statuses"].items() if s not in ok) + result["errors"]
+                        rows.append([label, name, shape, f"{result['throughput_rps']:.0f}", f"{result['p50_ms']:.1f}",
+                                     f"{result['p99_ms']:.1f}", f"< {target:g}",
+                                     "met" if result["p99_ms"] < target else "MISSED", bad])
+                        data[f"{label} | {name} | {shape}"] = result
+                        common.log.info("%s %s %s: %s", label, name, shape,
+                                        {k: result[k] for k in ("throughput_rps", "p50_ms", "p99_ms", "errors")})
+    headers = ["backend", "endpoint", "load", "req/s", "p50 ms", "p99 ms", "p99 target", "verdict", "non-2xx/errors"]
+    caption = (f"HTTP latency and throughput: {args.clients} concurrent keep-alive clients, {args.seconds:g} s per row "
+               f"after {args.warmup:g} s warm-up; API process alone (uvicorn, 1 process), {args.seed_jobs} jobs "
+               "in the table before the first row")
+    return [(caption, headers, rows)], data
+
+
+# --- part 2: queue latency -------------------------------------------------------------------------------
+
+
+def parse_time(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def wait_for_job(base: str, job_id: str, statuses: set[str], timeout_s: float, interval_s: float = 0.01
+                 ) -> tuple[dict[str, Any], float]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = http_json("GET", f"{base}/v1/jobs/{job_id}")
+        if job["status"] in statuses:
+            return job, time.perf_counter()
+        if job["status"] in {"failed", "cancelled"}:
+            raise SystemExit(f"job {job_id} ended {job['status']}: {job.get('error')}")
+        time.sleep(interval_s)
+    raise SystemExit(f"job {job_id} did not reach {statuses} in {timeout_s:.0f} s")
+
+
+def part_queue(args: argparse.Namespace) -> tuple[list[tuple[str, list[str], list[list[Any]]]], dict[str, Any]]:
+    rows, data = [], {}
+    with servers(True) as (postgres, redis):
+        configurations = [
+            ("embedded: SQLite + filesystem transport", None, None),
+            ("SQLite + Redis", None, redis.url),
+            ("PostgreSQL + Redis", postgres.url(postgres.create_database(prefix="bench")), redis.url),
+        ]
+        for label, db_url, broker_url in configurations:
+            with stack(f"queue-{common.slug(label)}", db_url, broker_url,
+                       {"DISTILL_TORCH_THREADS": "1"}) as running:
+                running.start("serve", "serve", "--host", HOST, "--port", str(running.port), "--workers", "1")
+                wait_healthy(running.base)
+                # one untimed job first: the worker process imports torch and connects on its first job
+                first = http_json("POST", f"{running.base}/v1/jobs", TINY_JOB)["id"]
+                wait_for_job(running.base, first, {"succeeded"}, 300)
+                server_s, client_s = [], []
+                for _ in range(args.queue_jobs):
+                    time.sleep(args.queue_idle_s)  # the worker is idle and waiting, as a fresh submission finds it
+                    posted = time.perf_counter()
+                    job = http_json("POST", f"{running.base}/v1/jobs", TINY_JOB)
+                    running_job, seen = wait_for_job(running.base, job["id"], {"running", "succeeded"}, 120)
+                    client_s.append(seen - posted)
+                    server_s.append(parse_time(running_job["started_at"]) - parse_time(running_job["created_at"]))
+                    wait_for_job(running.base, job["id"], {"succeeded"}, 300, 0.05)
+                rows.append([label, args.queue_jobs, f"{common.median(server_s):.3f}", f"{max(server_s):.3f}",
+                             f"{common.median(client_s):.3f}", "< 1" if "Redis" in label else "",
+                             ("met" if common.median(server_s) < 1.0 else "MISSED") if "Redis" in label else ""])
+                data[label] = {"server_seconds": server_s, "client_seconds": client_s}
+                common.log.info("%s: queue latency median %.3f s (server), %.3f s (client)", label,
+                                common.median(server_s), common.median(client_s))
+    caption = ("Queue latency, POST to `running`, one idle worker (`distill serve --workers 1`); server = started_at - "
+               "created_at of the job row, client = until a 10 ms poll saw it running")
+    headers = ["transport", "jobs", "median s (server)", "max s (server)", "median s (client)", "target", "verdict"]
+    return [(caption, headers, rows)], data
+
+
+# --- part 3: scale-out -----------------------------------------------------------------------------------
+
+
+def part_scale(args: argparse.Namespace) -> tuple[list[tuple[str, list[str], list[list[Any]]]], dict[str, Any]]:
+    walls: dict[int, list[float]] = {1: [], 2: []}
+    job_seconds: dict[int, list[float]] = {1: [], 2: []}
+    spec = scale_job(args.scale_epochs)
+    with servers(True) as (postgres, redis):
+        for repeat in range(args.scale_repeats):
+            for workers in (1, 2):  # side by side, alternating, on fresh stacks
+                db_url = postgres.url(postgres.create_database(prefix="bench"))
+                with stack(f"scale-{workers}w-{repeat}", db_url, redis.url, {"DISTILL_TORCH_THREADS": "1"}) as running:
+                    subprocess.run([DISTILL, "migrate"], env=running.env, check=True, cwd=common.REPO_ROOT,
+                                   capture_output=True)
+                    running.start("api", "api", "--host", HOST, "--port", str(running.port))
+                    running.start("worker", "worker", "--concurrency", str(workers))
+                    wait_healthy(running.base)
+                    warm = http_json("POST", f"{running.base}/v1/jobs", TINY_JOB)["id"]  # workers import torch
+                    wait_for_job(running.base, warm, {"succeeded"}, 300, 0.1)
+                    if workers == 2:  # make sure the second process has warmed up too
+                        warm_two = [http_json("POST", f"{running.base}/v1/jobs", TINY_JOB)["id"] for _ in range(2)]
+                        for job_id in warm_two:
+                            wait_for_job(running.base, job_id, {"succeeded"}, 300, 0.1)
+                    started = time.perf_counter()
+                    ids = [http_json("POST", f"{running.base}/v1/jobs", spec)["id"] for _ in range(4)]
+                    finished = [wait_for_job(running.base, job_id, {"succeeded"}, 3600, 0.2)[0] for job_id in ids]
+                    walls[workers].append(max(parse_time(j["finished_at"]) for j in finished)
+                                          - min(parse_time(j["created_at"]) for j in finished))
+                    job_seconds[workers] += [parse_time(j["finished_at"]) - parse_time(j["started_at"])
+                                             for j in finished]
+                    common.log.info("scale-out %d worker(s): %.1f s wall (client %.1f s)", workers,
+                                    walls[workers][-1], time.perf_counter() - started)
+    ratios = [two / one for one, two in zip(walls[1], walls[2])]
+    ratio = common.median(ratios)
+    rows = [
+        ["1 worker", f"{common.median(walls[1]):.1f}", f"{common.median(job_seconds[1]):.1f}", "1.00", "", ""],
+        ["2 workers", f"{common.median(walls[2]):.1f}", f"{common.median(job_seconds[2]):.1f}", f"{ratio:.2f}",
+         "<= 0.6", "met" if ratio <= 0.6 else "MISSED"],
+    ]
+    caption = (f"Scale-out: 4 equal jobs (digits, resnet8 -> resnet8 e2kd, {args.scale_epochs} teacher + "
+               f"{args.scale_epochs} student epochs), PostgreSQL + Redis, DISTILL_TORCH_THREADS=1; "
+               f"median of {args.scale_repeats} alternating repeat(s)")
+    headers = ["workers", "wall s (first POST to last success)", "s per job", "x 1 worker", "target", "verdict"]
+    return [(caption, headers, rows)], {"wall_seconds": walls, "job_seconds": job_seconds, "ratios": ratios}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smoke test: 5 clients x 3 s, 2 queue jobs, tiny jobs")
+    parser.add_argument("--parts", nargs="+", default=["load", "queue", "scale"], choices=["load", "queue", "scale"])
+    parser.add_argument("--clients", type=int, default=50)
+    parser.add_argument("--seconds", type=float, default=30.0, help="measured seconds per load row")
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--think-ms", type=float, default=100.0, help="pause between a paced client's requests")
+    parser.add_argument("--seed-jobs", type=int, default=50, help="jobs created before the load rows")
+    parser.add_argument("--sqlite-only", action="store_true", help="load part without PostgreSQL")
+    parser.add_argument("--queue-jobs", type=int, default=10)
+    parser.add_argument("--queue-idle-s", type=float, default=2.0, help="idle time before each timed submission")
+    parser.add_argument("--scale-epochs", type=int, default=4)
+    parser.add_argument("--scale-repeats", type=int, default=1)
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.clients, args.seconds, args.warmup, args.seed_jobs = 5, 3.0, 1.0, 5
+        args.queue_jobs, args.queue_idle_s, args.scale_epochs = 2, 0.5, 1
+    common.setup_logging(args.verbose)
+    if not Path(DISTILL).exists():
+        raise SystemExit(f"{DISTILL} not found: install the project (pip install -e .) into this environment")
+
+    parts = {"load": part_load, "queue": part_queue, "scale": part_scale}
+    tables, data = [], {}
+    for part in args.parts:
+        part_tables, part_data = parts[part](args)
+        tables += part_tables
+        data[part] = part_data
+    settings = {
+        "parts": args.parts, "clients": args.clients, "seconds_per_row": args.seconds, "think_ms": args.think_ms,
+        "queue_jobs": args.queue_jobs, "scale_epochs": args.scale_epochs, "scale_repeats": args.scale_repeats,
+    }
+    notes = [
+        "The load client runs on the same 2 cores as the server (loopback), so throughput is a lower bound.",
+        "Saturation rows: each client sends as soon as its previous answer arrives, so latency = clients / throughput; "
+        "paced rows show the latency at a polling-like load.",
+    ]
+    suffix = "_quick" if args.quick else ("" if args.parts == ["load", "queue", "scale"] else "_" + "_".join(args.parts))
+    common.write_results("service_speed" + suffix, "Service speed and scale (loopback)", settings, tables, data, notes)
+
+
+if __name__ == "__main__":
+    main()
