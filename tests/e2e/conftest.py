@@ -165,11 +165,19 @@ class Stack:
     def settings(self) -> Settings:
         return Settings(DISTILL_HOME=self.home, DATABASE_URL=self.database_url, BROKER_URL=self.broker_url)
 
-    def start_api(self) -> None:
+    def start(self) -> Process:
+        """API and one worker, booted side by side (each takes seconds to import torch)."""
+        self.start_api(wait=False)
+        worker = self.start_worker()
+        wait_until(self._api_up, START_TIMEOUT_S, "the API to answer /healthz")
+        return worker
+
+    def start_api(self, wait: bool = True) -> None:
         port = free_port()
         self.api = spawn("api", [DISTILL, "api", "--port", str(port)], self.env, self.home / "logs")
         self.client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
-        wait_until(self._api_up, START_TIMEOUT_S, "the API to answer /healthz")
+        if wait:
+            wait_until(self._api_up, START_TIMEOUT_S, "the API to answer /healthz")
 
     def _api_up(self) -> bool:
         assert self.api is not None and self.api.alive(), f"API exited:\n{self.api.log() if self.api else ''}"

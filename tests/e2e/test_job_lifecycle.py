@@ -34,8 +34,7 @@ def test_job_goes_queued_running_succeeded_and_its_student_reproduces_its_accura
     db_url: str, stacks: Callable[..., Stack], tmp_path: Path
 ) -> None:
     stack = stacks(db_url)
-    stack.start_api()
-    stack.start_worker()
+    stack.start()
 
     created = stack.post_job(tiny_spec(teacher_epochs=1, student_epochs=2, shots_per_class=20))
     assert created["status"] == "queued"
@@ -56,8 +55,7 @@ def test_cancelled_job_stops_within_ten_seconds_and_the_worker_takes_the_next_jo
     sqlite_url: str, stacks: Callable[..., Stack]
 ) -> None:
     stack = stacks(sqlite_url)
-    stack.start_api()
-    worker = stack.start_worker()
+    worker = stack.start()
 
     long_job = stack.post_job(tiny_spec(teacher_epochs=1, student_epochs=500, shots_per_class=20))
     wait_until(lambda: stack.get_job(long_job["id"])["stage"] == "distilling", 120, "distillation to start")
@@ -79,8 +77,7 @@ def test_cancelled_job_stops_within_ten_seconds_and_the_worker_takes_the_next_jo
 
 def test_duplicate_delivery_runs_job_once(sqlite_url: str, stacks: Callable[..., Stack]) -> None:
     stack = stacks(sqlite_url)
-    stack.start_api()
-    worker = stack.start_worker()
+    worker = stack.start()
 
     created = stack.post_job(tiny_spec())  # the API sends the first message
     celery = make_celery(stack.settings)

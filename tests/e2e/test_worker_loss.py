@@ -22,8 +22,7 @@ def test_killed_worker_job_resumes_from_its_checkpoint_on_a_new_worker(
     sqlite_url: str, stacks: Callable[..., Stack], tmp_path: Path
 ) -> None:
     stack = stacks(sqlite_url)
-    stack.start_api()
-    first = stack.start_worker()
+    first = stack.start()
     created = stack.post_job(tiny_spec(teacher_epochs=1, student_epochs=STUDENT_EPOCHS, shots_per_class=20))
     job_id = created["id"]
 
@@ -64,8 +63,7 @@ def test_sigterm_makes_the_running_job_yield_and_the_next_worker_resumes_it(
     sqlite_url: str, stacks: Callable[..., Stack]
 ) -> None:
     stack = stacks(sqlite_url)
-    stack.start_api()
-    first = stack.start_worker()
+    first = stack.start()
     job_id = stack.post_job(tiny_spec(teacher_epochs=1, student_epochs=STUDENT_EPOCHS, shots_per_class=20))["id"]
     wait_until(
         lambda: (job := stack.get_job(job_id))["stage"] == "distilling" and (job["progress"] or {}).get("epoch", 0) >= 2,
