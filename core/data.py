@@ -51,13 +51,16 @@ class DataBundle:
         return (x * std + mean).clamp(0, 1)
 
 
-def load_dataset(spec: DatasetSpec, seed: int, named: Mapping[str, Path] | None = None) -> DataBundle:
+def load_dataset(spec: DatasetSpec, seed: int | None = None, named: Mapping[str, Path] | None = None) -> DataBundle:
     """Resolve the spec's source, split, subsample (shots_per_class) and normalise.
+
+    `seed` overrides `spec.split_seed` (tests use it to compare splits).
 
     `named` maps operator-registered names to paths; `digits` is always known.
     `spec.id` must have been resolved to `spec.path` by the host before this call.
     """
     named = dict(named or {})
+    seed = spec.split_seed if seed is None else seed
     if spec.name == "digits":
         train_x, train_y, test_x, test_y, names = _digits()
     else:

@@ -293,7 +293,7 @@ def run_job(
     seed = spec.training.seed
     torch.manual_seed(seed)
     with job.stage("preparing_data"):
-        data = load_dataset(spec.dataset, seed, named_datasets)
+        data = load_dataset(spec.dataset, named=named_datasets)
     teacher, teacher_history = _teacher(job, data)
     teacher.eval().requires_grad_(False)
 

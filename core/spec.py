@@ -40,6 +40,13 @@ class DatasetSpec(_Strict):
         0.2, gt=0.0, lt=1.0, description="Seeded held-out share when the source has no test split."
     )
     augment: bool = Field(False, description="Random crop + flip; disables the teacher-map cache.")
+    split_seed: int = Field(
+        0,
+        ge=0,
+        description="Seed of the held-out split and of the shots_per_class subset. Independent of training.seed, "
+        "so runs with different training seeds are scored on the same images, and a teacher trained by one job "
+        "is never scored on its own training images by another.",
+    )
 
     @model_validator(mode="after")
     def _exactly_one_source(self) -> DatasetSpec:

@@ -115,3 +115,14 @@ def test_augment_keeps_shape_and_changes_pixels_reproducibly() -> None:
     a = augment_batch(x, torch.Generator().manual_seed(0))
     b = augment_batch(x, torch.Generator().manual_seed(0))
     assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, x)
+
+
+def test_split_seed_not_training_seed_decides_the_held_out_images() -> None:
+    from core.spec import JobSpec
+
+    specs = [JobSpec.model_validate({"dataset": {"name": "digits", "image_size": 8}, "training": {"seed": s}})
+             for s in (0, 5)]
+    a, b = (load_dataset(spec.dataset) for spec in specs)
+    assert torch.equal(a.test_y, b.test_y) and torch.equal(a.test_x, b.test_x)
+    other = load_dataset(DatasetSpec(name="digits", image_size=8, split_seed=1))
+    assert not torch.equal(a.test_y, other.test_y)
