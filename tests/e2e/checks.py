@@ -19,9 +19,9 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def recompute_student_accuracy(spec_document: dict[str, Any], weights: Path) -> float:
-    """Top-1 test accuracy of downloaded weights, on the split the job's spec and seed define."""
+    """Top-1 test accuracy of downloaded weights, on the split the job's spec (dataset.split_seed) defines."""
     spec = JobSpec.model_validate(spec_document)
-    data = load_dataset(spec.dataset, seed=spec.training.seed)
+    data = load_dataset(spec.dataset)
     student = load_weights(build_model(spec.student.arch, data.num_classes, data.in_channels), weights)
     logits = predict_logits(student, data.test_x, torch.device("cpu"))
     return float((logits.argmax(dim=1) == data.test_y).float().mean())
