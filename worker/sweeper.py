@@ -8,7 +8,7 @@ Every tick it
   a message lost between the API's commit and its enqueue, or a broker that lost
   its messages. Duplicates are harmless (claiming is conditional), but to keep
   the queue small each job is re-sent with exponential back-off;
-- rewrites this worker's presence file (worker.presence).
+- refreshes this worker's presence (worker.presence).
 Several workers may sweep at once: every state change is a conditional update.
 """
 
@@ -24,7 +24,7 @@ from store import repository
 from store.models import JobStatus
 from store.queue import enqueue_job
 from worker.logsetup import job_context
-from worker.presence import remove_presence, write_presence
+from worker.presence import announce, withdraw
 from worker.runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,10 @@ class Sweeper:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=max(5.0, 2 * self.interval_s))
-        remove_presence(self.runtime.settings, self.runtime.worker_id)
+        try:
+            withdraw(self.runtime)
+        except Exception:  # noqa: BLE001 - exiting anyway; the presence row ages out by itself
+            log.exception("could not withdraw worker presence")
 
     def _loop(self) -> None:
         while True:
@@ -71,7 +74,7 @@ class Sweeper:
     def tick(self, now: datetime | None = None) -> list[str]:
         """One sweep; returns the job ids it enqueued."""
         now = now or datetime.now(timezone.utc)
-        write_presence(self.runtime.settings, self.runtime.worker_id)
+        announce(self.runtime)
         with self.runtime.sessions() as session:
             requeued = repository.requeue_stale_jobs(
                 session, stale_before=now - self.stale_after, max_attempts=self.runtime.settings.max_attempts

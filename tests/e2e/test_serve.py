@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+from datetime import datetime, timezone
 from pathlib import Path
 
 import httpx
 import pytest
 
+from store import repository
+from store.db import Database
 from tests.e2e.checks import assert_downloads_reproduce_metrics, assert_event_stream_of_a_successful_job
 from tests.e2e.conftest import DISTILL, FAST_ENV, START_TIMEOUT_S, TERMINAL, EventCollector, clean_env, spawn, wait_until
 from tests.services import free_port
@@ -59,7 +62,11 @@ def test_distill_serve_runs_a_job_end_to_end_and_stops_its_workers_on_ctrl_c(tmp
         returncode = serve.stop(signal.SIGINT, timeout_s=60)  # what Ctrl-C sends
 
     assert returncode == 0, serve.log()
-    assert list((home / "workers").glob("*.json")) == []  # the worker removed its presence on a clean exit
+    assert list((home / "workers").glob("*.json")) == []  # the worker withdrew its presence on a clean exit
+    database = Database(f"sqlite:///{home / 'distill.db'}")
+    with database.sessions() as session:
+        assert repository.live_workers(session, seen_after=datetime(2000, 1, 1, tzinfo=timezone.utc)) == []
+    database.dispose()
     with pytest.raises(ProcessLookupError):
         os.kill(worker_pid, 0)
 

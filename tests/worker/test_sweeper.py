@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 
 from store import repository
 from store.db import Database
-from store.models import Job, JobStatus
+from store.models import Job, JobStatus, WorkerRecord
 from tests.worker.conftest import WORKER_ID
 from worker.presence import presence_path
 from worker.runtime import WorkerRuntime
@@ -82,19 +82,29 @@ def test_finished_or_running_jobs_are_left_alone(
     assert drain_queue() == []
 
 
-def test_presence_file_is_refreshed_every_tick_and_removed_on_stop(runtime: WorkerRuntime) -> None:
+def _live(database: Database) -> dict[str, WorkerRecord]:
+    with database.sessions() as session:
+        since = datetime.now(timezone.utc) - timedelta(seconds=60)
+        return {record.id: record for record in repository.live_workers(session, seen_after=since)}
+
+
+def test_presence_is_refreshed_every_tick_and_withdrawn_on_stop(runtime: WorkerRuntime, database: Database) -> None:
     sweeper = Sweeper(runtime)
     path = presence_path(runtime.settings, runtime.worker_id)
     sweeper.start()
     try:
         deadline = time.monotonic() + 5
-        while not path.exists() and time.monotonic() < deadline:
+        while not (path.exists() and WORKER_ID in _live(database)) and time.monotonic() < deadline:
             time.sleep(0.05)
         first = json.loads(path.read_text())
         assert first["worker_id"] == WORKER_ID
         assert first["pid"] == os.getpid()
+        first_seen = _live(database)[WORKER_ID].seen_at
+        assert _live(database)[WORKER_ID].pid == os.getpid()
         time.sleep(runtime.settings.heartbeat_s * 3)
         assert json.loads(path.read_text())["time"] > first["time"]
+        assert _live(database)[WORKER_ID].seen_at > first_seen
     finally:
         sweeper.stop()
     assert not path.exists()
+    assert WORKER_ID not in _live(database)
