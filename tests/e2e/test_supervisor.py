@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from store.db import upgrade_database
-from tests.e2e.conftest import FAST_ENV, START_TIMEOUT_S, clean_env, presence_file, wait_until
+from tests.e2e.conftest import DISTILL, FAST_ENV, START_TIMEOUT_S, clean_env, presence_file, spawn, wait_until
 from worker.supervisor import WorkerProcesses
 
 pytestmark = pytest.mark.slow
@@ -38,3 +39,23 @@ def test_a_worker_that_dies_is_restarted_and_stop_ends_every_child(tmp_path: Pat
     assert workers.alive() == 0
     assert replaced.returncode == 0  # a warm shutdown, not a kill
     assert not presence_file(home, replaced.pid).exists()
+
+
+def test_distill_worker_runs_concurrency_processes_and_stops_them_on_sigterm(tmp_path: Path, sqlite_url: str) -> None:
+    home = tmp_path / "home"
+    upgrade_database(sqlite_url)
+    env = clean_env(DISTILL_HOME=str(home), DATABASE_URL=sqlite_url, **FAST_ENV)
+    supervisor = spawn("distill-worker", [DISTILL, "worker", "--concurrency", "2"], env, tmp_path / "logs")
+    try:
+        files = wait_until(
+            lambda: len(found := list((home / "workers").glob("*.json"))) == 2 and found,
+            START_TIMEOUT_S, f"two workers to be ready\n{supervisor.log()}",
+        )  # fmt: skip
+        pids = [json.loads(path.read_text())["pid"] for path in files]
+    finally:
+        returncode = supervisor.stop(signal.SIGTERM, timeout_s=60)  # what `docker stop` sends
+    assert returncode == 0, supervisor.log()
+    assert list((home / "workers").glob("*.json")) == []
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
