@@ -1,0 +1,131 @@
+"""The numbers a distilled student is judged by (the `metrics.json` fields).
+
+Accuracy alone does not say whether distillation worked: agreement says how far
+the student imitates the teacher's decisions, explanation cosine whether it
+decides from the same evidence, ECE whether its confidence can be trusted, and
+parameters and latency what the compression bought.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from core.attribution import captum_maps, map_cosine
+from core.data import DataBundle
+from core.models import count_params
+
+log = logging.getLogger(__name__)
+
+ECE_BINS = 15
+WARMUP_RUNS = 3
+
+
+def predict_logits(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 256) -> torch.Tensor:
+    """Eval-mode logits `(N, classes)` of `x`, computed on `device` in batches, returned on the CPU.
+
+    The model's previous train/eval mode is restored, so a trainer can call this mid-training.
+    """
+    if batch_size < 1:
+        raise ValueError("batch_size must be >= 1")
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            logits = [model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
+    finally:
+        model.train(was_training)
+    return torch.cat(logits) if logits else torch.empty(0, 0)
+
+
+def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = ECE_BINS) -> float:
+    """ECE of Guo et al. (2017): `sum_b |B_b|/N * |accuracy(B_b) - mean confidence(B_b)|`.
+
+    Confidence is the top-1 probability; bins are `n_bins` equal-width intervals `(lo, hi]`
+    of [0, 1] (a confidence of exactly 0 falls in the first), the common reference choice,
+    so values compare with published ones.
+    """
+    probs = torch.as_tensor(probs, dtype=torch.float64)
+    labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+    if probs.ndim != 2 or len(probs) != len(labels):
+        raise ValueError(f"probs must be (N, classes) matching {len(labels)} labels, got {tuple(probs.shape)}")
+    if n_bins < 1:
+        raise ValueError("n_bins must be >= 1")
+    if len(labels) == 0:
+        return 0.0
+    confidence, prediction = probs.max(dim=1)
+    correct = (prediction == labels.to(prediction.device)).double()
+    inner_edges = torch.linspace(0.0, 1.0, n_bins + 1, dtype=torch.float64)[1:-1]
+    bins = torch.bucketize(confidence, inner_edges, right=False)  # edge[i-1] < c <= edge[i]
+    count = torch.bincount(bins, minlength=n_bins).double()
+    confidence_sum = torch.bincount(bins, weights=confidence, minlength=n_bins)
+    correct_sum = torch.bincount(bins, weights=correct, minlength=n_bins)
+    # |sum(correct) - sum(confidence)| / N equals |B|/N * |acc(B) - conf(B)|, and is 0 for empty bins.
+    return float((correct_sum - confidence_sum).abs().sum() / count.sum())
+
+
+def cpu_latency_ms(model: nn.Module, example: torch.Tensor, runs: int = 20) -> float:
+    """Median wall time (ms) of one batch-1 forward pass on the CPU, after `WARMUP_RUNS` untimed ones.
+
+    Timed on a CPU copy so the caller's model stays where it is, whatever device trained it;
+    the median ignores the odd pass slowed down by another process.
+    """
+    if runs < 1:
+        raise ValueError("latency runs must be >= 1")
+    cpu_model = copy.deepcopy(model).cpu().eval()
+    example = example[:1].detach().cpu()
+    times_ms: list[float] = []
+    with torch.inference_mode():
+        for _ in range(WARMUP_RUNS):
+            cpu_model(example)
+        for _ in range(runs):
+            start = time.perf_counter()
+            cpu_model(example)
+            times_ms.append((time.perf_counter() - start) * 1000.0)
+    return statistics.median(times_ms)
+
+
+def evaluate(
+    student: nn.Module,
+    teacher: nn.Module,
+    data: DataBundle,
+    device: torch.device,
+    *,
+    latency_runs: int = 20,
+    batch_size: int = 256,
+) -> dict:
+    """All test-set metrics of a student against its teacher (see the module docstring).
+
+    Explanation cosine compares the two models' captum Grad-CAM maps for the TEACHER's
+    top-1 class (the class the student was taught to explain), resized to the larger map;
+    a sample where either map is all zeros scores 0.
+    """
+    test_x, test_y = data.test_x, data.test_y
+    student_logits = predict_logits(student, test_x, device, batch_size)
+    teacher_logits = predict_logits(teacher, test_x, device, batch_size)
+    student_top1, teacher_top1 = student_logits.argmax(dim=1), teacher_logits.argmax(dim=1)
+
+    teacher_maps = captum_maps(teacher, test_x, teacher_top1, "gradcam", batch_size)
+    student_maps = captum_maps(student, test_x, teacher_top1, "gradcam", batch_size)
+    explanation_cosine = map_cosine(teacher_maps, student_maps).mean()
+
+    student_params, teacher_params = count_params(student), count_params(teacher)
+    metrics = {
+        "student_accuracy": float((student_top1 == test_y).float().mean()),
+        "teacher_accuracy": float((teacher_top1 == test_y).float().mean()),
+        "agreement": float((student_top1 == teacher_top1).float().mean()),
+        "explanation_cosine": float(explanation_cosine),
+        "ece": expected_calibration_error(student_logits.softmax(dim=1), test_y),
+        "student_params": student_params,
+        "teacher_params": teacher_params,
+        "student_latency_ms": cpu_latency_ms(student, test_x, latency_runs),
+        "teacher_latency_ms": cpu_latency_ms(teacher, test_x, latency_runs),
+        "compression_ratio": teacher_params / student_params,
+    }
+    log.info("evaluated on %d test images: %s", len(test_y), {k: round(v, 4) for k, v in metrics.items()})
+    return metrics

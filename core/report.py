@@ -1,0 +1,189 @@
+"""Heatmap PNGs: input | teacher Grad-CAM | student Grad-CAM, one row per test image.
+
+The metrics say how far the explanations agree on average; these pictures let a
+person see where and how they differ. Maps come from captum (as for the
+metrics); the colormap is a viridis lookup table interpolated in numpy, so no
+plotting library is needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+from torch import nn
+
+from core.attribution import captum_maps, map_cosine
+from core.data import DataBundle
+from core.evaluate import predict_logits
+
+log = logging.getLogger(__name__)
+
+MIN_PANEL_PX = 128  # panels are upscaled by a whole factor until at least this wide: 32x32 -> 4x
+PANEL_GAP_PX = 4  # white space between panels, and between rows of the grid
+CAPTION_PX = 18  # one line of text under the panels
+HEAT_ALPHA = 0.5  # weight of the colormap in the overlay; the rest is the input image
+TEXT_RGB = (20, 20, 20)
+WRONG_RGB = (200, 30, 30)  # a teacher/student label that differs from the true one
+
+# matplotlib's viridis (perceptually uniform, readable in grayscale and by colour-blind readers)
+# sampled at 17 evenly spaced points; linear interpolation between them is visually identical.
+_VIRIDIS = np.array(
+    [
+        (0.2670, 0.0049, 0.3294),
+        (0.2823, 0.0950, 0.4173),
+        (0.2788, 0.1755, 0.4834),
+        (0.2590, 0.2515, 0.5247),
+        (0.2297, 0.3224, 0.5457),
+        (0.1994, 0.3876, 0.5546),
+        (0.1727, 0.4488, 0.5579),
+        (0.1490, 0.5081, 0.5573),
+        (0.1276, 0.5669, 0.5506),
+        (0.1201, 0.6222, 0.5349),
+        (0.1539, 0.6802, 0.5042),
+        (0.2394, 0.7356, 0.4557),
+        (0.3607, 0.7860, 0.3878),
+        (0.5063, 0.8288, 0.3004),
+        (0.6681, 0.8620, 0.1963),
+        (0.8353, 0.8860, 0.1026),
+        (0.9932, 0.9062, 0.1439),
+    ]
+)
+
+
+@dataclass
+class Caption:
+    """One panel's caption; only the class name is shortened when the line is too long."""
+
+    prefix: str
+    name: str
+    suffix: str
+    colour: tuple[int, int, int]
+
+    def fitted(self, draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int) -> str:
+        name = self.name
+        if draw.textlength(self.prefix + name + self.suffix, font=font) <= width:
+            return self.prefix + name + self.suffix
+        while name and draw.textlength(self.prefix + name + "..." + self.suffix, font=font) > width:
+            name = name[:-1]
+        if name != self.name:
+            name += "..."
+        return self.prefix + name + self.suffix
+
+
+def render_heatmaps(
+    student: nn.Module, teacher: nn.Module, data: DataBundle, out_dir: Path, count: int, device: torch.device
+) -> list[Path]:
+    """Write `out_dir/heatmaps/NNNN.png` for `count` test images and `grid.png` stacking them all.
+
+    The images are evenly spaced over the test set (the same ones on every run). Both maps
+    explain the teacher's top-1 class, as in the explanation-cosine metric, whose per-image
+    value each caption shows. Returns the per-image paths in order, then the grid's path;
+    `count` 0 writes nothing and returns [].
+    """
+    count = min(count, len(data.test_y))
+    if count <= 0:
+        return []
+    indices = torch.tensor([i * len(data.test_y) // count for i in range(count)])
+    x, labels = data.test_x[indices], data.test_y[indices]
+
+    teacher_top1 = predict_logits(teacher, x, device).argmax(dim=1)
+    student_top1 = predict_logits(student, x, device).argmax(dim=1)
+    teacher_maps = captum_maps(teacher, x, teacher_top1, "gradcam").cpu()
+    student_maps = captum_maps(student, x, teacher_top1, "gradcam").cpu()
+    cosines = map_cosine(teacher_maps, student_maps)
+
+    images = data.denormalise(x.cpu()).numpy()
+    height, width = images.shape[-2:]
+    teacher_heat = _normalised(_upsample(teacher_maps, (height, width)))
+    student_heat = _normalised(_upsample(student_maps, (height, width)))
+    scale = max(1, math.ceil(MIN_PANEL_PX / max(height, width)))
+
+    folder = out_dir / "heatmaps"
+    folder.mkdir(parents=True, exist_ok=True)
+    names = data.class_names
+    rows: list[Image.Image] = []
+    paths: list[Path] = []
+    for row, index in enumerate(indices.tolist()):
+        rgb = _to_rgb(images[row])
+        true, taught, learnt = int(labels[row]), int(teacher_top1[row]), int(student_top1[row])
+        cosine = f"  cos {float(cosines[row]):.2f}"
+        captions = [
+            Caption(f"#{index}  true: ", names[true], "", TEXT_RGB),
+            Caption("teacher: ", names[taught], "", TEXT_RGB if taught == true else WRONG_RGB),
+            Caption("student: ", names[learnt], cosine, TEXT_RGB if learnt == true else WRONG_RGB),
+        ]
+        panels = [rgb, _overlay(rgb, teacher_heat[row]), _overlay(rgb, student_heat[row])]
+        image = _row_image(panels, captions, scale)
+        path = folder / f"{row:04d}.png"
+        image.save(path)
+        rows.append(image)
+        paths.append(path)
+
+    grid_path = folder / "grid.png"
+    _stack(rows).save(grid_path)
+    log.info("wrote %d heatmap rows and %s", count, grid_path.name)
+    return [*paths, grid_path]
+
+
+def colormap(values: np.ndarray) -> np.ndarray:
+    """Viridis RGB in [0, 1] for values in [0, 1] (clipped): shape `(...,)` -> `(..., 3)`."""
+    positions = np.clip(values, 0.0, 1.0) * (len(_VIRIDIS) - 1)
+    low = np.minimum(np.floor(positions).astype(int), len(_VIRIDIS) - 2)
+    weight = (positions - low)[..., None]
+    return (1.0 - weight) * _VIRIDIS[low] + weight * _VIRIDIS[low + 1]
+
+
+def _upsample(maps: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    return F.interpolate(maps.float(), size=size, mode="bilinear", align_corners=False)[:, 0].numpy()
+
+
+def _normalised(maps: np.ndarray) -> np.ndarray:
+    """Min-max per map to [0, 1]; a constant map (e.g. all zeros) becomes all zeros."""
+    low = maps.min(axis=(1, 2), keepdims=True)
+    span = maps.max(axis=(1, 2), keepdims=True) - low
+    return np.where(span > 0, (maps - low) / np.where(span > 0, span, 1.0), 0.0)
+
+
+def _to_rgb(image: np.ndarray) -> np.ndarray:
+    """`(C, H, W)` in [0, 1] -> `(H, W, 3)`; one channel is shown as gray."""
+    hwc = image.transpose(1, 2, 0)
+    return np.repeat(hwc, 3, axis=2) if hwc.shape[2] == 1 else hwc[..., :3]
+
+
+def _overlay(rgb: np.ndarray, heat: np.ndarray) -> np.ndarray:
+    return (1.0 - HEAT_ALPHA) * rgb + HEAT_ALPHA * colormap(heat)
+
+
+def _row_image(panels: list[np.ndarray], captions: list[Caption], scale: int) -> Image.Image:
+    """Panels side by side, each upscaled `scale`x (nearest), with its caption underneath."""
+    panel_h, panel_w = panels[0].shape[0] * scale, panels[0].shape[1] * scale
+    width = len(panels) * panel_w + (len(panels) - 1) * PANEL_GAP_PX
+    canvas = Image.new("RGB", (width, panel_h + CAPTION_PX), "white")
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=11)
+    for i, (panel, caption) in enumerate(zip(panels, captions, strict=True)):
+        pixels = (np.clip(panel, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+        left = i * (panel_w + PANEL_GAP_PX)
+        canvas.paste(Image.fromarray(pixels).resize((panel_w, panel_h), Image.NEAREST), (left, 0))
+        draw.text((left + 2, panel_h + 3), caption.fitted(draw, font, panel_w - 4), fill=caption.colour, font=font)
+    return canvas
+
+
+
+
+def _stack(rows: list[Image.Image]) -> Image.Image:
+    width = max(row.width for row in rows)
+    height = sum(row.height for row in rows) + (len(rows) - 1) * PANEL_GAP_PX
+    grid = Image.new("RGB", (width, height), "white")
+    top = 0
+    for row in rows:
+        grid.paste(row, (0, top))
+        top += row.height + PANEL_GAP_PX
+    return grid

@@ -1,0 +1,110 @@
+"""Heatmap PNGs: one per chosen test image plus a grid, readable by any PNG decoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core.data import DataBundle, load_dataset
+from core.models import build_model
+from core.report import CAPTION_PX, MIN_PANEL_PX, PANEL_GAP_PX, colormap, render_heatmaps
+from core.spec import DatasetSpec
+
+torch.set_num_threads(1)
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def digits() -> DataBundle:
+    return load_dataset(DatasetSpec(name="digits", image_size=16), seed=0)
+
+
+@pytest.fixture(scope="module")
+def models() -> tuple[torch.nn.Module, torch.nn.Module]:
+    torch.manual_seed(0)
+    return build_model("cnn", 10, 1), build_model("resnet8", 10, 1)  # student, teacher
+
+
+def test_render_writes_one_png_per_image_and_a_grid(digits: DataBundle, models, tmp_path: Path) -> None:
+    student, teacher = models
+    paths = render_heatmaps(student, teacher, digits, tmp_path, 5, CPU)
+
+    folder = tmp_path / "heatmaps"
+    assert paths == [folder / f"{i:04d}.png" for i in range(5)] + [folder / "grid.png"]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in paths)
+
+    scale = 8  # 16 px images are upscaled by the smallest whole factor reaching MIN_PANEL_PX
+    assert 16 * scale >= MIN_PANEL_PX > 16 * (scale - 1)
+    row_width = 3 * 16 * scale + 2 * PANEL_GAP_PX  # input | teacher | student
+    row_height = 16 * scale + CAPTION_PX
+    for path in paths[:-1]:
+        with Image.open(path) as image:
+            image.load()
+            assert image.format == "PNG" and image.mode == "RGB"
+            assert image.size == (row_width, row_height)
+    with Image.open(paths[-1]) as grid:
+        assert grid.size == (row_width, 5 * row_height + 4 * PANEL_GAP_PX)
+
+
+def test_first_panel_shows_the_denormalised_input_in_gray(digits: DataBundle, models, tmp_path: Path) -> None:
+    student, teacher = models
+    first = render_heatmaps(student, teacher, digits, tmp_path, 1, CPU)[0]
+    pixels = np.asarray(Image.open(first))
+    expected = np.round(digits.denormalise(digits.test_x[:1])[0, 0].numpy() * 255.0).astype(np.uint8)
+    panel = pixels[: 16 * 8 : 8, : 16 * 8 : 8]  # one pixel per upscaled 8x8 block
+    assert (panel[..., 0] == panel[..., 1]).all() and (panel[..., 1] == panel[..., 2]).all()
+    assert np.abs(panel[..., 0].astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_images_are_evenly_spaced_and_the_same_on_every_run(digits: DataBundle, models, tmp_path: Path) -> None:
+    student, teacher = models
+    first = render_heatmaps(student, teacher, digits, tmp_path / "a", 3, CPU)
+    second = render_heatmaps(student, teacher, digits, tmp_path / "b", 3, CPU)
+    for a, b in zip(first, second, strict=True):
+        assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+    # The second row's input is test image n // 3, not image 1.
+    n = len(digits.test_y)
+    pixels = np.asarray(Image.open(first[1]))[: 16 * 8 : 8, : 16 * 8 : 8, 0]
+    expected = np.round(digits.denormalise(digits.test_x[n // 3 : n // 3 + 1])[0, 0].numpy() * 255.0)
+    assert np.abs(pixels.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_zero_heatmaps_writes_nothing(digits: DataBundle, models, tmp_path: Path) -> None:
+    student, teacher = models
+    assert render_heatmaps(student, teacher, digits, tmp_path, 0, CPU) == []
+    assert not (tmp_path / "heatmaps").exists()
+
+
+def test_colormap_runs_from_dark_purple_to_yellow_with_rising_lightness() -> None:
+    colours = colormap(np.linspace(0.0, 1.0, 11))
+    assert colours.shape == (11, 3)
+    assert np.allclose(colours[0], (0.2670, 0.0049, 0.3294)) and np.allclose(colours[-1], (0.9932, 0.9062, 0.1439))
+    luminance = colours @ np.array([0.2126, 0.7152, 0.0722])
+    assert (np.diff(luminance) > 0).all()  # perceptual order: brighter means more attribution
+    assert np.allclose(colormap(np.array([-1.0, 2.0])), colours[[0, -1]])
+
+
+def test_colour_32px_images_are_upscaled_4x_and_count_is_capped_by_the_test_set(tmp_path: Path) -> None:
+    generator = torch.Generator().manual_seed(0)
+    data = DataBundle(
+        train_x=torch.randn(4, 3, 32, 32, generator=generator),
+        train_y=torch.tensor([0, 1, 0, 1]),
+        test_x=torch.randn(3, 3, 32, 32, generator=generator),
+        test_y=torch.tensor([0, 1, 1]),
+        class_names=["an airplane with a long name", "ship"],
+        mean=[0.5, 0.4, 0.3],
+        std=[0.2, 0.2, 0.2],
+    )
+    torch.manual_seed(0)
+    student, teacher = build_model("cnn", 2, 3), build_model("resnet8", 2, 3)
+    paths = render_heatmaps(student, teacher, data, tmp_path, 10, CPU)
+    assert len(paths) == 3 + 1
+    with Image.open(paths[0]) as image:
+        assert image.size == (3 * 128 + 2 * PANEL_GAP_PX, 128 + CAPTION_PX)
+        pixels = np.asarray(image)
+    expected = np.round(data.denormalise(data.test_x[:1])[0].permute(1, 2, 0).numpy() * 255.0)
+    assert np.abs(pixels[:128:4, :128:4].astype(int) - expected.astype(int)).max() <= 1
