@@ -29,7 +29,7 @@ def presence_path(settings: Settings, worker_id: str) -> Path:
 
 def announce(runtime: WorkerRuntime) -> None:
     """This worker is alive now: refresh its row and its file."""
-    _write_file(runtime.settings, runtime.worker_id)
+    write_presence(runtime.settings, runtime.worker_id)
     with runtime.sessions() as session:
         repository.touch_worker(session, runtime.worker_id, socket.gethostname(), os.getpid())
 
@@ -41,17 +41,18 @@ def withdraw(runtime: WorkerRuntime) -> None:
         repository.remove_worker(session, runtime.worker_id)
 
 
-def _write_file(settings: Settings, worker_id: str) -> None:
-    """Atomically (re)write the file, so a reader never sees half a document."""
+def write_presence(settings: Settings, worker_id: str, now: float | None = None) -> Path:
+    """Atomically (re)write the presence file, so a reader never sees half a document."""
     path = presence_path(settings, worker_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     document = {
         "worker_id": worker_id,
         "pid": os.getpid(),
         "hostname": socket.gethostname(),
-        "time": time.time(),
+        "time": time.time() if now is None else now,
         "queue": QUEUE_NAME,
     }
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(document))
     tmp.replace(path)
+    return path
