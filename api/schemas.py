@@ -92,7 +92,9 @@ class ProgressOut(BaseModel):
     step: int = Field(0, description="1-based step within the epoch.")
     total_steps: int = 0
     fraction: float = Field(0.0, description="Completion of the whole run, 0..1.")
-    metrics: dict[str, float] = Field(default_factory=dict, description="Latest training metrics.")
+    metrics: dict[str, float | None] = Field(
+        default_factory=dict, description="Latest training metrics (null where a value was not finite)."
+    )
 
 
 class JobErrorOut(BaseModel):

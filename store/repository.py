@@ -556,9 +556,9 @@ def list_datasets(session: Session, limit: int = 100) -> list[DatasetRecord]:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def touch_worker(session: Session, worker_id: str, hostname: str, pid: int) -> None:
+def touch_worker(session: Session, worker_id: str, hostname: str, pid: int, now: datetime | None = None) -> None:
     """Record that this worker is alive now (insert on first call, then refresh seen_at)."""
-    now = utcnow()
+    now = now or utcnow()
     updated = session.execute(update(WorkerRecord).where(WorkerRecord.id == worker_id).values(seen_at=now))
     if updated.rowcount == 0:
         session.add(WorkerRecord(id=worker_id, hostname=hostname, pid=pid, started_at=now, seen_at=now))

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextvars
 import logging
 import threading
-import time
 from datetime import datetime, timedelta, timezone
 
 from store import repository

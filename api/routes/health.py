@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import time
-from pathlib import Path
+from datetime import datetime, timedelta, timezone
 
 from celery import Celery
 from fastapi import APIRouter, Request, Response
@@ -15,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from api.deps import CeleryDep, SessionMakerDep, SettingsDep
 from api.schemas import CheckOut, HealthOut, ReadyOut
+from store import repository
 from store.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -22,8 +21,7 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
 
 BROKER_TIMEOUT_S = 2.0
-PING_TIMEOUT_S = 1.0
-# A worker rewrites its presence file every heartbeat; one missing this many beats is gone.
+# A worker refreshes its presence row every heartbeat; one missing this many beats is gone.
 PRESENCE_MISSED_BEATS = 3
 
 
@@ -53,39 +51,22 @@ def _check_broker(celery: Celery) -> CheckOut:
     return CheckOut(ok=True, detail=f"connected ({transport})")
 
 
-def live_workers(settings: Settings, now: float | None = None) -> list[str]:
-    """Worker ids whose presence file (DISTILL_HOME/workers/<id>.json, rewritten every heartbeat) is fresh."""
-    folder = settings.distill_home / "workers"
-    if not folder.is_dir():
-        return []
-    now = time.time() if now is None else now
-    max_age_s = PRESENCE_MISSED_BEATS * settings.heartbeat_s
-    alive = []
-    for path in sorted(folder.glob("*.json")):
-        try:
-            document = json.loads(Path(path).read_text())
-            if now - float(document["time"]) <= max_age_s:
-                alive.append(str(document.get("worker_id", path.stem)))
-        except (OSError, ValueError, KeyError, TypeError):
-            continue  # half-written or foreign file: not a live worker
-    return alive
+def _check_worker(settings: Settings, sessions: sessionmaker[Session]) -> CheckOut:
+    """A worker refreshes its `workers` row every heartbeat; one that missed a few beats is gone.
 
-
-def _check_worker(settings: Settings, celery: Celery) -> CheckOut:
-    alive = live_workers(settings)
+    The table works for every broker (the filesystem transport has no remote control) and
+    sees a worker that is busy with a job, which a broker ping would not.
+    """
+    seen_after = datetime.now(timezone.utc) - timedelta(seconds=PRESENCE_MISSED_BEATS * settings.heartbeat_s)
+    try:
+        with sessions() as session:
+            alive = repository.live_workers(session, seen_after)
+    except Exception as exc:
+        log.warning("readyz: worker check failed: %s", exc)
+        return CheckOut(ok=False, detail=f"worker check failed: {type(exc).__name__}")
     if alive:
         return CheckOut(ok=True, detail=f"{len(alive)} worker(s) present")
-    if settings.broker.startswith("filesystem"):
-        # The filesystem transport has no remote control worth relying on: presence files are the signal.
-        return CheckOut(ok=False, detail="no worker presence file is fresh")
-    try:
-        replies = celery.control.ping(timeout=PING_TIMEOUT_S)
-    except Exception as exc:
-        log.warning("readyz: worker ping failed: %s", exc)
-        return CheckOut(ok=False, detail=f"worker ping failed: {type(exc).__name__}")
-    if replies:
-        return CheckOut(ok=True, detail=f"{len(replies)} worker(s) answered ping")
-    return CheckOut(ok=False, detail="no worker answered ping")
+    return CheckOut(ok=False, detail="no worker reported within the last heartbeats")
 
 
 @router.get(
@@ -97,7 +78,7 @@ def readyz(settings: SettingsDep, sessions: SessionMakerDep, celery: CeleryDep, 
     checks = {
         "database": _check_database(sessions),
         "broker": _check_broker(celery),
-        "worker": _check_worker(settings, celery),
+        "worker": _check_worker(settings, sessions),
     }
     ready = all(check.ok for check in checks.values())
     body = ReadyOut(status="ready" if ready else "not_ready", checks=checks)

@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
+from datetime import datetime, timedelta
 
 from fastapi.testclient import TestClient
 
+from store import repository
+from store.db import Database
+from store.models import utcnow
 from store.settings import Settings
 from tests.api.support import digits_spec
-from worker.presence import write_presence
+
+
+def _touch(settings: Settings, worker_id: str, seen_at: datetime) -> None:
+    """A worker's presence row as its sweeper would leave it at `seen_at`."""
+    database = Database(settings.db_url)
+    with database.sessions() as session:
+        repository.touch_worker(session, worker_id, "host", 1, now=seen_at)
+    database.dispose()
 
 
 def test_healthz_answers_while_the_process_is_up(client: TestClient) -> None:
@@ -30,7 +40,7 @@ def test_readyz_with_database_and_broker_but_no_worker_is_503_naming_the_worker(
 
 
 def test_readyz_is_ready_when_a_worker_is_present(client: TestClient, app_settings: Settings) -> None:
-    write_presence(app_settings, "worker-test")
+    _touch(app_settings, "worker-test", utcnow())
 
     response = client.get("/readyz")
 
@@ -40,7 +50,7 @@ def test_readyz_is_ready_when_a_worker_is_present(client: TestClient, app_settin
 
 
 def test_readyz_ignores_a_worker_that_stopped_reporting(client: TestClient, app_settings: Settings) -> None:
-    write_presence(app_settings, "worker-gone", now=time.time() - 3600)
+    _touch(app_settings, "worker-gone", utcnow() - timedelta(hours=1))
 
     response = client.get("/readyz")
 

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -103,9 +104,15 @@ def spawn(name: str, command: list[str], env: dict[str, str], logs: Path) -> Pro
     return Process(name, popen, log_path)
 
 
-def presence_file(home: Path, pid: int) -> Path:
-    """Where worker.presence writes for the worker process `pid` on this host."""
-    return home / "workers" / f"{socket.gethostname()}-{pid}.json"
+def present_worker_pids(database_url: str) -> set[int]:
+    """Pids of this host's workers that have a presence row (written by worker.presence every tick)."""
+    database = Database(database_url)
+    try:
+        with database.sessions() as session:
+            workers = repository.live_workers(session, seen_after=datetime(2000, 1, 1, tzinfo=timezone.utc))
+    finally:
+        database.dispose()
+    return {worker.pid for worker in workers if worker.hostname == socket.gethostname()}
 
 
 def read_events(client: httpx.Client, job_id: str, timeout_s: float = 120) -> list[tuple[str, dict[str, Any]]]:
@@ -197,9 +204,9 @@ class Stack:
 
         def ready() -> bool:
             assert worker.alive(), f"worker exited:\n{worker.log()}"
-            return presence_file(self.home, worker.pid).exists()
+            return worker.pid in present_worker_pids(self.database_url)
 
-        wait_until(ready, START_TIMEOUT_S, "the worker's presence file")
+        wait_until(ready, START_TIMEOUT_S, "the worker's presence row")
         return worker
 
     # --- HTTP helpers -------------------------------------------------------------------------------------

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from datetime import datetime, timezone
@@ -14,7 +13,17 @@ import pytest
 from store import repository
 from store.db import Database
 from tests.e2e.checks import assert_downloads_reproduce_metrics, assert_event_stream_of_a_successful_job
-from tests.e2e.conftest import DISTILL, FAST_ENV, START_TIMEOUT_S, TERMINAL, EventCollector, clean_env, spawn, wait_until
+from tests.e2e.conftest import (
+    DISTILL,
+    FAST_ENV,
+    START_TIMEOUT_S,
+    TERMINAL,
+    EventCollector,
+    clean_env,
+    present_worker_pids,
+    spawn,
+    wait_until,
+)
 from tests.services import free_port
 from tests.worker.jobspecs import tiny_spec
 
@@ -54,15 +63,14 @@ def test_distill_serve_runs_a_job_end_to_end_and_stops_its_workers_on_ctrl_c(tmp
         assert_event_stream_of_a_successful_job(events)
         assert_downloads_reproduce_metrics(client, final, tmp_path / "download")
 
-        presence = list((home / "workers").glob("*.json"))
-        assert len(presence) == 1
-        worker_pid = json.loads(presence[0].read_text())["pid"]
+        present = present_worker_pids(f"sqlite:///{home / 'distill.db'}")
+        assert len(present) == 1
+        worker_pid = present.pop()
     finally:
         client.close()
         returncode = serve.stop(signal.SIGINT, timeout_s=60)  # what Ctrl-C sends
 
     assert returncode == 0, serve.log()
-    assert list((home / "workers").glob("*.json")) == []  # the worker withdrew its presence on a clean exit
     database = Database(f"sqlite:///{home / 'distill.db'}")
     with database.sessions() as session:
         assert repository.live_workers(session, seen_after=datetime(2000, 1, 1, tzinfo=timezone.utc)) == []

@@ -1,8 +1,7 @@
-"""The sweeper: stale jobs back to the queue, forgotten queued jobs re-sent, presence on disk."""
+"""The sweeper: stale jobs back to the queue, forgotten queued jobs re-sent, presence in the workers table."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
@@ -12,7 +11,6 @@ from store import repository
 from store.db import Database
 from store.models import Job, JobStatus, WorkerRecord
 from tests.worker.conftest import WORKER_ID
-from worker.presence import presence_path
 from worker.runtime import WorkerRuntime
 from worker.sweeper import Sweeper
 
@@ -90,21 +88,15 @@ def _live(database: Database) -> dict[str, WorkerRecord]:
 
 def test_presence_is_refreshed_every_tick_and_withdrawn_on_stop(runtime: WorkerRuntime, database: Database) -> None:
     sweeper = Sweeper(runtime)
-    path = presence_path(runtime.settings, runtime.worker_id)
     sweeper.start()
     try:
         deadline = time.monotonic() + 5
-        while not (path.exists() and WORKER_ID in _live(database)) and time.monotonic() < deadline:
+        while WORKER_ID not in _live(database) and time.monotonic() < deadline:
             time.sleep(0.05)
-        first = json.loads(path.read_text())
-        assert first["worker_id"] == WORKER_ID
-        assert first["pid"] == os.getpid()
         first_seen = _live(database)[WORKER_ID].seen_at
         assert _live(database)[WORKER_ID].pid == os.getpid()
         time.sleep(runtime.settings.heartbeat_s * 3)
-        assert json.loads(path.read_text())["time"] > first["time"]
         assert _live(database)[WORKER_ID].seen_at > first_seen
     finally:
         sweeper.stop()
-    assert not path.exists()
     assert WORKER_ID not in _live(database)
