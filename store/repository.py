@@ -432,6 +432,19 @@ def requeue_stale_jobs(session: Session, stale_before: datetime, max_attempts: i
     return requeued
 
 
+def release_job(session: Session, job_id: str, worker_id: str) -> bool:
+    """running -> queued at once for its owner, giving the attempt back: a worker asked to shut
+    down (SIGTERM, a deploy) did not fail the job, so it should neither wait out the stale
+    timeout nor use up one of max_attempts. The caller enqueues the job again after this commits.
+    Returns False when this worker does not own a running job of that id."""
+    released = _transition(
+        session, job_id, JobStatus.running, JobStatus.queued, owner=worker_id,
+        worker_id=None, stage=None, heartbeat_at=None, attempts=Job.attempts - 1,
+    )  # fmt: skip
+    session.commit()
+    return released
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Artifacts
 # ---------------------------------------------------------------------------------------------------------------

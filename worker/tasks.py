@@ -3,9 +3,10 @@
 The message only says "look at job X"; the SQL row is the truth. The task claims
 the row with a conditional update (a duplicate or stale message finds nothing to
 claim and returns), keeps a heartbeat lease while the engine runs, and always
-ends the row in a terminal state - except when it no longer owns the row or the
-worker is shutting down, where the sweeper hands the job to the next attempt,
-which resumes from the engine's per-epoch checkpoints in the same job folder.
+ends the row in a terminal state - except when it no longer owns the row (the
+sweeper gave the job to another attempt) or the worker is shutting down (the job
+goes back to the queue at once); the next attempt resumes from the engine's
+per-epoch checkpoints in the same job folder.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from core.run import run_job as run_engine
 from store import repository
 from store.artifacts import job_dir, record_job_outputs
 from store.models import JobStatus
+from store.queue import enqueue_job
 from store.repository import JobError
 from worker.callbacks import WorkerCallbacks, json_safe
 from worker.heartbeat import HeartbeatThread
@@ -86,7 +88,7 @@ def _execute(runtime: WorkerRuntime, job_id: str, stored_spec: dict[str, Any], c
             log.warning("stopped: the job belongs to another attempt now")
             return Outcome(None)
         if callbacks.interrupted and not callbacks.cancel_requested:
-            log.warning("stopped by worker shutdown; the sweeper re-queues it and the next attempt resumes")
+            _release(runtime, job_id)
             return Outcome(None)
         return Outcome(JobStatus.cancelled)
     except DistillError as exc:
@@ -96,6 +98,20 @@ def _execute(runtime: WorkerRuntime, job_id: str, stored_spec: dict[str, Any], c
         log.exception("internal error in %s", callbacks.stage)
         message = f"{type(exc).__name__}: {exc}"
         return Outcome(JobStatus.failed, error=JobError("internal_error", message, None, where=callbacks.stage))
+
+
+def _release(runtime: WorkerRuntime, job_id: str) -> None:
+    """Worker shutdown mid-job: hand the job back now; the next worker resumes from its checkpoints."""
+    try:
+        with runtime.sessions() as session:
+            released = repository.release_job(session, job_id, runtime.worker_id)
+        if released:
+            enqueue_job(job_id, runtime.celery)
+            log.warning("stopped by worker shutdown; re-queued for the next worker, which resumes it")
+            return
+    except Exception:  # noqa: BLE001 - the broker or DB may be going down with us; the sweeper settles it
+        log.exception("could not hand the job back")
+    log.warning("stopped by worker shutdown; the sweeper re-queues it once its lease is stale")
 
 
 def _finish(runtime: WorkerRuntime, job_id: str, outcome: Outcome) -> None:

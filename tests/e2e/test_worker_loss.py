@@ -73,11 +73,13 @@ def test_sigterm_makes_the_running_job_yield_and_the_next_worker_resumes_it(
     stopped_at = time.monotonic()
     assert first.stop(signal.SIGTERM, timeout_s=30) == 0  # a warm shutdown ...
     assert time.monotonic() - stopped_at < 15  # ... that did not wait for the job to finish
-    assert "stopped by worker shutdown" in first.log()
-    assert stack.get_job(job_id)["status"] == "running"
+    assert "stopped by worker shutdown; re-queued" in first.log()
+    handed_back = stack.get_job(job_id)
+    assert handed_back["status"] == "queued"  # at once, not after the stale timeout
+    assert handed_back["attempts"] == 0  # a shutdown is not a failed attempt
 
     second = stack.start_worker()
     final = stack.wait_for_status(job_id, TERMINAL, timeout_s=180)
     assert final["status"] == "succeeded", f"{final}\n{stack.logs()}"
-    assert final["attempts"] == 2
+    assert final["attempts"] == 1
     assert "distilling: resuming after epoch" in second.log()

@@ -90,3 +90,15 @@ def test_worker_that_lost_its_job_cannot_finish_it(session: Session) -> None:
     with pytest.raises(LeaseLost):
         repository.finish_job(session, job.id, "worker-1", JobStatus.succeeded)
     assert snapshot(session, job.id)["worker_id"] == "worker-2"
+
+
+def test_release_hands_a_running_job_back_without_using_an_attempt(session: Session) -> None:
+    job, _ = repository.create_job(session, {"name": "x"}, "x")
+    claimed = repository.claim_job(session, job.id, "w1", max_attempts=3)
+    assert claimed is not None and claimed.attempts == 1
+    assert repository.release_job(session, job.id, "w2") is False  # not the owner: nothing changes
+    assert repository.get_job(session, job.id).status == "running"
+    assert repository.release_job(session, job.id, "w1") is True
+    released = repository.get_job(session, job.id)
+    assert (released.status, released.attempts, released.worker_id) == ("queued", 0, None)
+    assert repository.claim_job(session, job.id, "w2", max_attempts=3).attempts == 1

@@ -96,7 +96,7 @@ def test_cancel_during_distillation_ends_cancelled(
     assert cancelled.stage is None and cancelled.finished_at is not None
 
 
-def test_worker_shutdown_leaves_the_job_to_the_next_attempt(
+def test_worker_shutdown_hands_the_job_back_to_the_queue_at_once(
     runtime: WorkerRuntime, make_job: Callable[..., Job], read_job: Callable[[str], Job]
 ) -> None:
     job = make_job(tiny_spec(student_epochs=200))
@@ -111,5 +111,6 @@ def test_worker_shutdown_leaves_the_job_to_the_next_attempt(
 
     assert outcome == ["released"]
     left = read_job(job.id)
-    assert left.status == JobStatus.running.value  # the sweeper re-queues it once its heartbeat is stale
+    assert left.status == JobStatus.queued.value  # re-queued at once, for the next worker to resume
+    assert left.attempts == 0 and left.worker_id is None  # a shutdown is not a failed attempt
     assert left.finished_at is None
