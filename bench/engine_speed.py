@@ -20,10 +20,13 @@ import argparse
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import common
@@ -148,10 +151,16 @@ def engine_epochs(args: argparse.Namespace, method: Method) -> list[float]:
         student=student, terms=terms, data=data, device=device, teacher=teacher, explanation=explanation,
         oracle_gamma=spec.loss.oracle_gamma, cache_maps=method.cache_maps,
     )
+    checkpoint_dir = Path(tempfile.mkdtemp(prefix="engine-speed-", dir=common.CACHE_DIR))
+    checkpoint = checkpoint_dir / "distilling.pt" if args.checkpoints else None  # a job checkpoints every epoch
     reset_peak_rss()
-    history = train(student, objective, data.train_x, data.train_y,
-                    OptimConfig.from_training(spec.training, spec.training.epochs), stage="distilling", device=device)
-    objective.close()
+    try:
+        history = train(student, objective, data.train_x, data.train_y,
+                        OptimConfig.from_training(spec.training, spec.training.epochs), stage="distilling",
+                        device=device, checkpoint_path=checkpoint)
+    finally:
+        objective.close()
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
     return [entry["seconds"] for entry in history]
 
 
@@ -260,7 +269,7 @@ def run_method(args: argparse.Namespace, method: Method) -> dict[str, Any]:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     command = [sys.executable, __file__, "--child", method.name, "--threads", str(args.threads),
                "--epochs", str(args.epochs), "--shots", str(args.shots), "--test-size", str(args.test_size),
-               "--batch-size", str(args.batch_size)]
+               "--batch-size", str(args.batch_size)] + ([] if args.checkpoints else ["--no-checkpoints"])
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=False, cwd=common.REPO_ROOT)
     if result.returncode != 0:
         raise SystemExit(f"{method.name} failed:\n{result.stderr[-4000:]}")
@@ -300,6 +309,8 @@ def main() -> None:
     parser.add_argument("--methods", nargs="*", default=None, help="subset of row names (default: all)")
     parser.add_argument("--profile", default=None, help=f"profile one method: {', '.join(SHORT)}")
     parser.add_argument("--profile-rows", type=int, default=15)
+    parser.add_argument("--no-checkpoints", dest="checkpoints", action="store_false",
+                        help="engine rows without the per-epoch checkpoint a job writes")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
@@ -351,7 +362,7 @@ def main() -> None:
         "teacher": TEACHER_ARCH, "student": STUDENT_ARCH, "train_images": 10 * args.shots,
         "batch_size": args.batch_size, "steps_per_epoch": steps, "test_images": args.test_size,
         "timed_epochs_per_process": args.epochs, "warmup_epochs": 1, "rounds": args.rounds,
-        "torch_threads": args.threads, "device": "cpu",
+        "torch_threads": args.threads, "device": "cpu", "engine_checkpoints": args.checkpoints,
     }
     common.write_results(
         "engine_speed" if not args.quick else "engine_speed_quick",
@@ -368,6 +379,8 @@ def main() -> None:
             "Each method runs in a fresh process: 1 warm-up epoch (fills the teacher-map cache), then the timed epochs.",
             "Peak RSS is the process's high-water mark during training (reset after loading data and models).",
             "Epoch seconds include the per-epoch held-out accuracy on the test images, in the engine and the bare loop.",
+            "Engine rows write the per-epoch checkpoint a job writes (model, optimizer, map cache; off with "
+            "--no-checkpoints); the bare loop writes none.",
         ],
     )
 

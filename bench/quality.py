@@ -1,14 +1,16 @@
 """Quality: do explanation-guided students learn better, and for the right reasons? (CIFAR-10, few-shot)
 
     python bench/teacher.py --minutes 25                  # once: the cached resnet20 teacher
-    python bench/quality.py --workers 2                   # the table (resumable: finished runs are reused)
+    python bench/quality.py --paper-rows --epochs-50 10 --epochs-200 5    # the table (resumable)
     python bench/quality.py --quick                       # smoke test: 2 epochs, 1 seed, 200 test images
-    python bench/quality.py --paper-rows --shots 50       # the e2KD paper's settings, next to kd
+
+`--paper-rows` adds, at 50 shots/class, the e2KD paper's own settings (KL at T=1 without CE,
+explanation weight 1 and 5, guidance on every 4th step only) next to kd at the same T.
 
 Every row is one `core.run.run_job` per (shots, seed): the cached teacher's weights, a fresh
-resnet8 student, `report.heatmaps = 0`. The seed draws both the student's initialisation and
-the few-shot subset (`shots_per_class` images per class), so rows with the same seed see the
-same images, and the e2kd - kd differences are paired by seed. Evaluation uses a fixed,
+resnet8 student, `report.heatmaps = 0`. The seed is both `training.seed` (initialisation, order)
+and `dataset.split_seed` (which `shots_per_class` images per class), so rows with the same seed
+see the same images, and the e2kd - kd differences are paired by seed. Evaluation uses a fixed,
 class-stratified test subset (the same images for every row) when `--test-size` < 10,000.
 Both shot counts run the same number of optimiser steps (the e2KD paper's few-shot recipe:
 50 shots at batch 32 for 2E epochs, 200 shots at batch 64 for E epochs).
@@ -72,7 +74,7 @@ def run_spec(row: Row, shots: int, seed: int, args: argparse.Namespace, dataset:
         epochs = max(1, round(args.epochs_200 * 200 / shots))
     return {
         "name": f"quality-{common.slug(row.name)}-{shots}shots-seed{seed}",
-        "dataset": {"path": str(dataset), "shots_per_class": shots},
+        "dataset": {"path": str(dataset), "shots_per_class": shots, "split_seed": seed},
         "teacher": {"arch": "resnet20", "weights": str(args.teacher)},
         "student": {"arch": "resnet8"},
         "method": row.method,
@@ -94,7 +96,7 @@ def run_one(task: tuple[dict[str, Any], str, int]) -> dict[str, Any]:
     if result_path.exists():
         saved = json.loads(result_path.read_text())
         if saved.get("spec") == spec_dict:
-            return saved
+            return {**saved, "reused": True}
     if out.exists():
         shutil.rmtree(out)  # a different or unfinished spec: start clean
     started = time.perf_counter()
@@ -116,8 +118,9 @@ def main() -> None:
     parser.add_argument("--rows", nargs="+", default=None, help=f"row names (default: the 8 main rows); "
                         f"known: {', '.join(ALL_ROWS)}")
     parser.add_argument("--paper-rows", action="store_true", help="add the e2KD paper's settings (T=1, no CE, w)")
-    parser.add_argument("--epochs-50", type=int, default=40, help="epochs at 50 shots/class (batch 32)")
-    parser.add_argument("--epochs-200", type=int, default=20, help="epochs at 200 shots/class (batch 64)")
+    parser.add_argument("--paper-shots", type=int, nargs="+", default=[50], help="shots that get the paper rows")
+    parser.add_argument("--epochs-50", type=int, default=10, help="epochs at 50 shots/class (batch 32)")
+    parser.add_argument("--epochs-200", type=int, default=5, help="epochs at 200 shots/class (batch 64)")
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--test-size", type=int, default=2000, help="fixed test subset (10000 = the full split)")
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel, one process each")
@@ -138,19 +141,21 @@ def main() -> None:
     common.cifar_npz()
     dataset = common.CIFAR_NPZ if args.test_size >= 10_000 else common.test_subset_npz(args.test_size)
     rows = [ALL_ROWS[name] for name in args.rows] if args.rows else list(ROWS)
-    if args.paper_rows:
-        rows += [row for row in PAPER_ROWS if row not in rows]
-        if ALL_ROWS["kd"] not in rows:
-            rows.insert(0, ALL_ROWS["kd"])
+    paper_rows = [row for row in PAPER_ROWS if row not in rows] if args.paper_rows else []
+    if paper_rows and ALL_ROWS["kd"] not in rows:
+        rows.insert(0, ALL_ROWS["kd"])
     tag = args.tag or f"e{args.epochs_50}-{args.epochs_200}-test{args.test_size}-lr{args.lr}" + (
         "-quick" if args.quick else "")
     if args.fresh:
         shutil.rmtree(RUNS_DIR / tag, ignore_errors=True)
 
+    def rows_for(shots: int) -> list[Row]:
+        return rows + (paper_rows if shots in args.paper_shots else [])
+
     tasks, keys = [], []
     for seed in args.seeds:  # seed-major order: a partial run still has whole seeds for every row
         for shots in args.shots:
-            for row in rows:
+            for row in rows_for(shots):
                 spec = run_spec(row, shots, seed, args, dataset)
                 tasks.append((spec, str(RUNS_DIR / tag / spec["name"]), args.threads))
                 keys.append((row.name, shots, seed))
@@ -171,7 +176,7 @@ def main() -> None:
     headers = ["method", "top-1 %", "agreement %", "expl. cosine", "ECE", "minutes/run"]
     for shots in args.shots:
         table_rows = []
-        for row in rows:
+        for row in rows_for(shots):
             runs = [by_key[(row.name, shots, seed)] for seed in args.seeds]
             table_rows.append([
                 row.name,
@@ -206,6 +211,7 @@ def main() -> None:
                        ["comparison", "shots", "Δ top-1 (points)", "Δ expl. cosine", "claim (>= 1 pt, >= 0.10)"],
                        claim_rows))
     teacher_acc = [r["teacher_accuracy"] for r in results]
+    reused = sum(1 for r in results if r.get("reused"))
     notes += [
         f"Teacher: {teacher_info.get('arch', 'resnet20')} trained {teacher_info.get('epochs', '?')} epochs on the full "
         f"50,000-image train set; top-1 {100 * teacher_info.get('test_accuracy', float('nan')):.2f} % on the full test "
@@ -214,15 +220,15 @@ def main() -> None:
         "Student resnet8 (78k parameters); SGD momentum 0.9, lr %.3g, cosine schedule, weight decay 5e-4, no augmentation "
         "(so teacher maps are cached); presets at their defaults (T=4, explanation weight 1, AT weight 1000, oracle gamma 1)." % args.lr,
         f"Minutes per run: wall time of one run_job at {args.threads} torch thread(s), {args.workers} runs in parallel; "
-        f"total wall time {wall_minutes:.1f} min for {len(tasks)} runs "
-        f"({'reused cached runs count their original time' if not args.fresh else 'all fresh'}).",
+        f"total wall time {wall_minutes:.1f} min for {len(tasks)} runs, {reused} of them reused from an earlier "
+        "invocation (they count their original minutes).",
     ]
     settings = {
         "shots": args.shots, "seeds": args.seeds, "epochs_50shots": args.epochs_50, "epochs_200shots": args.epochs_200,
         "test_images": min(args.test_size, 10_000), "workers": args.workers, "threads_per_run": args.threads,
         "teacher_epochs": teacher_info.get("epochs"), "wall_minutes": round(wall_minutes, 1),
     }
-    name = "quality" + ("_quick" if args.quick else "") + ("_paper" if args.paper_rows and not args.rows else "")
+    name = "quality" + ("_quick" if args.quick else "")
     common.write_results(name, "Quality: explanation-guided distillation on few-shot CIFAR-10 (resnet20 -> resnet8)",
                          settings, tables, data, notes)
 
