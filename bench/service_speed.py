@@ -458,7 +458,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=30.0, help="measured seconds per load row")
     parser.add_argument("--warmup", type=float, default=3.0)
-    parser.add_argument("--think-ms", type=float, default=100.0, help="pause between a paced client's requests")
+    parser.add_argument("--think-ms", type=float, default=1000.0, help="pause between a paced client's requests")
     parser.add_argument("--seed-jobs", type=int, default=50, help="jobs created before the load rows")
     parser.add_argument("--sqlite-only", action="store_true", help="load part without PostgreSQL")
     parser.add_argument("--queue-jobs", type=int, default=10)
