@@ -98,6 +98,10 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
     check_bind_allowed(args.host, settings)
     _migrate(args, settings)
     workers = WorkerProcesses(args.workers, _child_env(settings), settings.log_level)
+    # uvicorn restores the SIGTERM handler it found and re-raises the signal after its own
+    # shutdown; with Python's default handler that kills this process before `finally` stops
+    # the workers (they run in their own session and would be orphaned). Exiting instead lets it run.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     workers.start()
     try:
         log.info("serving on http://%s:%d with %d worker(s); data in %s",

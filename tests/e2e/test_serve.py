@@ -78,3 +78,23 @@ def test_distill_serve_runs_a_job_end_to_end_and_stops_its_workers_on_ctrl_c(tmp
     with pytest.raises(ProcessLookupError):
         os.kill(worker_pid, 0)
 
+
+
+def test_sigterm_to_distill_serve_stops_its_workers_too(tmp_path: Path) -> None:
+    """`docker stop` / systemd send SIGTERM: the workers must not outlive the server (they would
+    keep consuming the queue, e.g. another stack's Redis messages)."""
+    home, port = tmp_path / "home", free_port()
+    serve = spawn("serve", [DISTILL, "serve", "--port", str(port)], clean_env(DISTILL_HOME=str(home), **FAST_ENV),
+                  tmp_path / "logs")
+    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    try:
+        wait_until(lambda: serve.alive() and _ready(client), START_TIMEOUT_S, f"/readyz\n{serve.log()}", 0.5)
+        (worker_pid,) = present_worker_pids(f"sqlite:///{home / 'distill.db'}")
+    finally:
+        client.close()
+        returncode = serve.stop(signal.SIGTERM, timeout_s=60)
+
+    assert returncode == 0, serve.log()
+    assert "workers stopped" in serve.log()
+    with pytest.raises(ProcessLookupError):
+        os.kill(worker_pid, 0)
