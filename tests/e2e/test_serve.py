@@ -19,6 +19,7 @@ from tests.e2e.conftest import (
     START_TIMEOUT_S,
     TERMINAL,
     EventCollector,
+    Process,
     clean_env,
     present_worker_pids,
     spawn,
@@ -37,13 +38,25 @@ def _ready(client: httpx.Client) -> bool:
         return False
 
 
-def test_distill_serve_runs_a_job_end_to_end_and_stops_its_workers_on_ctrl_c(tmp_path: Path) -> None:
-    home, port = tmp_path / "home", free_port()
+def _start_serve(tmp_path: Path, home: Path) -> tuple[Process, httpx.Client]:
+    """`distill serve` on embedded defaults and a free port, returned once /readyz says ready."""
+    port = free_port()
     serve = spawn("serve", [DISTILL, "serve", "--port", str(port)], clean_env(DISTILL_HOME=str(home), **FAST_ENV),
                   tmp_path / "logs")
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     try:
         wait_until(lambda: serve.alive() and _ready(client), START_TIMEOUT_S, f"/readyz\n{serve.log()}", 0.5)
+    except BaseException:
+        client.close()
+        serve.stop(signal.SIGTERM, timeout_s=60)
+        raise
+    return serve, client
+
+
+def test_distill_serve_runs_a_job_end_to_end_and_stops_its_workers_on_ctrl_c(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    serve, client = _start_serve(tmp_path, home)
+    try:
         checks = client.get("/readyz").json()["checks"]
         assert checks["worker"]["ok"] and checks["database"]["ok"] and checks["broker"]["ok"]
         assert (home / "distill.db").is_file() and (home / "broker").is_dir()  # SQLite + filesystem broker
@@ -83,12 +96,9 @@ def test_distill_serve_runs_a_job_end_to_end_and_stops_its_workers_on_ctrl_c(tmp
 def test_sigterm_to_distill_serve_stops_its_workers_too(tmp_path: Path) -> None:
     """`docker stop` / systemd send SIGTERM: the workers must not outlive the server (they would
     keep consuming the queue, e.g. another stack's Redis messages)."""
-    home, port = tmp_path / "home", free_port()
-    serve = spawn("serve", [DISTILL, "serve", "--port", str(port)], clean_env(DISTILL_HOME=str(home), **FAST_ENV),
-                  tmp_path / "logs")
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
+    home = tmp_path / "home"
+    serve, client = _start_serve(tmp_path, home)
     try:
-        wait_until(lambda: serve.alive() and _ready(client), START_TIMEOUT_S, f"/readyz\n{serve.log()}", 0.5)
         (worker_pid,) = present_worker_pids(f"sqlite:///{home / 'distill.db'}")
     finally:
         client.close()
