@@ -76,16 +76,24 @@ def test_unexpected_exception_fails_as_internal_error_not_running(
     assert "Traceback" not in failed.error_message  # the traceback goes to the log only
 
 
+def _run_until_distilling(
+    runtime: WorkerRuntime, job_id: str, read_job: Callable[[str], Job]
+) -> tuple[threading.Thread, list[str]]:
+    """Run the job on a thread and return once it is distilling; `outcome` gets run_job's result."""
+    outcome: list[str] = []
+    thread = threading.Thread(target=lambda: outcome.append(run_job(job_id, runtime)))
+    thread.start()
+    deadline = time.monotonic() + 120
+    while read_job(job_id).stage != "distilling" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return thread, outcome
+
+
 def test_cancel_during_distillation_ends_cancelled(
     runtime: WorkerRuntime, database: Database, make_job: Callable[..., Job], read_job: Callable[[str], Job]
 ) -> None:
     job = make_job(tiny_spec(student_epochs=200))
-    outcome: list[str] = []
-    thread = threading.Thread(target=lambda: outcome.append(run_job(job.id, runtime)))
-    thread.start()
-    deadline = time.monotonic() + 120
-    while read_job(job.id).stage != "distilling" and time.monotonic() < deadline:
-        time.sleep(0.05)
+    thread, outcome = _run_until_distilling(runtime, job.id, read_job)
     with database.sessions() as session:
         repository.request_cancel(session, job.id)
     thread.join(timeout=30)
@@ -100,12 +108,7 @@ def test_worker_shutdown_hands_the_job_back_to_the_queue_at_once(
     runtime: WorkerRuntime, make_job: Callable[..., Job], read_job: Callable[[str], Job]
 ) -> None:
     job = make_job(tiny_spec(student_epochs=200))
-    outcome: list[str] = []
-    thread = threading.Thread(target=lambda: outcome.append(run_job(job.id, runtime)))
-    thread.start()
-    deadline = time.monotonic() + 120
-    while read_job(job.id).stage != "distilling" and time.monotonic() < deadline:
-        time.sleep(0.05)
+    thread, outcome = _run_until_distilling(runtime, job.id, read_job)
     runtime.shutdown.set()
     thread.join(timeout=30)
 
