@@ -26,6 +26,7 @@ from api.uploads import tmp_dir
 from store.db import Database, upgrade_database
 from store.queue import make_celery
 from store.settings import Settings, get_settings
+from store.storage import storage_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.database = database
     app.state.celery = celery
+    app.state.storage = storage_from_settings(settings)
     app.state.metrics = metrics
     app.state.event_stream = EventStreamConfig()
 

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from api.auth import key_matches
 from api.errors import ApiError
 from store.settings import Settings
+from store.storage import Storage
 
 # auto_error=False: a missing header is our 401 with our error body, not FastAPI's 403.
 _bearer = HTTPBearer(auto_error=False, description="Bearer key from DISTILL_API_KEYS (only when keys are set).")
@@ -40,10 +41,15 @@ def get_celery(request: Request) -> Celery:
     return request.app.state.celery
 
 
+def get_storage(request: Request) -> Storage:
+    return request.app.state.storage
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 SessionMakerDep = Annotated[sessionmaker[Session], Depends(get_sessionmaker)]
 CeleryDep = Annotated[Celery, Depends(get_celery)]
+StorageDep = Annotated[Storage, Depends(get_storage)]
 
 
 def require_api_key(

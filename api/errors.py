@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from core.errors import DistillError
 from store.models import TERMINAL_STATUSES
 from store.repository import IdempotencyConflict, IllegalTransition, NotFound
+from store.storage import StorageError
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,11 @@ async def _on_distill_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(422, exc.code, exc.message, exc.field)
 
 
+async def _on_storage_error(request: Request, exc: Exception) -> JSONResponse:
+    log.error("storage failed on %s %s: %s", request.method, request.url.path, exc)
+    return error_response(503, "storage_unavailable", "the file store did not answer; retry shortly")
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(500, "internal_error", "internal server error; the incident was logged")
@@ -149,5 +155,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(IllegalTransition, _on_illegal_transition)
     app.add_exception_handler(IdempotencyConflict, _on_idempotency_conflict)
     app.add_exception_handler(DistillError, _on_distill_error)
+    app.add_exception_handler(StorageError, _on_storage_error)
     app.add_exception_handler(Exception, _on_unexpected)
 

@@ -6,9 +6,11 @@ rows, re-checking that each resolves inside DISTILL_HOME, so neither a client
 name nor a tampered row can reach another file on the server.
 
 - `job_dir(settings, job_id) -> Path`: DISTILL_HOME/jobs/<job_id>/ (the engine's --out folder).
-- `record_job_outputs(session, settings, job_id) -> list[Artifact]`: walks the job folder for
-  student.safetensors, teacher.safetensors, metrics.json, report.md, heatmaps/*.png and records each
-  through repository.add_artifact (checkpoints are not artifacts).
+- `record_job_outputs(session, settings, job_id, folder=None) -> list[Artifact]`: walks the job's
+  working folder for student.safetensors, teacher.safetensors, metrics.json, report.md, heatmaps/*.png
+  and records each through repository.add_artifact under its storage key `jobs/<id>/<name>`
+  (checkpoints are not artifacts). With the S3 backend the folder is a scratch copy whose files the
+  worker has already pushed to those keys.
 - `artifact_path(settings, artifact) -> Path`: the absolute file, refusing anything that resolves
   outside DISTILL_HOME.
 - `content_type_for(name) -> str`.
@@ -56,21 +58,27 @@ def content_type_for(name: str) -> str:
     return CONTENT_TYPES.get(PurePosixPath(name).suffix.lower(), "application/octet-stream")
 
 
-def record_job_outputs(session: Session, settings: Settings, job_id: str) -> list[Artifact]:
-    """Record every published file of the job's folder; re-recording (a resumed attempt) replaces rows."""
-    folder = job_dir(settings, job_id)
+def record_job_outputs(
+    session: Session, settings: Settings, job_id: str, folder: Path | None = None
+) -> list[Artifact]:
+    """Record every published file of the job's folder; re-recording (a resumed attempt) replaces rows.
+
+    `folder` defaults to the job's folder under DISTILL_HOME; a scratch folder elsewhere (S3 backend)
+    is recorded by key, since its files live in the bucket under the same names."""
+    folder = folder or job_dir(settings, job_id)
     home = settings.distill_home.resolve()
+    in_home = folder.resolve().is_relative_to(home / "jobs")
     recorded: list[Artifact] = []
     for pattern in ARTIFACT_PATTERNS:
         for path in sorted(folder.glob(pattern)):
             if not path.is_file():
                 continue
             resolved = path.resolve()
-            if not resolved.is_relative_to(home):  # a symlink planted in the job folder
-                logger.warning("job %s: skipping %s, it resolves outside DISTILL_HOME", job_id, path)
+            if not resolved.is_relative_to(folder.resolve()):  # a symlink planted in the job folder
+                logger.warning("job %s: skipping %s, it resolves outside the job folder", job_id, path)
                 continue
             name = path.relative_to(folder).as_posix()
-            relpath = resolved.relative_to(home).as_posix()
+            relpath = resolved.relative_to(home).as_posix() if in_home else f"jobs/{job_id}/{name}"
             recorded.append(
                 repository.add_artifact(
                     session, job_id, name, relpath, content_type_for(name), resolved.stat().st_size

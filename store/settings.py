@@ -30,6 +30,14 @@ class Settings(BaseSettings):
     progress_interval_s: float = Field(1.0, alias="DISTILL_PROGRESS_INTERVAL_S", ge=0)
     torch_threads: int = Field(0, alias="DISTILL_TORCH_THREADS", ge=0, description="0 = torch default.")
     log_level: str = Field("INFO", alias="DISTILL_LOG_LEVEL")
+    storage_url: str | None = Field(
+        None, alias="DISTILL_STORAGE_URL", description="Unset: files under DISTILL_HOME; s3://bucket/prefix: S3."
+    )
+    storage_redirect: bool = Field(
+        False, alias="DISTILL_STORAGE_REDIRECT", description="S3 downloads answer 307 to a presigned URL."
+    )
+    presign_expires_s: int = Field(300, alias="DISTILL_PRESIGN_EXPIRES_S", ge=1, le=7 * 24 * 3600)
+    sweep_max_children: int = Field(64, alias="DISTILL_SWEEP_MAX_CHILDREN", ge=1)
 
     @field_validator("distill_home")
     @classmethod

@@ -17,7 +17,7 @@ import pytest
 
 from store.db import Database, make_engine, upgrade_database
 from store.settings import Settings
-from tests.services import PostgresServer, ServiceUnavailable, postgres_server, redis_server
+from tests.services import PostgresServer, S3Server, ServiceUnavailable, postgres_server, redis_server, s3_server
 
 DB_BACKENDS = [pytest.param("sqlite", id="sqlite"), pytest.param("postgres", id="postgres", marks=pytest.mark.postgres)]
 
@@ -46,6 +46,25 @@ def redis_url() -> Iterator[str]:
             yield server.url
     except ServiceUnavailable as error:
         pytest.fail(f"Redis is required for this test: {error}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    """A real S3-compatible server process (moto_server) on loopback for the session."""
+    try:
+        with s3_server() as server:
+            yield server
+    except ServiceUnavailable as error:
+        pytest.fail(f"an S3 server is required for this test: {error}", pytrace=False)
+
+
+@pytest.fixture
+def s3_env(s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """AWS_* variables pointing at the test server, set for this test; plus DISTILL_STORAGE_URL on a fresh bucket."""
+    env = {**s3.environment(), "DISTILL_STORAGE_URL": f"s3://{s3.create_bucket()}/distill"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
 
 
 @pytest.fixture(scope="session")

@@ -217,3 +217,78 @@ def redis_server() -> Iterator[RedisServer]:
             log.close()
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# S3-compatible object store (moto's standalone server)
+# ---------------------------------------------------------------------------------------------------------------
+
+S3_ACCESS_KEY, S3_SECRET_KEY, S3_REGION = "testing", "testing", "us-east-1"
+
+
+@dataclass
+class S3Server:
+    port: int
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def environment(self) -> dict[str, str]:
+        """The usual AWS variables a process needs to reach this server."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY,
+            "AWS_DEFAULT_REGION": S3_REGION,
+        }
+
+    def client(self):  # type: ignore[no-untyped-def]
+        import boto3
+
+        return boto3.client(
+            "s3", endpoint_url=self.endpoint, aws_access_key_id=S3_ACCESS_KEY,
+            aws_secret_access_key=S3_SECRET_KEY, region_name=S3_REGION,
+        )  # fmt: skip
+
+    def create_bucket(self, prefix: str = "distill") -> str:
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        self.client().create_bucket(Bucket=name)
+        return name
+
+
+def _http_up(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def s3_server() -> Iterator[S3Server]:
+    """moto's standalone S3 server (`moto_server`, from moto[server]) on a free loopback port."""
+    binary = shutil.which("moto_server")
+    if binary is None:
+        raise ServiceUnavailable("moto_server not found on PATH; install it (pip install 'moto[server]')")
+    work_dir = Path(tempfile.mkdtemp(prefix="distill-s3-"))
+    port = free_port()
+    log = open(work_dir / "server.log", "ab")  # noqa: SIM115 - closed after the process ends
+    process = subprocess.Popen([binary, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while process.poll() is None and time.monotonic() < deadline and not _http_up(port):
+            time.sleep(0.1)
+        if process.poll() is not None or not _http_up(port):
+            raise ServiceUnavailable(f"moto_server did not start; log:\n{(work_dir / 'server.log').read_text()}")
+        logger.info("S3 test server on 127.0.0.1:%d", port)
+        yield S3Server(port=port)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+        shutil.rmtree(work_dir, ignore_errors=True)

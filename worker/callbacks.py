@@ -69,6 +69,7 @@ class WorkerCallbacks:
         *,
         progress_interval_s: float,
         shutdown: threading.Event | None = None,
+        on_saved: Callable[[], None] | None = None,
         cancel_poll_s: float = CANCEL_POLL_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -77,6 +78,7 @@ class WorkerCallbacks:
         self.worker_id = worker_id
         self._progress_interval_s = progress_interval_s
         self._shutdown = shutdown or threading.Event()
+        self._on_saved = on_saved
         self._cancel_poll_s = cancel_poll_s
         self._clock = clock
         self._last_progress_at = -math.inf
@@ -89,14 +91,26 @@ class WorkerCallbacks:
     def on_stage(self, stage: str) -> None:
         self.stage = stage
         log.info("stage %s", stage)
+        self.saved()  # the previous stage's results (weights, run state) are on disk now
         self._write(stage=stage)
 
     def on_progress(self, progress: Progress) -> None:
+        if progress.step == progress.total_steps and progress.total_steps > 0:
+            self.saved()  # an epoch ended: its checkpoint was just written
         now = self._clock()
         if now - self._last_progress_at < self._progress_interval_s:
             return
         self._last_progress_at = now
         self._write(stage=progress.stage, progress=progress_payload(progress))
+
+    def saved(self) -> None:
+        """Files were written: let the host copy them to shared storage (a failure only delays that)."""
+        if self._on_saved is None:
+            return
+        try:
+            self._on_saved()
+        except Exception as exc:  # noqa: BLE001 - a storage hiccup must not fail a long run; the next epoch retries
+            log.warning("could not push the job's files to storage (will retry): %s", exc)
 
     def should_cancel(self) -> bool:
         if self._shutdown.is_set():

@@ -21,10 +21,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from core.errors import DistillError, JobCancelled
 from core.run import run_job as run_engine
 from store import repository
-from store.artifacts import job_dir, record_job_outputs
+from store.artifacts import record_job_outputs
 from store.models import JobStatus
 from store.queue import enqueue_job
 from store.repository import JobError
+from store.storage import FolderSync, get_storage, pull_prefix, working_folder
 from worker.callbacks import WorkerCallbacks, json_safe
 from worker.heartbeat import HeartbeatThread
 from worker.logsetup import job_context
@@ -55,16 +56,21 @@ def run_job(job_id: str, runtime: WorkerRuntime | None = None) -> str:
             log.info("not claimable (duplicate delivery, cancelled or already taken): nothing to do")
             return "skipped"
         log.info("claimed by %s, attempt %d", runtime.worker_id, job.attempts)
+        storage = get_storage(runtime.settings)
+        prefix = f"jobs/{job_id}"
+        folder = working_folder(storage, runtime.settings, prefix)
+        sync = FolderSync(storage, folder, prefix)
         callbacks = WorkerCallbacks(
             runtime.sessions,
             job_id,
             runtime.worker_id,
             progress_interval_s=runtime.settings.progress_interval_s,
             shutdown=runtime.shutdown,
+            on_saved=sync.push,
         )
         started = time.monotonic()
         with HeartbeatThread(runtime.sessions, job_id, runtime.worker_id, runtime.settings.heartbeat_s):
-            outcome = _execute(runtime, job_id, job.spec, callbacks)
+            outcome = _execute(runtime, job_id, job.spec, callbacks, sync)
         if outcome.status is None:
             return "released"
         _finish(runtime, job_id, outcome)
@@ -72,18 +78,28 @@ def run_job(job_id: str, runtime: WorkerRuntime | None = None) -> str:
         return outcome.status.value
 
 
-def _execute(runtime: WorkerRuntime, job_id: str, stored_spec: dict[str, Any], callbacks: WorkerCallbacks) -> Outcome:
+def _execute(
+    runtime: WorkerRuntime, job_id: str, stored_spec: dict[str, Any], callbacks: WorkerCallbacks, sync: FolderSync
+) -> Outcome:
+    """Run the engine in the job's working folder; with shared storage, start from what the store holds
+    (another machine's checkpoints) and leave everything there, nothing only on this disk."""
     settings = runtime.settings
     try:
+        fetched = pull_prefix(sync.storage, sync.prefix, sync.folder)
+        if fetched:
+            log.info("fetched %d files of earlier attempts from %s storage", fetched, sync.storage.kind)
+        sync.mark_current()
         with runtime.sessions() as session:
             spec = resolve_spec(session, settings, stored_spec)
-        out_dir = job_dir(settings, job_id)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        metrics = run_engine(spec, out_dir, callbacks, named_datasets=settings.dataset_roots)
+        sync.folder.mkdir(parents=True, exist_ok=True)
+        metrics = run_engine(spec, sync.folder, callbacks, named_datasets=settings.dataset_roots)
+        sync.push(mirror=True)
         with runtime.sessions() as session:
-            record_job_outputs(session, settings, job_id)
+            record_job_outputs(session, settings, job_id, sync.folder)
+        sync.discard_local()
         return Outcome(JobStatus.succeeded, metrics=json_safe(metrics))
     except JobCancelled:
+        callbacks.saved()
         if callbacks.lost:
             log.warning("stopped: the job belongs to another attempt now")
             return Outcome(None)
@@ -92,6 +108,7 @@ def _execute(runtime: WorkerRuntime, job_id: str, stored_spec: dict[str, Any], c
             return Outcome(None)
         return Outcome(JobStatus.cancelled)
     except DistillError as exc:
+        callbacks.saved()
         log.warning("failed in %s: %s (%s, field %s)", callbacks.stage, exc.message, exc.code, exc.field)
         return Outcome(JobStatus.failed, error=JobError(exc.code, exc.message, exc.field, where=callbacks.stage))
     except Exception as exc:

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import SessionDep, SettingsDep
+from api.deps import SessionDep, SettingsDep, StorageDep
 from api.errors import ApiError
 from api.routes import API_V1
 from api.schemas import ERROR_RESPONSES, DatasetList, DatasetOut, ErrorResponse
@@ -27,6 +27,7 @@ from api.uploads import (
 from store import repository
 from store.models import DatasetRecord
 from store.settings import Settings
+from store.storage import Storage, store_folder
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,9 @@ _UPLOAD_EXAMPLE = {"file": "(binary: flowers.zip with train/<class>/*.jpg and te
                    "name": "flowers"}
 
 
-def _store_dataset(upload: ReceivedUpload, form: DatasetUploadForm, settings: Settings, session: Session) -> DatasetOut:
+def _store_dataset(
+    upload: ReceivedUpload, form: DatasetUploadForm, settings: Settings, session: Session, storage: Storage
+) -> DatasetOut:
     staging = new_staging_dir(settings)
     try:
         unpacked = unpack_dataset(upload, staging, settings)
@@ -64,6 +67,7 @@ def _store_dataset(upload: ReceivedUpload, form: DatasetUploadForm, settings: Se
             size_bytes=unpacked.size_bytes,
         )
         try:
+            store_folder(storage, destination, f"datasets/{dataset_id}")
             record = repository.create_dataset(session, record)
         except BaseException:
             shutil.rmtree(destination, ignore_errors=True)
@@ -86,11 +90,13 @@ def _store_dataset(upload: ReceivedUpload, form: DatasetUploadForm, settings: Se
     responses={413: {"model": ErrorResponse, "description": "Larger than DISTILL_MAX_UPLOAD_MB."},
                **ERROR_RESPONSES},
 )
-async def upload_dataset(request: Request, settings: SettingsDep, session: SessionDep) -> DatasetOut:
+async def upload_dataset(
+    request: Request, settings: SettingsDep, session: SessionDep, storage: StorageDep
+) -> DatasetOut:
     upload = await receive_upload(request, settings)
     try:
         form = parse_fields(DatasetUploadForm, upload.fields)
-        return await run_in_threadpool(_store_dataset, upload, form, settings, session)
+        return await run_in_threadpool(_store_dataset, upload, form, settings, session, storage)
     finally:
         upload.discard()
 

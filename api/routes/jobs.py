@@ -12,7 +12,8 @@ from fastapi.responses import FileResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sqlalchemy.orm import Session
 
-from api.deps import CeleryDep, SessionDep, SessionMakerDep, SettingsDep
+from api.deps import CeleryDep, SessionDep, SessionMakerDep, SettingsDep, StorageDep
+from api.downloads import stream_artifact
 from api.errors import ApiError
 from api.events import EventStreamConfig, job_events
 from api.routes import API_V1
@@ -219,7 +220,8 @@ def download_artifact(
     name: Annotated[str, Path(description="Artifact name, e.g. 'metrics.json' or 'heatmaps/0001.png'.")],
     session: SessionDep,
     settings: SettingsDep,
-) -> FileResponse:
+    storage: StorageDep,
+) -> Response:
     load_job(session, job_id)
     not_found = ApiError(404, "artifact_not_found", f"job '{job_id}' has no artifact named {name!r}", "name")
     if "\x00" in name:  # no recorded name holds one, and PostgreSQL would refuse the lookup
@@ -229,6 +231,8 @@ def download_artifact(
         artifact = repository.get_artifact(session, job_id, name)
     except repository.NotFound:
         raise not_found from None
+    if storage.kind != "local":
+        return stream_artifact(storage, settings, artifact, not_found)
     try:
         path = artifact_path(settings, artifact)
     except UnsafeArtifactPath:

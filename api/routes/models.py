@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import SessionDep, SettingsDep
+from api.deps import SessionDep, SettingsDep, StorageDep
 from api.errors import ApiError
 from api.routes import API_V1
 from api.schemas import ERROR_RESPONSES, ErrorResponse, ModelList, ModelOut
@@ -20,6 +20,7 @@ from core.models import ARCHITECTURES
 from store import repository
 from store.models import ModelRecord
 from store.settings import Settings
+from store.storage import Storage, discard_quietly, store_file
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,9 @@ _UPLOAD_EXAMPLE = {"file": "(binary: resnet20-digits.safetensors)", "arch": "res
                    "in_channels": 1, "name": "resnet20-digits"}
 
 
-def _store_model(upload: ReceivedUpload, form: ModelUploadForm, settings: Settings, session: Session) -> ModelOut:
+def _store_model(
+    upload: ReceivedUpload, form: ModelUploadForm, settings: Settings, session: Session, storage: Storage
+) -> ModelOut:
     check_weights(upload.path, form.arch, form.num_classes, form.in_channels)
     model_id = repository.new_model_id()
     relpath = f"models/{model_id}.safetensors"
@@ -66,9 +69,11 @@ def _store_model(upload: ReceivedUpload, form: ModelUploadForm, settings: Settin
         sha256=upload.sha256,
     )
     try:
+        store_file(storage, relpath, destination)
         record = repository.create_model(session, record)
     except BaseException:
         destination.unlink(missing_ok=True)
+        discard_quietly(storage, relpath)
         raise
     log.info("model %s: stored %s (%d bytes, %s)", model_id, form.arch, upload.size_bytes, upload.sha256[:12])
     return ModelOut.from_record(record)
@@ -84,11 +89,11 @@ def _store_model(upload: ReceivedUpload, form: ModelUploadForm, settings: Settin
     responses={413: {"model": ErrorResponse, "description": "Larger than DISTILL_MAX_UPLOAD_MB."},
                **ERROR_RESPONSES},
 )
-async def upload_model(request: Request, settings: SettingsDep, session: SessionDep) -> ModelOut:
+async def upload_model(request: Request, settings: SettingsDep, session: SessionDep, storage: StorageDep) -> ModelOut:
     upload = await receive_upload(request, settings)
     try:
         form = parse_fields(ModelUploadForm, upload.fields)
-        return await run_in_threadpool(_store_model, upload, form, settings, session)
+        return await run_in_threadpool(_store_model, upload, form, settings, session, storage)
     finally:
         upload.discard()
 
