@@ -6,8 +6,8 @@ multipart body is parsed as it arrives and the file part is written in chunks
 to DISTILL_HOME/tmp, stopping (413) as soon as it passes the cap; the temp file
 is removed on every failure path.
 
-Content checks never trust the client: weights are read only as safetensors
-(never pickle), archives are unpacked member by member with names normalised
+Content checks never trust the client: weights are read as safetensors or with
+`torch.load(weights_only=True)` (never full unpickling), archives are unpacked member by member with names normalised
 and refused when they could land outside the target (zip-slip), and the total
 unpacked size is capped (zip bombs). Results are staged in a temp folder and
 moved into place with one rename, so a failed upload leaves nothing behind.
@@ -20,7 +20,6 @@ import logging
 import os
 import re
 import stat
-import struct
 import tempfile
 import uuid
 import zipfile
@@ -38,7 +37,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from api.errors import ApiError
 from core.data import IMAGE_SUFFIXES, image_folder_classes, load_dataset
 from core.errors import DataError, WeightsError
-from core.models import build_model, load_weights
+from core.models import build_model, is_safetensors, load_state, read_state_dict, weights_dims
 from core.spec import DatasetSpec
 from store.settings import Settings
 
@@ -52,8 +51,6 @@ MULTIPART_OVERHEAD_BYTES = MIB
 # An archive may unpack to at most this many times the upload cap (and this many members).
 UNPACKED_SIZE_FACTOR = 4
 MAX_ARCHIVE_MEMBERS = 500_000
-# safetensors files start with an 8-byte little-endian header length; its reader refuses headers above 100 MB.
-SAFETENSORS_MAX_HEADER_BYTES = 100 * MIB
 _COPY_CHUNK_BYTES = MIB
 _WINDOWS_DRIVE = re.compile(r"^[A-Za-z]:")
 
@@ -228,35 +225,43 @@ async def receive_upload(request: Request, settings: Settings, file_field: str =
 # --- weights --------------------------------------------------------------------------------------------
 
 
-def check_weights(path: Path, arch: str, num_classes: int, in_channels: int) -> None:
-    """The file must be safetensors and load strictly into `arch`; anything else is 422 naming `file`.
+@dataclass
+class CheckedWeights:
+    """Uploaded weights that load strictly into their architecture, as a plain state dict."""
 
-    Only the safetensors reader ever touches the bytes, so a pickle posing as
-    weights is rejected by its header and its payload never runs.
+    state: dict[str, Any]
+    num_classes: int
+    in_channels: int
+    is_safetensors: bool  # stored as uploaded; other formats are stored converted to safetensors
+
+
+def check_weights(path: Path, arch: str, num_classes: int | None, in_channels: int | None) -> CheckedWeights:
+    """The file must be safetensors or a weights-only PyTorch state dict that loads strictly into `arch`.
+
+    PyTorch files are read with `torch.load(weights_only=True)`: a pickle that would run
+    code is refused by the restricted unpickler, never executed. Class count and input
+    channels come from the form when given, else from the weights' head and stem shapes.
+    Every problem with the bytes is 422 naming `file`; a missing count names its field.
     """
-    _check_safetensors_header(path)
     try:
-        model = build_model(arch, num_classes, in_channels)
+        state = read_state_dict(path, field="file")
+        found_classes, found_channels = weights_dims(arch, state)
+    except WeightsError as exc:
+        raise ApiError(422, "invalid_weights", exc.message, "file") from exc
     except KeyError as exc:
         raise ApiError(422, "validation_error", f"unknown architecture '{arch}'", "arch") from exc
+    num_classes = num_classes or found_classes
+    in_channels = in_channels or found_channels
+    for value, name in ((num_classes, "num_classes"), (in_channels, "in_channels")):
+        if value is None:
+            raise ApiError(422, "validation_error", f"cannot read {name} from the weights of {arch}; give it", name)
+    assert num_classes is not None and in_channels is not None
     try:
-        load_weights(model, path)
+        load_state(build_model(arch, num_classes, in_channels), state, field="file")
     except WeightsError as exc:
         raise ApiError(422, "invalid_weights", f"{exc.message} ({arch}, {num_classes} classes, "
                        f"{in_channels} channels)", "file") from exc
-
-
-def _check_safetensors_header(path: Path) -> None:
-    size = path.stat().st_size
-    with path.open("rb") as handle:
-        prefix = handle.read(9)
-    if len(prefix) < 9:
-        raise ApiError(422, "invalid_weights", "the file is too short to be safetensors", "file")
-    (header_bytes,) = struct.unpack("<Q", prefix[:8])
-    if header_bytes == 0 or header_bytes > SAFETENSORS_MAX_HEADER_BYTES or 8 + header_bytes > size \
-            or prefix[8:9] != b"{":
-        raise ApiError(422, "invalid_weights", "the file is not safetensors (pickle/zip checkpoints are refused; "
-                       "export with safetensors.torch.save_file)", "file")
+    return CheckedWeights(state, num_classes, in_channels, is_safetensors(path))
 
 
 # --- datasets -------------------------------------------------------------------------------------------

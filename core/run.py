@@ -34,7 +34,18 @@ from core.data import DataBundle, load_dataset
 from core.errors import DistillError, JobCancelled, SpecError, WeightsError
 from core.evaluate import evaluate
 from core.explain import FeatureTap
-from core.models import build_model, explained_layer, load_weights, pick_device, save_weights
+from core.models import (
+    LayerNotFound,
+    build_model,
+    explained_layer,
+    explained_layer_path,
+    load_state,
+    load_weights,
+    pick_device,
+    read_state_dict,
+    save_weights,
+    weights_dims,
+)
 from core.report import render_heatmaps
 from core.spec import JobSpec
 from core.terms import build_terms, cross_entropy_only, term_weights
@@ -153,40 +164,44 @@ def _feature_channels(model: nn.Module, data: DataBundle, device: torch.device) 
     return channels
 
 
-def _check_teacher_file(path: Path, model: nn.Module, data: DataBundle) -> None:
-    """Name the spec mistake (wrong class count or channels) before a generic shape mismatch would."""
-    from safetensors import SafetensorError, safe_open
-
-    if not path.is_file():
-        raise SpecError(f"teacher.weights: no such file {path}", field="teacher.weights")
+def build_role_model(spec: JobSpec, role: str, data: DataBundle) -> nn.Module:
+    """The teacher's or student's network for this dataset, its explained layer set from `<role>.layer`."""
+    model_spec = spec.teacher if role == "teacher" else spec.student
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            shapes = {key: list(handle.get_slice(key).get_shape()) for key in handle.keys()}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise WeightsError(f"not a readable safetensors file: {exc}", field="teacher.weights") from exc
-    expected = model.state_dict()
-    first_conv = next(key for key, value in expected.items() if value.ndim == 4)
-    classifier = [key for key, value in expected.items() if value.ndim == 2][-1]
-    if classifier in shapes and shapes[classifier][0] != data.num_classes:
+        return build_model(
+            model_spec.arch, data.num_classes, data.in_channels, image_size=spec.dataset.image_size,
+            layer=model_spec.layer,
+        )
+    except LayerNotFound as exc:
+        raise SpecError(f"{role}.layer: {exc}", field=f"{role}.layer") from exc
+
+
+def _load_teacher_file(path: Path, arch: str, model: nn.Module, data: DataBundle) -> nn.Module:
+    """Load given teacher weights, naming the spec mistake (class count, channels) before a shape mismatch would."""
+    if not path.is_file():
+        raise SpecError(f"teacher.weights: no such file {path.name}", field="teacher.weights")
+    state = read_state_dict(path, field="teacher.weights")
+    num_classes, in_channels = weights_dims(arch, state)
+    if num_classes is not None and num_classes != data.num_classes:
         raise SpecError(
-            f"teacher.weights has {shapes[classifier][0]} classes but the dataset has {data.num_classes}",
+            f"teacher.weights has {num_classes} classes but the dataset has {data.num_classes}",
             field="teacher.weights",
         )
-    if first_conv in shapes and len(shapes[first_conv]) == 4 and shapes[first_conv][1] != data.in_channels:
+    if in_channels is not None and in_channels != data.in_channels:
         raise SpecError(
-            f"teacher.weights takes {shapes[first_conv][1]}-channel images but the dataset has {data.in_channels}",
+            f"teacher.weights takes {in_channels}-channel images but the dataset has {data.in_channels}",
             field="teacher.weights",
         )
+    return load_state(model, state, field="teacher.weights")
 
 
 def _teacher(job: _Job, data: DataBundle) -> tuple[nn.Module, list[dict[str, Any]]]:
     spec = job.spec
     job.seed("training_teacher")
-    teacher = build_model(spec.teacher.arch, data.num_classes, data.in_channels)
+    teacher = build_role_model(spec, "teacher", data)
     if spec.teacher.weights is not None:
         path = Path(spec.teacher.weights)
-        _check_teacher_file(path, teacher, data)
-        return load_weights(teacher, path).to(job.device), []
+        return _load_teacher_file(path, spec.teacher.arch, teacher, data).to(job.device), []
     weights_path = job.out_dir / "teacher.safetensors"
     if job.state.done("training_teacher") and weights_path.exists():
         log.info("job %s: teacher already trained, loading %s", spec.name, weights_path)
@@ -239,7 +254,7 @@ def _student(
 ) -> tuple[nn.Module, list[dict[str, Any]]]:
     spec = job.spec
     job.seed("distilling")
-    student = build_model(spec.student.arch, data.num_classes, data.in_channels).to(job.device)
+    student = build_role_model(spec, "student", data).to(job.device)
     weights_path = job.out_dir / "student.safetensors"
     if job.state.done("distilling") and weights_path.exists():
         return load_weights(student, weights_path).to(job.device), job.state.history("distilling")
@@ -319,6 +334,7 @@ def run_job(
         "loss_terms": term_weights(spec.loss),
         "oracle_gamma": spec.loss.oracle_gamma,
         "heatmaps": [str(path.relative_to(out_dir)) for path in heatmaps],
+        "explained_layers": {"teacher": explained_layer_path(teacher), "student": explained_layer_path(student)},
         "seconds": dict(job.seconds),
         "device": str(job.device),
         "spec_sha256": job.state.sha256,

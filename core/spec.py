@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from core.models import ARCHITECTURES
+from core.models import UnknownArchitecture, check_arch
 
 Explainer = Literal["gradcam", "input_gradient", "input_x_gradient"]
 Distance = Literal["cosine", "mse"]
@@ -56,24 +56,38 @@ class DatasetSpec(_Strict):
         return self
 
 
+ARCH_DESCRIPTION = (
+    "'timm/<name>' or 'torchvision/<name>' (any classifier of those libraries, never pretrained), or a short "
+    "name: resnet8/14/20/32/56/110 (x4 for 4x width), cnn, and the aliases resnet18, resnet34, mobilenet_v3_small."
+)
+LAYER_DESCRIPTION = (
+    "Module path of the explained layer (Grad-CAM, AT, FitNet), e.g. 'layer4' or 'stages.3'; "
+    "null = automatic (the last feature stage of the family)."
+)
+
+
 def _check_arch(arch: str) -> str:
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture '{arch}'; known: {', '.join(sorted(ARCHITECTURES))}")
-    return arch
+    try:
+        return check_arch(arch)
+    except UnknownArchitecture as exc:
+        raise ValueError(str(exc)) from None
 
 
 class TeacherSpec(_Strict):
-    arch: str = Field("resnet20", description="Teacher architecture name (see core.models).")
+    arch: str = Field("resnet20", max_length=200, description=f"Teacher architecture: {ARCH_DESCRIPTION}")
     weights: str | None = Field(
-        None, description="Uploaded model id (API) or safetensors path (CLI); null trains the teacher first."
+        None, description="Uploaded model id (API) or weights path (CLI: .safetensors, or a .pt/.pth state dict "
+        "read weights-only); null trains the teacher first."
     )
+    layer: str | None = Field(None, min_length=1, max_length=200, description=LAYER_DESCRIPTION)
     epochs: int = Field(15, ge=0, le=1000, description="Epochs to train the teacher when weights is null.")
 
     _arch = field_validator("arch")(classmethod(lambda cls, v: _check_arch(v)))
 
 
 class StudentSpec(_Strict):
-    arch: str = Field("resnet8", description="Student architecture name (see core.models).")
+    arch: str = Field("resnet8", max_length=200, description=f"Student architecture: {ARCH_DESCRIPTION}")
+    layer: str | None = Field(None, min_length=1, max_length=200, description=LAYER_DESCRIPTION)
 
     _arch = field_validator("arch")(classmethod(lambda cls, v: _check_arch(v)))
 

@@ -1,9 +1,11 @@
-"""Uploaded teacher weights: safetensors that load strictly into a named architecture."""
+"""Uploaded teacher weights: safetensors or weights-only PyTorch state dicts that load strictly into an architecture."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+from pathlib import Path as FilePath
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
@@ -16,7 +18,7 @@ from api.errors import ApiError
 from api.routes import API_V1
 from api.schemas import ERROR_RESPONSES, ErrorResponse, ModelList, ModelOut
 from api.uploads import ReceivedUpload, check_weights, multipart_openapi, parse_fields, receive_upload
-from core.models import ARCHITECTURES
+from core.models import UnknownArchitecture, check_arch, save_state
 from store import repository
 from store.models import ModelRecord
 from store.settings import Settings
@@ -32,17 +34,21 @@ class ModelUploadForm(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    arch: str = Field(description="Architecture the weights belong to (see core.models), e.g. 'resnet20'.")
-    num_classes: int = Field(ge=2, le=100_000, description="Output classes of the classifier head.")
-    in_channels: int = Field(ge=1, le=4, description="Input image channels: 1 (grey) or 3 (RGB).")
+    arch: str = Field(max_length=60, description="Architecture the weights belong to: 'timm/<name>', "
+                      "'torchvision/<name>' or a short name such as 'resnet20'.")
+    num_classes: int | None = Field(None, ge=2, le=100_000, description="Output classes of the classifier head; "
+                                    "default: read from the weights.")
+    in_channels: int | None = Field(None, ge=1, le=4, description="Input image channels: 1 (grey) or 3 (RGB); "
+                                    "default: read from the weights.")
     name: str | None = Field(None, min_length=1, max_length=200, description="Label; default: the file name.")
 
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, arch: str) -> str:
-        if arch not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture '{arch}'; known: {', '.join(sorted(ARCHITECTURES))}")
-        return arch
+        try:
+            return check_arch(arch)
+        except UnknownArchitecture as exc:
+            raise ValueError(str(exc)) from None
 
 
 _UPLOAD_EXAMPLE = {"file": "(binary: resnet20-digits.safetensors)", "arch": "resnet20", "num_classes": 10,
@@ -52,21 +58,26 @@ _UPLOAD_EXAMPLE = {"file": "(binary: resnet20-digits.safetensors)", "arch": "res
 def _store_model(
     upload: ReceivedUpload, form: ModelUploadForm, settings: Settings, session: Session, storage: Storage
 ) -> ModelOut:
-    check_weights(upload.path, form.arch, form.num_classes, form.in_channels)
+    checked = check_weights(upload.path, form.arch, form.num_classes, form.in_channels)
     model_id = repository.new_model_id()
     relpath = f"models/{model_id}.safetensors"
     destination = settings.distill_home / relpath
     destination.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(upload.path, destination)
+    size_bytes, sha256 = upload.size_bytes, upload.sha256
+    if checked.is_safetensors:
+        os.replace(upload.path, destination)
+    else:  # a PyTorch state dict: stored as safetensors, so nothing downstream ever unpickles
+        save_state(checked.state, destination)
+        size_bytes, sha256 = destination.stat().st_size, _sha256(destination)
     record = ModelRecord(
         id=model_id,
         name=form.name or upload.default_name(model_id),
         arch=form.arch,
-        num_classes=form.num_classes,
-        in_channels=form.in_channels,
+        num_classes=checked.num_classes,
+        in_channels=checked.in_channels,
         relpath=relpath,
-        size_bytes=upload.size_bytes,
-        sha256=upload.sha256,
+        size_bytes=size_bytes,
+        sha256=sha256,
     )
     try:
         store_file(storage, relpath, destination)
@@ -79,12 +90,23 @@ def _store_model(
     return ModelOut.from_record(record)
 
 
+def _sha256(path: FilePath) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 @router.post(
     "",
     status_code=201,
-    summary="Upload teacher weights (safetensors)",
-    description="multipart/form-data with `file` (safetensors), `arch`, `num_classes`, `in_channels` and optional "
-    "`name`. The weights must load strictly into the architecture; pickle checkpoints are refused.",
+    summary="Upload teacher weights (safetensors or a .pt/.pth state dict)",
+    description="multipart/form-data with `file` (safetensors, or a PyTorch state dict read with "
+    "torch.load(weights_only=True); `{'state_dict': ...}`/`{'model': ...}` wrappers and `module.` prefixes are "
+    "unwrapped), `arch`, optional `num_classes` and `in_channels` (read from the weights when left out) and "
+    "optional `name`. The weights must load strictly into the architecture; pickles that are not weights-only are "
+    "refused without running them. Stored as safetensors.",
     openapi_extra=multipart_openapi(ModelUploadForm, _UPLOAD_EXAMPLE),
     responses={413: {"model": ErrorResponse, "description": "Larger than DISTILL_MAX_UPLOAD_MB."},
                **ERROR_RESPONSES},

@@ -1,4 +1,4 @@
-"""Teacher weights uploads: safetensors only, strict fit to the architecture, size-capped while streaming."""
+"""Teacher weights uploads: safetensors or weights-only state dicts, strict fit to the architecture, size-capped."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from safetensors.torch import load_file
 
 from core.models import build_model
 from store.settings import Settings
@@ -83,14 +84,32 @@ def test_a_pickle_posing_as_weights_is_refused_and_its_payload_never_runs(
     assert _leftovers(app_settings) == []
 
 
-def test_a_torch_save_checkpoint_is_refused(client: TestClient, app_settings: Settings) -> None:
+def test_a_torch_save_state_dict_is_accepted_with_counts_read_from_it_and_stored_as_safetensors(
+    client: TestClient, app_settings: Settings
+) -> None:
+    model = build_model("cnn", 10, 1)
+    buffer = io.BytesIO()
+    torch.save({"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}, "epoch": 7}, buffer)
+
+    response = _upload(client, buffer.getvalue(), {"arch": "cnn"}, filename="teacher.pth")
+
+    assert response.status_code == 201, response.text
+    record = response.json()
+    assert (record["num_classes"], record["in_channels"]) == (10, 1)
+    stored = load_file(str(app_settings.models_dir / f"{record['id']}.safetensors"))
+    assert all(torch.equal(stored[key], value) for key, value in model.state_dict().items())
+    assert record["size_bytes"] == (app_settings.models_dir / f"{record['id']}.safetensors").stat().st_size
+
+
+def test_a_truncated_pth_is_refused_naming_file(client: TestClient, app_settings: Settings) -> None:
     buffer = io.BytesIO()
     torch.save(build_model("cnn", 10, 1).state_dict(), buffer)
 
-    response = _upload(client, buffer.getvalue(), filename="teacher.pth")
+    response = _upload(client, buffer.getvalue()[:-300], filename="teacher.pth")
 
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "invalid_weights"
+    assert response.json()["error"]["field"] == "file"
     assert _leftovers(app_settings) == []
 
 
