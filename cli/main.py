@@ -7,6 +7,9 @@
     distill worker [--concurrency N]    N worker processes alone (production)
     distill migrate                     alembic upgrade head
 
+and the client verbs (cli.jobs, cli.uploads), which speak only HTTP through client/:
+    distill submit SPEC.json [--wait] | jobs | show | cancel | logs | download | upload-model | upload-dataset
+
 Settings come from the environment (store.settings); see the README.
 """
 
@@ -20,8 +23,14 @@ import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
-from store.settings import Settings, get_settings
+from cli import jobs as job_verbs
+from cli import uploads as upload_verbs
+from cli.connection import run_verb
+
+if TYPE_CHECKING:
+    from store.settings import Settings
 
 log = logging.getLogger("distill")
 
@@ -48,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--concurrency", type=_positive, default=1, help="worker processes, one job each (default 1)")
 
     commands.add_parser("migrate", help="upgrade the database schema to the latest revision")
+
+    # Client verbs: one module per group, each registers its own subcommands.
+    for verbs in (job_verbs, upload_verbs):
+        verbs.register(commands)
     return parser
 
 
@@ -70,7 +83,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return run_main(argv[1:])
     args = _parser().parse_args(argv)
+    if getattr(args, "client_handler", None) is not None:
+        return run_verb(args)  # a client of some server: no server settings, no server imports
     from api.auth import InsecureBindError
+    from store.settings import get_settings
     from worker.logsetup import configure_logging
 
     settings = get_settings()

@@ -351,6 +351,12 @@ def heartbeat(session: Session, job_id: str, worker_id: str, stage: str | None =
     return JobStatus(row.status)
 
 
+def completed_progress(progress: dict[str, Any] | None) -> dict[str, Any]:
+    """A succeeded job's progress reads complete: progress is written throttled during steps, so the last
+    write before the end can say 0.9; the API and the dashboard must both show a finished run as 1.0."""
+    return {**(progress or {}), "fraction": 1.0}
+
+
 def finish_job(session: Session, job_id: str, worker_id: str, status: JobStatus,
                metrics: dict[str, Any] | None = None, error: JobError | None = None) -> Job:
     """running/cancelling -> succeeded | failed | cancelled, finished_at set, stage cleared.
@@ -371,6 +377,8 @@ def finish_job(session: Session, job_id: str, worker_id: str, status: JobStatus,
         session.commit()
         if job.worker_id != worker_id:
             raise LeaseLost(job_id, job.status, target.value, worker_id)
+        if target is JobStatus.succeeded:
+            values["progress"] = completed_progress(job.progress)
         if _transition(session, job_id, JobStatus(job.status), target, owner=worker_id, **values):
             return _commit_and_load(session, job_id)
         session.rollback()

@@ -83,7 +83,7 @@ def test_job_runs_from_queued_to_succeeded_with_metrics(session: Session) -> Non
     done = repository.finish_job(session, job.id, "worker-1", JobStatus.succeeded, metrics={"student_accuracy": 0.9})
     assert (done.status, done.stage, done.metrics) == ("succeeded", None, {"student_accuracy": 0.9})
     assert done.finished_at is not None and done.finished_at >= done.started_at
-    assert done.progress == {"epoch": 1, "fraction": 0.5}
+    assert done.progress == {"epoch": 1, "fraction": 1.0}  # a succeeded job reads complete; the rest is kept
     assert done.version == 3  # claim, progress, finish
 
 
