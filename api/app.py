@@ -16,9 +16,11 @@ from fastapi import Depends, FastAPI
 from sqlalchemy.engine import make_url
 from starlette.concurrency import run_in_threadpool
 
+from api.auth import ApiKeyMiddleware
 from api.deps import require_api_key
 from api.errors import install_error_handlers
 from api.events import EventStreamConfig
+from api.limits import BodyLimitMiddleware
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.routes import datasets, health, jobs, models
 from api.schemas import ErrorResponse
@@ -87,6 +89,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.event_stream = EventStreamConfig()
 
     install_error_handlers(app)
+    # Added last, so it runs first: an oversized or too deep body is refused before anything reads it.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_json_kb * 1024, max_depth=settings.max_json_depth)
+    # Outermost but metrics: a request without a valid key is refused before any body is read.
+    app.add_middleware(ApiKeyMiddleware, settings=settings)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     for module in (jobs, models, datasets):

@@ -14,7 +14,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.auth import key_matches
+from api.auth import Caller, authenticate
 from api.errors import ApiError
 from store.settings import Settings
 from store.storage import Storage
@@ -53,18 +53,15 @@ StorageDep = Annotated[Storage, Depends(get_storage)]
 
 
 def require_api_key(
-    settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
-) -> str | None:
-    """The caller's key, or None when the service runs without keys."""
-    keys = settings.api_key_set
-    if not keys:
-        return None
-    if credentials is None or credentials.scheme.lower() != "bearer" or not key_matches(credentials.credentials, keys):
-        raise ApiError(
-            401, "unauthorized", "a valid 'Authorization: Bearer <key>' header is required",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    return credentials.credentials
+    request: Request, settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Caller:
+    """The caller (ApiKeyMiddleware already checked the key; this also documents the scheme in OpenAPI)."""
+    caller = getattr(request.state, "caller", None)
+    if caller is not None:
+        return caller
+    header = f"{credentials.scheme} {credentials.credentials}" if credentials is not None else None
+    return authenticate(header, settings)
 
 
-CurrentKey = Annotated[str | None, Depends(require_api_key)]
+CallerDep = Annotated[Caller, Depends(require_api_key)]

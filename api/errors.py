@@ -15,9 +15,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from core.errors import DistillError
+from core.errors import DistillError, is_storage_full
 from store.models import TERMINAL_STATUSES
 from store.repository import IdempotencyConflict, IllegalTransition, NotFound
 from store.storage import StorageError
@@ -39,6 +41,9 @@ _STATUS_CODES: dict[int, str] = {
     429: "too_many_requests",
     503: "unavailable",
 }
+
+# How long a client should wait before retrying while the database is unreachable (a restart, a failover).
+DATABASE_RETRY_AFTER_S = 5
 
 # Where a request value came from; the first element of a pydantic `loc`, dropped from `field`.
 _LOC_SOURCES = {"body", "query", "path", "header", "cookie"}
@@ -142,6 +147,27 @@ async def _on_storage_error(request: Request, exc: Exception) -> JSONResponse:
     return error_response(503, "storage_unavailable", "the file store did not answer; retry shortly")
 
 
+async def _on_database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """Connection refused, reset or pool exhausted: the request was fine, the database was not there."""
+    log.warning("database unavailable on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    return error_response(
+        503, "database_unavailable", "the database is unreachable; retry shortly",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+    )  # fmt: skip
+
+
+def storage_full_response() -> JSONResponse:
+    return error_response(507, "storage_full", "the server's data folder is full; nothing was stored")
+
+
+async def _on_os_error(request: Request, exc: Exception) -> JSONResponse:
+    """A full data folder is the operator's problem, not a bug: 507 with a code, no traceback."""
+    if is_storage_full(exc):
+        log.error("data folder full on %s %s: %s", request.method, request.url.path, exc)
+        return storage_full_response()
+    return await _on_unexpected(request, exc)
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(500, "internal_error", "internal server error; the incident was logged")
@@ -156,5 +182,8 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(IdempotencyConflict, _on_idempotency_conflict)
     app.add_exception_handler(DistillError, _on_distill_error)
     app.add_exception_handler(StorageError, _on_storage_error)
+    for database_error in (OperationalError, InterfaceError, PoolTimeoutError):
+        app.add_exception_handler(database_error, _on_database_unavailable)
+    app.add_exception_handler(OSError, _on_os_error)
     app.add_exception_handler(Exception, _on_unexpected)
 

@@ -48,18 +48,6 @@ JOB_SPEC_EXAMPLES: dict[str, dict[str, Any]] = {
 }
 
 
-def nul_field(value: Any, path: str = "") -> str | None:
-    """Dotted path of the first string holding a NUL character (PostgreSQL text cannot store one), or None."""
-    if isinstance(value, str):
-        return path if "\x00" in value else None
-    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, item in items:
-        found = nul_field(item, f"{path}.{key}" if path else str(key))
-        if found is not None:
-            return found
-    return None
-
-
 def as_utc(value: datetime | None) -> datetime | None:
     """SQLite hands back naive datetimes; every time the API shows is UTC and says so."""
     if value is None:
@@ -286,4 +274,31 @@ class ReadyOut(BaseModel):
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "Missing or wrong bearer key (only when keys are configured)."},
     422: {"model": ErrorResponse, "description": "Invalid input; `error.field` names it."},
+    503: {"model": ErrorResponse, "description": "The database is unreachable (`database_unavailable`); "
+          "retry after `Retry-After` seconds."},
+}
+
+# Routes that take a body or create something also answer these.
+WRITE_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    413: {"model": ErrorResponse, "description": "The body is larger than the limit (`body_too_large`, "
+          "DISTILL_MAX_JSON_KB; uploads: `upload_too_large`, DISTILL_MAX_UPLOAD_MB)."},
+}
+
+
+def as_json_errors(responses: dict[int | str, dict[str, Any]]) -> dict[int | str, dict[str, Any]]:
+    """Error responses of a route whose success is not JSON (SSE): FastAPI would document them in the
+    route's media type, but errors are always JSON ErrorResponse bodies."""
+    schema = {"$ref": "#/components/schemas/ErrorResponse"}
+    return {code: {"description": response["description"], "content": {"application/json": {"schema": schema}}}
+            for code, response in responses.items()}
+
+
+# Uploads stream multipart bodies to the data folder.
+UPLOAD_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    400: {"model": ErrorResponse, "description": "A malformed or truncated multipart body (`invalid_multipart`)."},
+    413: {"model": ErrorResponse, "description": "Larger than DISTILL_MAX_UPLOAD_MB (`upload_too_large`)."},
+    415: {"model": ErrorResponse, "description": "Not sent as multipart/form-data (`unsupported_media_type`)."},
+    507: {"model": ErrorResponse, "description": "The server's data folder is full (`storage_full`); nothing kept."},
 }

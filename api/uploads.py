@@ -38,7 +38,7 @@ from api.errors import ApiError
 from core.data import IMAGE_SUFFIXES, image_folder_classes, load_dataset
 from core.errors import DataError, WeightsError
 from core.models import build_model, is_safetensors, load_state, read_state_dict, weights_dims
-from core.spec import DatasetSpec
+from core.spec import DatasetSpec, has_control_characters
 from store.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,9 @@ class ReceivedUpload:
 
     def default_name(self, fallback: str) -> str:
         """A record's name when the client gave none: the file's stem, cut to the column's 200 characters."""
-        return (PurePosixPath(self.filename.replace("\\", "/")).stem or fallback)[:200]
+        stem = PurePosixPath(self.filename.replace("\\", "/")).stem
+        printable = "".join(char for char in stem if not has_control_characters(char))
+        return (printable or fallback)[:200]
 
 
 @dataclass

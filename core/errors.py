@@ -39,3 +39,33 @@ class WeightsError(DistillError):
 
 class JobCancelled(Exception):
     """Raised between steps when the callbacks ask to stop; not a failure."""
+
+
+class StorageFull(DistillError):
+    """The data folder ran out of space (ENOSPC or a quota) while the job wrote its files."""
+
+    code = "storage_full"
+
+
+_STORAGE_FULL_ERRNOS = frozenset({28, 122})  # ENOSPC, EDQUOT (Linux numbers; errno names them below)
+
+
+def is_storage_full(exc: BaseException | None) -> bool:
+    """Whether `exc` or anything in its cause chain is a full disk or an exceeded quota.
+
+    torch and safetensors re-raise write failures as their own RuntimeError types with the
+    OS message inside, so the message is read too, not only `errno`.
+    """
+    import errno
+
+    codes = {errno.ENOSPC, getattr(errno, "EDQUOT", 122)} | _STORAGE_FULL_ERRNOS
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in codes:
+            return True
+        text = str(exc)
+        if "No space left on device" in text or "Disk quota exceeded" in text:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

@@ -291,8 +291,12 @@ def run_job(
     callbacks: RunCallbacks | None = None,
     *,
     named_datasets: Mapping[str, Path] | None = None,
+    reported_spec: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) `spec` into `out_dir`; returns what metrics.json holds.
+
+    `reported_spec` is the spec as metrics.json shows it (default: `spec`). A service passes
+    the spec its client sent (dataset and weights by id), so no server path reaches an artifact.
 
     Raises DistillError subclasses for problems the user can fix, JobCancelled when the
     callbacks ask to stop (checkpoints are kept, so rerunning continues the run).
@@ -338,7 +342,7 @@ def run_job(
         "seconds": dict(job.seconds),
         "device": str(job.device),
         "spec_sha256": job.state.sha256,
-        "spec": spec.model_dump(mode="json"),
+        "spec": dict(reported_spec) if reported_spec is not None else spec.model_dump(mode="json"),
     }
     _write_json(metrics_path, result)
     job.state.complete("rendering", job.seconds["rendering"])

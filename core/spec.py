@@ -20,6 +20,37 @@ Distance = Literal["cosine", "mse"]
 Method = Literal["scratch", "kd", "e2kd", "xai-mse", "oracle", "xdistill", "at", "fitnet"]
 
 
+def has_control_characters(text: str) -> bool:
+    """C0/C1 control characters (NUL, newline, escape, ...): never part of a name, id or key.
+
+    They break logs and headers, and PostgreSQL cannot store NUL; every text field of a spec,
+    an upload form or a header is checked with this one rule.
+    """
+    return any(ord(char) < 0x20 or 0x7F <= ord(char) <= 0x9F for char in text)
+
+
+def check_plain_text(text: str | None) -> str | None:
+    """A field validator: refuse a name holding control characters (pydantic reports it on the field)."""
+    if text is not None and has_control_characters(text):
+        raise ValueError("text must not contain control characters")
+    return text
+
+
+def control_character_field(value: Any, path: str = "") -> str | None:
+    """Dotted path of the first string (value or key) in a JSON document holding a control character, or None."""
+    if isinstance(value, str):
+        return path if has_control_characters(value) else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        where = f"{path}.{key}" if path else str(key)
+        if isinstance(key, str) and has_control_characters(key):
+            return where
+        found = control_character_field(item, where)
+        if found is not None:
+            return found
+    return None
+
+
 class _Strict(BaseModel):
     """Unknown keys are an error: a typo in a spec must not silently train the wrong thing."""
 
@@ -169,6 +200,8 @@ class JobSpec(_Strict):
     loss: LossSpec = Field(default_factory=LossSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     report: ReportSpec = Field(default_factory=ReportSpec)
+
+    _plain_name = field_validator("name")(classmethod(lambda cls, v: check_plain_text(v)))
 
     @model_validator(mode="before")
     @classmethod

@@ -88,6 +88,22 @@ def record_job_outputs(
     return recorded
 
 
+def redact_paths(text: str, settings: Settings) -> str:
+    """`text` with server folders replaced by placeholders: error messages reach clients, paths must not.
+
+    DISTILL_HOME becomes `<data>`, an operator-registered dataset folder `<dataset:NAME>`; longer
+    paths first, so a dataset folder inside DISTILL_HOME keeps its own name.
+    """
+    replacements = {str(settings.distill_home): "<data>"}
+    for name, root in settings.dataset_roots.items():
+        replacements[str(root.expanduser().resolve())] = f"<dataset:{name}>"
+        replacements[str(root)] = f"<dataset:{name}>"
+    for folder in sorted(replacements, key=len, reverse=True):
+        if folder and folder != "/":
+            text = text.replace(folder, replacements[folder])
+    return text
+
+
 def artifact_path(settings: Settings, artifact: Artifact) -> Path:
     """The absolute file of a recorded artifact; UnsafeArtifactPath if it resolves outside DISTILL_HOME."""
     home = settings.distill_home.resolve()

@@ -20,7 +20,23 @@ class Settings(BaseSettings):
     database_url: str | None = Field(None, alias="DATABASE_URL", description="Default: SQLite file in DISTILL_HOME.")
     broker_url: str | None = Field(None, alias="BROKER_URL", description="Default: filesystem transport in DISTILL_HOME.")
     api_keys: str = Field("", alias="DISTILL_API_KEYS", description="Comma-separated bearer keys; empty = no auth.")
+    admin_keys: str = Field(
+        "", alias="DISTILL_ADMIN_KEYS", description="Comma-separated keys that see every key's jobs, models, datasets."
+    )
+    key_hash_secret: str = Field(
+        "", alias="DISTILL_KEY_HASH_SECRET",
+        description="HMAC secret for the key fingerprints stored as owners; set it once, never change it.",
+    )
+    rate_limit_per_min: int = Field(
+        0, alias="DISTILL_RATE_LIMIT_PER_MIN", ge=0, description="POST requests per key per minute; 0 = unlimited."
+    )
     max_upload_mb: int = Field(512, alias="DISTILL_MAX_UPLOAD_MB", ge=1)
+    max_json_kb: int = Field(
+        256, alias="DISTILL_MAX_JSON_KB", ge=1, description="Largest JSON request body; bigger gets 413 unread."
+    )
+    max_json_depth: int = Field(
+        32, alias="DISTILL_MAX_JSON_DEPTH", ge=2, description="Deepest nesting of a JSON body; deeper gets 422."
+    )
     named_datasets: str = Field(
         "", alias="DISTILL_DATASETS", description="Extra named datasets: 'name=/path/to/tree,other=/x.npz'."
     )
@@ -71,7 +87,12 @@ class Settings(BaseSettings):
 
     @property
     def api_key_set(self) -> frozenset[str]:
-        return frozenset(key.strip() for key in self.api_keys.split(",") if key.strip())
+        """Every key that may call the API: DISTILL_API_KEYS plus DISTILL_ADMIN_KEYS."""
+        return _split_keys(self.api_keys) | self.admin_key_set
+
+    @property
+    def admin_key_set(self) -> frozenset[str]:
+        return _split_keys(self.admin_keys)
 
     @property
     def dataset_roots(self) -> dict[str, Path]:
@@ -82,6 +103,10 @@ class Settings(BaseSettings):
                 name, path = item.split("=", 1)
                 roots[name.strip()] = Path(path.strip()).expanduser()
         return roots
+
+
+def _split_keys(text: str) -> frozenset[str]:
+    return frozenset(key.strip() for key in text.split(",") if key.strip())
 
 
 @lru_cache

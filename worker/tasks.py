@@ -18,10 +18,10 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from core.errors import DistillError, JobCancelled
+from core.errors import DistillError, JobCancelled, is_storage_full
 from core.run import run_job as run_engine
 from store import repository
-from store.artifacts import record_job_outputs
+from store.artifacts import record_job_outputs, redact_paths
 from store.models import JobStatus
 from store.queue import enqueue_job
 from store.repository import JobError
@@ -92,7 +92,10 @@ def _execute(
         with runtime.sessions() as session:
             spec = resolve_spec(session, settings, stored_spec)
         sync.folder.mkdir(parents=True, exist_ok=True)
-        metrics = run_engine(spec, sync.folder, callbacks, named_datasets=settings.dataset_roots)
+        # metrics.json shows the spec as stored (ids, never the server paths resolve_spec put in).
+        metrics = run_engine(
+            spec, sync.folder, callbacks, named_datasets=settings.dataset_roots, reported_spec=stored_spec
+        )
         sync.push(mirror=True)
         with runtime.sessions() as session:
             record_job_outputs(session, settings, job_id, sync.folder)
@@ -110,10 +113,15 @@ def _execute(
     except DistillError as exc:
         callbacks.saved()
         log.warning("failed in %s: %s (%s, field %s)", callbacks.stage, exc.message, exc.code, exc.field)
-        return Outcome(JobStatus.failed, error=JobError(exc.code, exc.message, exc.field, where=callbacks.stage))
+        message = redact_paths(exc.message, settings)
+        return Outcome(JobStatus.failed, error=JobError(exc.code, message, exc.field, where=callbacks.stage))
     except Exception as exc:
+        if is_storage_full(exc):
+            log.error("the data folder is full in %s: %s", callbacks.stage, exc)
+            message = "the server's data folder is full; the job's files could not be written"
+            return Outcome(JobStatus.failed, error=JobError("storage_full", message, None, where=callbacks.stage))
         log.exception("internal error in %s", callbacks.stage)
-        message = f"{type(exc).__name__}: {exc}"
+        message = redact_paths(f"{type(exc).__name__}: {exc}", settings)
         return Outcome(JobStatus.failed, error=JobError("internal_error", message, None, where=callbacks.stage))
 
 

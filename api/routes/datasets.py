@@ -7,14 +7,14 @@ import shutil
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import SessionDep, SettingsDep, StorageDep
 from api.errors import ApiError
 from api.routes import API_V1
-from api.schemas import ERROR_RESPONSES, DatasetList, DatasetOut, ErrorResponse
+from api.schemas import ERROR_RESPONSES, UPLOAD_ERROR_RESPONSES, DatasetList, DatasetOut, ErrorResponse
 from api.uploads import (
     ReceivedUpload,
     install_dataset,
@@ -24,6 +24,7 @@ from api.uploads import (
     receive_upload,
     unpack_dataset,
 )
+from core.spec import check_plain_text
 from store import repository
 from store.models import DatasetRecord
 from store.settings import Settings
@@ -38,6 +39,8 @@ class DatasetUploadForm(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(None, min_length=1, max_length=200, description="Label; default: the file name.")
+
+    _plain_name = field_validator("name")(classmethod(lambda cls, v: check_plain_text(v)))
 
 
 _UPLOAD_EXAMPLE = {"file": "(binary: flowers.zip with train/<class>/*.jpg and test/<class>/*.jpg)",
@@ -87,8 +90,7 @@ def _store_dataset(
     "(optionally `test/<class>/*`); a .npz holds arrays `x`, `y` and optionally `x_test`, `y_test` "
     "(numeric only: object arrays are refused).",
     openapi_extra=multipart_openapi(DatasetUploadForm, _UPLOAD_EXAMPLE),
-    responses={413: {"model": ErrorResponse, "description": "Larger than DISTILL_MAX_UPLOAD_MB."},
-               **ERROR_RESPONSES},
+    responses=UPLOAD_ERROR_RESPONSES,
 )
 async def upload_dataset(
     request: Request, settings: SettingsDep, session: SessionDep, storage: StorageDep

@@ -17,8 +17,8 @@ from api.downloads import stream_artifact
 from api.errors import ApiError
 from api.events import EventStreamConfig, job_events
 from api.routes import API_V1
-from api.schemas import ERROR_RESPONSES, JOB_SPEC_EXAMPLES, ErrorResponse, JobOut, JobPage, nul_field
-from core.spec import JobSpec
+from api.schemas import ERROR_RESPONSES, WRITE_ERROR_RESPONSES, JOB_SPEC_EXAMPLES, ErrorResponse, JobOut, JobPage, as_json_errors
+from core.spec import JobSpec, control_character_field, has_control_characters
 from store import repository
 from store.artifacts import UnsafeArtifactPath, artifact_path
 from store.models import Job, JobStatus
@@ -99,7 +99,7 @@ def check_spec_against_server(spec: JobSpec, session: Session, settings: Setting
     responses={
         200: {"model": JobOut, "description": "Replay: the Idempotency-Key was seen with this same body."},
         409: {"model": ErrorResponse, "description": "Idempotency-Key reused with another body."},
-        **ERROR_RESPONSES,
+        **WRITE_ERROR_RESPONSES,
     },
 )
 def create_job(
@@ -110,13 +110,13 @@ def create_job(
     response: Response,
     idempotency_key: Annotated[
         str | None,
-        Header(alias="Idempotency-Key", min_length=1, max_length=200,
+        Header(alias="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[\x20-\x7e]+$",
                description="Retry-safe submission: the same key and body return the same job."),
     ] = None,
 ) -> JobOut:
     document = spec.model_dump(mode="json")
-    if (field := nul_field(document)) is not None:
-        raise ApiError(422, "validation_error", f"{field}: text must not contain NUL characters", field)
+    if (field := control_character_field(document)) is not None:
+        raise ApiError(422, "validation_error", f"{field}: text must not contain control characters", field)
     check_spec_against_server(spec, session, settings)
     job, created = repository.create_job(session, document, spec.name, idempotency_key)
     if not created:
@@ -161,7 +161,7 @@ def get_job(job_id: JobId, session: SessionDep) -> JobOut:
     summary="Cancel a job",
     description="A queued job is cancelled at once; a running one becomes `cancelling` and stops at its next step.",
     responses={**_NOT_FOUND, 409: {"model": ErrorResponse, "description": "The job already ended (`job_finished`)."},
-               **ERROR_RESPONSES},
+               **WRITE_ERROR_RESPONSES},
 )
 def cancel_job(job_id: JobId, session: SessionDep) -> JobOut:
     try:
@@ -191,7 +191,8 @@ _EVENTS_EXAMPLE = (
     summary="Stream a job's state and progress (Server-Sent Events)",
     description="`event: state` when status or stage changes, `event: progress` otherwise; `data` is the job JSON. "
     "The stream ends after a terminal state.",
-    responses={200: {"content": {"text/event-stream": {"example": _EVENTS_EXAMPLE}}}, **_NOT_FOUND, **ERROR_RESPONSES},
+    responses={200: {"content": {"text/event-stream": {"example": _EVENTS_EXAMPLE}}},
+               **as_json_errors({**_NOT_FOUND, **ERROR_RESPONSES})},
 )
 async def stream_job_events(
     request: Request, job_id: Annotated[str, Depends(_existing_job_id)], sessions: SessionMakerDep
@@ -224,7 +225,7 @@ def download_artifact(
 ) -> Response:
     load_job(session, job_id)
     not_found = ApiError(404, "artifact_not_found", f"job '{job_id}' has no artifact named {name!r}", "name")
-    if "\x00" in name:  # no recorded name holds one, and PostgreSQL would refuse the lookup
+    if has_control_characters(name):  # no recorded name holds one, and PostgreSQL would refuse a NUL
         raise not_found
     try:
         # The name is only ever a lookup key: the file path comes from the recorded row, never from the client.

@@ -16,9 +16,10 @@ from starlette.concurrency import run_in_threadpool
 from api.deps import SessionDep, SettingsDep, StorageDep
 from api.errors import ApiError
 from api.routes import API_V1
-from api.schemas import ERROR_RESPONSES, ErrorResponse, ModelList, ModelOut
+from api.schemas import ERROR_RESPONSES, UPLOAD_ERROR_RESPONSES, ErrorResponse, ModelList, ModelOut
 from api.uploads import ReceivedUpload, check_weights, multipart_openapi, parse_fields, receive_upload
 from core.models import UnknownArchitecture, check_arch, save_state
+from core.spec import check_plain_text
 from store import repository
 from store.models import ModelRecord
 from store.settings import Settings
@@ -41,6 +42,8 @@ class ModelUploadForm(BaseModel):
     in_channels: int | None = Field(None, ge=1, le=4, description="Input image channels: 1 (grey) or 3 (RGB); "
                                     "default: read from the weights.")
     name: str | None = Field(None, min_length=1, max_length=200, description="Label; default: the file name.")
+
+    _plain_name = field_validator("name")(classmethod(lambda cls, v: check_plain_text(v)))
 
     @field_validator("arch")
     @classmethod
@@ -108,8 +111,7 @@ def _sha256(path: FilePath) -> str:
     "optional `name`. The weights must load strictly into the architecture; pickles that are not weights-only are "
     "refused without running them. Stored as safetensors.",
     openapi_extra=multipart_openapi(ModelUploadForm, _UPLOAD_EXAMPLE),
-    responses={413: {"model": ErrorResponse, "description": "Larger than DISTILL_MAX_UPLOAD_MB."},
-               **ERROR_RESPONSES},
+    responses=UPLOAD_ERROR_RESPONSES,
 )
 async def upload_model(request: Request, settings: SettingsDep, session: SessionDep, storage: StorageDep) -> ModelOut:
     upload = await receive_upload(request, settings)
