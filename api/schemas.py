@@ -274,8 +274,8 @@ class ReadyOut(BaseModel):
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "Missing or wrong bearer key (only when keys are configured)."},
     422: {"model": ErrorResponse, "description": "Invalid input; `error.field` names it."},
-    503: {"model": ErrorResponse, "description": "The database is unreachable (`database_unavailable`); "
-          "retry after `Retry-After` seconds."},
+    503: {"model": ErrorResponse, "description": "The database (`database_unavailable`, with `Retry-After`) or "
+          "the file store (`storage_unavailable`) is unreachable; retry shortly."},
 }
 
 # Routes that take a body or create something also answer these.
