@@ -187,7 +187,7 @@ _MODEL_EXAMPLE: dict[str, Any] = {
 _DATASET_EXAMPLE: dict[str, Any] = {
     "id": "ds_01hv6xq3k2m8c0f7d9w5n4t3rb", "name": "flowers", "kind": "imagefolder", "num_classes": 5,
     "class_names": ["daisy", "dandelion", "rose", "sunflower", "tulip"], "in_channels": 3, "num_train": 3000,
-    "num_test": 670, "size_bytes": 228000000, "created_at": _EXAMPLE_TIME,
+    "num_test": 670, "test_split": "val", "size_bytes": 228000000, "created_at": _EXAMPLE_TIME,
 }
 
 
@@ -227,6 +227,8 @@ class DatasetOut(BaseModel):
     in_channels: int = Field(description="Image channels (1 or 3).")
     num_train: int
     num_test: int = Field(description="0 when the upload has no test split (jobs then hold out a seeded share).")
+    test_split: str | None = Field(None, description="The held-out split found: the folder name ('val', 'valid', "
+                                   "'validation' or 'test'), 'arrays' (npz x_test), or null (a seeded random share).")
     size_bytes: int
     created_at: datetime
 
@@ -235,7 +237,8 @@ class DatasetOut(BaseModel):
         info = record.class_names or {}
         return cls(id=record.id, name=record.name, kind=record.kind, num_classes=record.num_classes,
                    class_names=list(info.get("names", [])), in_channels=record.in_channels,
-                   num_train=record.num_train, num_test=record.num_test, size_bytes=record.size_bytes,
+                   num_train=record.num_train, num_test=record.num_test, test_split=record.test_split,
+                   size_bytes=record.size_bytes,
                    created_at=as_utc(record.created_at))
 
 

@@ -35,7 +35,7 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from api.errors import ApiError
-from core.data import IMAGE_SUFFIXES, image_folder_classes, load_dataset
+from core.data import IMAGE_SUFFIXES, find_splits, image_folder_classes, load_dataset
 from core.errors import DataError, WeightsError
 from core.models import build_model, is_safetensors, load_state, read_state_dict, weights_dims
 from core.spec import DatasetSpec, has_control_characters
@@ -281,6 +281,7 @@ class UnpackedDataset:
     num_train: int
     num_test: int
     size_bytes: int
+    test_split: str | None = None  # the held-out folder found (val, valid, validation, test), "arrays", or None
 
 
 def unpack_dataset(upload: ReceivedUpload, staging: Path, settings: Settings) -> UnpackedDataset:
@@ -326,7 +327,7 @@ def _stage_npz(upload: ReceivedUpload, staging: Path) -> UnpackedDataset:
         raise _invalid(exc.message) from exc
     return UnpackedDataset(kind="npz", root=staging, data_name=target.name, class_names=bundle.class_names,
                            in_channels=bundle.in_channels, num_train=counts[0], num_test=counts[1],
-                           size_bytes=target.stat().st_size)
+                           size_bytes=target.stat().st_size, test_split="arrays" if counts[1] else None)
 
 
 def _npz_counts(path: Path) -> tuple[int, int]:
@@ -393,7 +394,8 @@ def _stage_image_folder(upload: ReceivedUpload, staging: Path, settings: Setting
     except DataError as exc:
         raise _invalid(exc.message) from exc
     return UnpackedDataset(kind="imagefolder", root=root, data_name=None, class_names=summary[0],
-                           in_channels=summary[1], num_train=summary[2], num_test=summary[3], size_bytes=written)
+                           in_channels=summary[1], num_train=summary[2], num_test=summary[3], size_bytes=written,
+                           test_split=summary[4])
 
 
 def _extract_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget_bytes: int) -> int:
@@ -425,21 +427,21 @@ def _tree_root(extract: Path) -> Path:
     return root
 
 
-def _check_image_tree(root: Path) -> tuple[list[str], int, int, int]:
-    """(class_names, in_channels, num_train, num_test) after every image passed PIL's verify()."""
-    train_root = root / "train" if (root / "train").is_dir() else root
+def _check_image_tree(root: Path) -> tuple[list[str], int, int, int, str | None]:
+    """(class_names, in_channels, num_train, num_test, held-out folder name) after every image passed verify()."""
+    train_root, test_root = find_splits(root)
     class_names = image_folder_classes(train_root)
     if len(class_names) < 2:
         raise _invalid(f"an ImageFolder tree needs at least 2 class folders under train/, found {len(class_names)}")
     channels: list[int] = []
     num_train = _verify_split(train_root, class_names, channels, require_every_class=True)
     num_test = 0
-    if train_root != root and (root / "test").is_dir():
-        unknown = sorted(set(image_folder_classes(root / "test")) - set(class_names))
+    if test_root is not None:
+        unknown = sorted(set(image_folder_classes(test_root)) - set(class_names))
         if unknown:
-            raise _invalid(f"test/ has classes that train/ lacks: {', '.join(unknown)}")
-        num_test = _verify_split(root / "test", class_names, channels, require_every_class=False)
-    return class_names, (channels[0] if channels else 3), num_train, num_test
+            raise _invalid(f"{test_root.name}/ has classes that train/ lacks: {', '.join(unknown)}")
+        num_test = _verify_split(test_root, class_names, channels, require_every_class=False)
+    return class_names, (channels[0] if channels else 3), num_train, num_test, test_root.name if test_root else None
 
 
 def _verify_split(split_root: Path, class_names: list[str], channels: list[int], require_every_class: bool) -> int:

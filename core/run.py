@@ -157,7 +157,7 @@ def _feature_channels(model: nn.Module, data: DataBundle, device: torch.device) 
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        model(data.train_x[:1].to(device))
+        model(data.train.take(slice(0, 1)).to(device))
     model.train(was_training)
     channels = int(tap.take().shape[1])
     tap.remove()
@@ -210,7 +210,7 @@ def _teacher(job: _Job, data: DataBundle) -> tuple[nn.Module, list[dict[str, Any
         objective = DistillationObjective(teacher, cross_entropy_only(), data, job.device)
         try:
             history = train(
-                teacher, objective, data.train_x, data.train_y, job.config(spec.teacher.epochs),
+                teacher, objective, data.train, None, job.config(spec.teacher.epochs),
                 stage="training_teacher", device=job.device, callbacks=job.callbacks,
                 checkpoint_path=job.checkpoints / "training_teacher.pt", augment=spec.dataset.augment,
                 span=job.spans["training_teacher"],
@@ -228,7 +228,7 @@ def _explainer(job: _Job, data: DataBundle, teacher: nn.Module) -> tuple[nn.Modu
     explainer = spec.loss.explanation.explainer
     checkpoint = job.checkpoints / "fitting_explainer.pt"
     if job.state.done("fitting_explainer") and checkpoint.exists():
-        map_size = tuple(captum_maps(teacher, data.train_x[:1], torch.zeros(1, dtype=torch.long), explainer).shape[-2:])
+        map_size = tuple(captum_maps(teacher, data.train.take(slice(0, 1)), torch.zeros(1, dtype=torch.long), explainer).shape[-2:])
         autoencoder = ExplainerAutoencoder(data.in_channels, map_size).to(job.device)
         autoencoder.load_state_dict(load_checkpoint(checkpoint)["model"])
         return autoencoder, job.state.history("fitting_explainer")
@@ -241,7 +241,7 @@ def _explainer(job: _Job, data: DataBundle, teacher: nn.Module) -> tuple[nn.Modu
             lr=spec.loss.xdistill.lr, weight_decay=0.0, scheduler="cosine", seed=spec.training.seed,
         )
         history = train(
-            autoencoder, objective, data.train_x, data.train_y, config, stage="fitting_explainer",
+            autoencoder, objective, data.train, None, config, stage="fitting_explainer",
             device=job.device, callbacks=job.callbacks, checkpoint_path=checkpoint, augment=spec.dataset.augment,
             span=job.spans["fitting_explainer"],
         )
@@ -273,7 +273,7 @@ def _student(
         )
         try:
             history = train(
-                student, objective, data.train_x, data.train_y, job.config(spec.training.epochs),
+                student, objective, data.train, None, job.config(spec.training.epochs),
                 stage="distilling", device=job.device, callbacks=job.callbacks,
                 checkpoint_path=job.checkpoints / "distilling.pt", augment=spec.dataset.augment,
                 span=job.spans["distilling"],

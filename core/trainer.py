@@ -5,7 +5,8 @@ distillation objective computes the shared per-batch context once (student logit
 and features, teacher logits and features, teacher maps from the cache or from the
 teacher's own forward, student maps on guided steps) and lets each term read it.
 
-The loop slices in-memory tensors (no DataLoader), draws each epoch's order from
+The loop takes batches from an image set (uint8 in memory, or streamed from files by a
+DataLoader; see core.data.images), one at a time to the device, draws each epoch's order from
 (seed, epoch) alone, and checkpoints at every epoch end, so an interrupted stage
 resumes bit-identically: model, optimizer, scheduler, objective state (FitNet
 regressor), RNG streams and the teacher-map cache are all restored.
@@ -25,7 +26,7 @@ from torch import nn
 
 from core.callbacks import NullCallbacks, Progress, RunCallbacks
 from core.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
-from core.data import DataBundle, augment_batch
+from core.data import DataBundle, ImageSet, TensorImages
 from core.errors import JobCancelled
 from core.evaluate import predict_logits
 from core.explain import FeatureTap, explanation_maps
@@ -190,7 +191,7 @@ class DistillationObjective:
             self.autoencoder.eval().requires_grad_(False)
         explaining_teacher = self._explaining and self.explanation is not None and self.explanation.target == "teacher"
         if self.cache_maps and explaining_teacher and self.oracle_gamma is None:
-            self.map_cache = MapCache(len(self.data.train_x))
+            self.map_cache = MapCache(len(self.data.train))
 
     def close(self) -> None:
         """Remove the forward hooks, leaving the models as they were."""
@@ -302,11 +303,20 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
+def _image_set(train_x: torch.Tensor | ImageSet, train_y: torch.Tensor | None) -> ImageSet:
+    """The batches' source: an image set (in memory or streamed), or normalised tensors given directly."""
+    if isinstance(train_x, torch.Tensor):
+        if train_y is None:
+            raise ValueError("train_y is needed with a tensor of training images")
+        return TensorImages(train_x, train_y)
+    return train_x
+
+
 def train(
     model: nn.Module,
     objective: Objective,
-    train_x: torch.Tensor,
-    train_y: torch.Tensor,
+    train_x: torch.Tensor | ImageSet,
+    train_y: torch.Tensor | None,
     config: OptimConfig,
     *,
     stage: str,
@@ -324,9 +334,9 @@ def train(
     """
     callbacks = callbacks or NullCallbacks()
     model.to(device)
-    train_x, train_y = train_x.to(device), train_y.to(device)
+    images = _image_set(train_x, train_y)
     optimizer = make_optimizer(list(model.parameters()) + objective.extra_parameters(), config)
-    samples = len(train_x)
+    samples = len(images)
     steps = math.ceil(samples / config.batch_size)
     scheduler = None
     if config.scheduler == "cosine":
@@ -367,14 +377,10 @@ def train(
         correct = torch.zeros((), device=device, dtype=torch.long)
         step_metrics: dict[str, float] = {}
         classifier = False
-        for step in range(steps):
+        for step, (x, y, index) in enumerate(images.batches(order, config.batch_size, device, augment, generator)):
             if callbacks.should_cancel():
                 raise JobCancelled(f"{stage} cancelled at epoch {epoch + 1}, step {step + 1}")
-            index = order[step * config.batch_size : (step + 1) * config.batch_size]
             device_index = index.to(device, non_blocking=True)
-            x, y = train_x[device_index], train_y[device_index]
-            if augment:
-                x = augment_batch(x, generator)
             output = objective.step(x, y, index, device_index, epoch * steps + step)
             optimizer.zero_grad(set_to_none=True)
             output.loss.backward()

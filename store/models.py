@@ -149,6 +149,8 @@ class DatasetRecord(Base):
     class_names: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"names": [...]}
     num_train: Mapped[int] = mapped_column(Integer)
     num_test: Mapped[int] = mapped_column(Integer)
+    # held-out split found in the upload: val/valid/validation/test folder, "arrays" (npz), None = random share
+    test_split: Mapped[str | None] = mapped_column(String(20), nullable=True)
     relpath: Mapped[str] = mapped_column(String(500))  # the tree root or the .npz, relative to DISTILL_HOME
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -66,6 +66,7 @@ def _store_dataset(
             class_names={"names": unpacked.class_names},
             num_train=unpacked.num_train,
             num_test=unpacked.num_test,
+            test_split=unpacked.test_split,
             relpath=relpath,
             size_bytes=unpacked.size_bytes,
         )
@@ -77,8 +78,8 @@ def _store_dataset(
             raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    log.info("dataset %s: stored %s (%d classes, %d train, %d test)", dataset_id, unpacked.kind,
-             record.num_classes, record.num_train, record.num_test)
+    log.info("dataset %s: stored %s (%d classes, %d train, %d test from %s)", dataset_id, unpacked.kind,
+             record.num_classes, record.num_train, record.num_test, record.test_split or "a random held-out share")
     return DatasetOut.from_record(record)
 
 
@@ -87,7 +88,8 @@ def _store_dataset(
     status_code=201,
     summary="Upload a dataset (.zip ImageFolder tree or .npz)",
     description="multipart/form-data with `file` and optional `name`. A .zip holds `train/<class>/*` images "
-    "(optionally `test/<class>/*`); a .npz holds arrays `x`, `y` and optionally `x_test`, `y_test` "
+    "and optionally a held-out split in `val/`, `valid/`, `validation/` or `test/` (the first found; the response's "
+    "`test_split` names it, null = jobs hold out a seeded random share); photos of any size. A .npz holds arrays `x`, `y` and optionally `x_test`, `y_test` "
     "(numeric only: object arrays are refused).",
     openapi_extra=multipart_openapi(DatasetUploadForm, _UPLOAD_EXAMPLE),
     responses=UPLOAD_ERROR_RESPONSES,

@@ -47,6 +47,7 @@ def test_image_folder_zip_is_unpacked_and_recorded(client: TestClient, app_setti
     assert dataset["id"].startswith("ds_") and dataset["name"] == "pets" and dataset["kind"] == "imagefolder"
     assert dataset["num_classes"] == 3 and dataset["class_names"] == ["cat", "dog", "owl"]
     assert (dataset["num_train"], dataset["num_test"], dataset["in_channels"]) == (9, 9, 1)
+    assert dataset["test_split"] == "test"
     root = app_settings.datasets_dir / dataset["id"]
     assert (root / "train" / "owl" / "2.png").read_bytes() == png_bytes(40 + 120 + 2)
     assert client.get(f"/v1/datasets/{dataset['id']}").json() == dataset
@@ -59,8 +60,21 @@ def test_a_wrapper_folder_inside_the_zip_is_skipped(client: TestClient, app_sett
 
     assert response.status_code == 201, response.text
     dataset = response.json()
-    assert (dataset["num_train"], dataset["num_test"]) == (6, 0)
+    assert (dataset["num_train"], dataset["num_test"], dataset["test_split"]) == (6, 0, None)
     assert (app_settings.datasets_dir / dataset["id"] / "train" / "cat").is_dir()
+
+
+@pytest.mark.parametrize("held_out", ["val", "valid", "validation"])
+def test_a_val_folder_is_the_held_out_split_and_the_record_says_so(client: TestClient, held_out: str) -> None:
+    members = {f"{split}/{name}/{i}.png": png_bytes(10 * i + 5, size=8 + 4 * i)
+               for split in ("train", held_out) for name in ("cat", "dog") for i in range(2 if split == held_out else 3)}
+
+    response = _upload(client, zip_bytes(members))
+
+    assert response.status_code == 201, response.text
+    dataset = response.json()
+    assert (dataset["num_train"], dataset["num_test"], dataset["test_split"]) == (6, 4, held_out)
+    assert client.get(f"/v1/datasets/{dataset['id']}").json()["test_split"] == held_out
 
 
 def test_uploaded_dataset_can_feed_a_job(client: TestClient) -> None:

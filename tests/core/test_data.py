@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from core.data import augment_batch, load_dataset
+from core.data import MemoryImages, StreamImages, augment_batch, load_dataset
 from core.errors import DataError
 from core.spec import DatasetSpec
 
@@ -126,3 +126,65 @@ def test_split_seed_not_training_seed_decides_the_held_out_images() -> None:
     assert torch.equal(a.test_y, b.test_y) and torch.equal(a.test_x, b.test_x)
     other = load_dataset(DatasetSpec(name="digits", image_size=8, split_seed=1))
     assert not torch.equal(a.test_y, other.test_y)
+
+
+def _photo_tree(root: Path, held_out: str | None, sizes: tuple[tuple[int, int], ...] = ((40, 24), (24, 36))) -> None:
+    """train/ (+ `held_out`/) of 2 classes, 3 RGB photos each, in mixed sizes."""
+    rng = np.random.default_rng(1)
+    for split in ("train", held_out) if held_out else ("train",):
+        for label in range(2):
+            folder = root / split / f"c{label}"
+            folder.mkdir(parents=True)
+            for i in range(3):
+                width, height = sizes[i % len(sizes)]
+                Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(folder / f"{i}.jpg")
+
+
+@pytest.mark.parametrize("held_out", ["val", "valid", "validation", "test"])
+def test_each_held_out_folder_name_is_the_test_split(tmp_path: Path, held_out: str) -> None:
+    _photo_tree(tmp_path, held_out)
+    data = load_dataset(DatasetSpec(path=str(tmp_path), image_size=16), seed=0)
+    assert data.test_split == held_out
+    assert (len(data.train), len(data.test)) == (6, 6)
+    assert data.train.pixels.dtype == torch.uint8  # in memory as uint8, 4x smaller than float32
+
+
+def test_a_random_held_out_share_only_when_no_held_out_folder_exists(tmp_path: Path) -> None:
+    _photo_tree(tmp_path, None)
+    data = load_dataset(DatasetSpec(path=str(tmp_path), image_size=16, test_fraction=0.34), seed=0)
+    assert data.test_split == "random" and len(data.train) + len(data.test) == 6 and len(data.test) == 2
+
+
+def test_non_square_photos_are_resized_by_the_shorter_side_and_center_cropped(tmp_path: Path) -> None:
+    stripes = np.zeros((20, 60, 3), dtype=np.uint8)
+    stripes[:, :20, 0] = 255  # red | green | blue thirds: only green survives a center crop
+    stripes[:, 20:40, 1] = 255
+    stripes[:, 40:, 2] = 255
+    for label in range(2):
+        (tmp_path / f"c{label}").mkdir()
+        Image.fromarray(stripes).save(tmp_path / f"c{label}" / "wide.png")
+        Image.fromarray(stripes).save(tmp_path / f"c{label}" / "wide2.png")
+    data = load_dataset(DatasetSpec(path=str(tmp_path), image_size=10, test_fraction=0.5), seed=0)
+    pixels = data.train.pixels.float()
+    assert pixels.shape[1:] == (3, 10, 10)
+    assert pixels[:, 1, :, 2:-2].min() > 200 and pixels[:, 0, :, 2:-2].max() < 60 and pixels[:, 2, :, 2:-2].max() < 60
+
+
+def test_above_the_memory_budget_the_training_split_streams_with_the_same_images_and_stable_indices(
+    tmp_path: Path,
+) -> None:
+    _photo_tree(tmp_path, "val")
+    spec = DatasetSpec(path=str(tmp_path), image_size=16)
+    in_memory = load_dataset(spec, seed=0)
+    streamed = load_dataset(spec, seed=0, memory_budget=0)
+    assert streamed.streamed and not in_memory.streamed
+    assert isinstance(streamed.train, StreamImages) and isinstance(in_memory.train, MemoryImages)
+    index = torch.tensor([4, 0, 2])
+    torch.testing.assert_close(streamed.train.take(index), in_memory.train.take(index), atol=1e-4, rtol=1e-4)
+
+    streamed.train.workers = 1  # one decoding process: the DataLoader worker path itself
+    order = torch.tensor([5, 1, 3, 0, 2, 4])
+    batches = list(streamed.train.batches(order, 4, torch.device("cpu"), False, torch.Generator().manual_seed(0)))
+    assert torch.equal(torch.cat([index for _, _, index in batches]), order)
+    assert torch.equal(torch.cat([y for _, y, _ in batches]), streamed.train.labels[order])
+    assert batches[0][0].shape == (4, 3, 16, 16) and batches[0][0].dtype == torch.float32

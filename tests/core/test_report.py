@@ -90,7 +90,7 @@ def test_colormap_runs_from_dark_purple_to_yellow_with_rising_lightness() -> Non
 
 def test_colour_32px_images_are_upscaled_4x_and_count_is_capped_by_the_test_set(tmp_path: Path) -> None:
     generator = torch.Generator().manual_seed(0)
-    data = DataBundle(
+    data = DataBundle.from_tensors(
         train_x=torch.randn(4, 3, 32, 32, generator=generator),
         train_y=torch.tensor([0, 1, 0, 1]),
         test_x=torch.randn(3, 3, 32, 32, generator=generator),

@@ -1,0 +1,111 @@
+"""Image sets and how their batches reach the device.
+
+Three kinds, one interface (`__len__`, `labels`, `take`, `batches`):
+
+- `MemoryImages`: uint8 pixels in memory (4x smaller than float32), normalised per
+  batch on the device. The default below the memory budget.
+- `TensorImages`: already normalised float tensors (hosts and tests that build data
+  by hand).
+- `StreamImages` (core.data.stream): files decoded on the fly by a DataLoader with
+  worker processes, for sets above the budget.
+
+Every batch carries the samples' stable indices (positions in the set), which the
+teacher-map cache keys on. Batches move to the device one at a time, from pinned
+memory on CUDA.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Protocol
+
+import torch
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # (x on device, y on device, index on the CPU)
+
+
+class ImageSet(Protocol):
+    labels: torch.Tensor  # (N,) int64 on the CPU
+
+    def __len__(self) -> int: ...
+
+    def take(self, index: torch.Tensor | slice) -> torch.Tensor:
+        """Normalised float images (CPU) of the samples at `index`, as the model sees them in evaluation."""
+
+    def batches(
+        self, order: torch.Tensor, batch_size: int, device: torch.device, augment: bool, generator: torch.Generator
+    ) -> Iterator[Batch]:
+        """One epoch: batches of `order`'s samples in that order, on `device`."""
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Copy to the device; from pinned memory and without blocking on CUDA."""
+    if device.type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
+def normalise(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    """uint8 (or [0, 1] float) pixels -> (x/255 - mean) / std, float32, on the pixels' device."""
+    x = pixels.float().div_(255.0) if pixels.dtype == torch.uint8 else pixels.float()
+    shape = (1, -1, 1, 1)
+    mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(shape)
+    std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(shape)
+    return (x - mean_t) / std_t
+
+
+class MemoryImages:
+    """uint8 pixels `(N, C, H, W)` held in memory; normalised batch by batch on the device."""
+
+    def __init__(self, pixels: torch.Tensor, labels: torch.Tensor, mean: Sequence[float], std: Sequence[float]):
+        if pixels.dtype != torch.uint8:
+            raise TypeError("MemoryImages holds uint8 pixels")
+        self.pixels, self.labels = pixels, labels.long()
+        self.mean, self.std = list(mean), list(std)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def nbytes(self) -> int:
+        return self.pixels.numel()
+
+    def take(self, index: torch.Tensor | slice) -> torch.Tensor:
+        return normalise(self.pixels[index], self.mean, self.std)
+
+    def batches(
+        self, order: torch.Tensor, batch_size: int, device: torch.device, augment: bool, generator: torch.Generator
+    ) -> Iterator[Batch]:
+        from core.data.transforms import augment_batch
+
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            x = normalise(to_device(self.pixels[index], device), self.mean, self.std)
+            if augment:
+                x = augment_batch(x, generator)
+            yield x, to_device(self.labels[index], device), index
+
+
+class TensorImages:
+    """Already normalised float images; the set a caller builds from tensors."""
+
+    def __init__(self, x: torch.Tensor, labels: torch.Tensor) -> None:
+        self.x, self.labels = x, labels.long()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def take(self, index: torch.Tensor | slice) -> torch.Tensor:
+        return self.x[index]
+
+    def batches(
+        self, order: torch.Tensor, batch_size: int, device: torch.device, augment: bool, generator: torch.Generator
+    ) -> Iterator[Batch]:
+        from core.data.transforms import augment_batch
+
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            x = to_device(self.x[index], device)
+            if augment:
+                x = augment_batch(x, generator)
+            yield x, to_device(self.labels[index], device), index
