@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from api.auth import ApiKeyMiddleware
 from api.deps import require_api_key
 from api.errors import install_error_handlers
-from api.events import EventStreamConfig
+from api.events import EventHub, EventStreamConfig
 from api.limits import BodyLimitMiddleware
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.routes import datasets, health, jobs, models
@@ -83,10 +83,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.database = database
+    app.state.inline_reads = database.reader.dialect.name == "sqlite"  # see api.deps.run_read
     app.state.celery = celery
     app.state.storage = storage_from_settings(settings)
     app.state.metrics = metrics
     app.state.event_stream = EventStreamConfig()
+    app.state.event_hub = EventHub(database.reader, lambda: app.state.event_stream)
 
     install_error_handlers(app)
     # Added last, so it runs first: an oversized or too deep body is refused before anything reads it.

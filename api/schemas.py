@@ -119,6 +119,7 @@ _JOB_EXAMPLE: dict[str, Any] = {
     "finished_at": None,
     "artifacts": [],
     "spec": JOB_SPEC_EXAMPLES["digits-e2kd"]["value"],
+    "version": 7,
 }
 
 
@@ -138,6 +139,7 @@ class JobOut(BaseModel):
     finished_at: datetime | None = None
     artifacts: list[ArtifactOut] = Field(default_factory=list)
     spec: dict[str, Any] = Field(description="The validated job spec, with every default filled in.")
+    version: int = Field(0, description="Bumped on every change a client can see; the ETag is built from it.")
 
     @classmethod
     def from_job(cls, job: Job) -> JobOut:
@@ -159,6 +161,7 @@ class JobOut(BaseModel):
             finished_at=as_utc(job.finished_at),
             artifacts=[ArtifactOut.from_artifact(artifact) for artifact in job.artifacts],
             spec=job.spec,
+            version=job.version or 0,
         )
 
 

@@ -10,12 +10,14 @@ any working directory and from an installed package.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -55,8 +57,21 @@ def _on_sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor.close()
 
 
+def load_json(text: str | bytes) -> Any:
+    """JSON columns as Python: orjson (several times faster on a job's spec), json for what orjson refuses.
+
+    The columns are written with `json.dumps`, which writes a non-finite float as `NaN`;
+    orjson rejects that, so such a document falls back to the standard parser.
+    """
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return json.loads(text)
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     """An engine configured for the backend named in `url` (extra kwargs go to create_engine)."""
+    kwargs.setdefault("json_deserializer", load_json)
     if _is_sqlite(url):
         path = _sqlite_file(url)
         connect_args = {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_S}
@@ -105,13 +120,33 @@ def downgrade_database(url: str, revision: str) -> None:
     command.downgrade(alembic_config(url), revision)
 
 
+def read_engine(url: str, engine: Engine, **kwargs: Any) -> Engine:
+    """The engine for reads that need no transaction: `engine` itself on SQLite, an autocommit twin elsewhere.
+
+    A poll is one or two SELECTs. In a transaction, PostgreSQL costs a BEGIN before them and a
+    COMMIT (or the pool's ROLLBACK) after: two extra round trips that do nothing for a read.
+    On an autocommit connection each SELECT is its own statement, and returning the connection
+    to the pool costs nothing. SQLite's driver opens no transaction for a SELECT in the first
+    place, so there the one engine serves both.
+    """
+    if _is_sqlite(url):
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    kwargs.setdefault("json_deserializer", load_json)
+    return create_engine(url, isolation_level="AUTOCOMMIT", **kwargs)
+
+
 class Database:
-    """One engine and its session factory, shared by everything in a process (API, worker, CLI)."""
+    """One engine and its session factory, shared by everything in a process (API, worker, CLI).
+
+    `reader` is for code that only reads and never commits (the API's polling routes): see `read_engine`.
+    """
 
     def __init__(self, url: str, **engine_kwargs: Any) -> None:
         self.url = url
         self.engine = make_engine(url, **engine_kwargs)
         self.sessions = session_factory(self.engine)
+        self.reader = read_engine(url, self.engine, **engine_kwargs)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Database:
@@ -128,3 +163,5 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self.reader is not self.engine:
+            self.reader.dispose()

@@ -26,7 +26,7 @@ PRESENCE_MISSED_BEATS = 3
 
 
 @router.get("/healthz", summary="Liveness: the process answers")
-def healthz() -> HealthOut:
+async def healthz() -> HealthOut:
     return HealthOut(status="ok")
 
 

@@ -10,18 +10,22 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import FileResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from api.deps import CeleryDep, SessionDep, SessionMakerDep, SettingsDep, StorageDep
+from api.conditional import etag_matches, job_etag, json_response, not_modified, page_etag
+from api.deps import CeleryDep, SessionDep, SettingsDep, StorageDep, run_read
+from api.documents import JobView, encode, job_document, page_document
 from api.downloads import stream_artifact
 from api.errors import ApiError
-from api.events import EventStreamConfig, job_events
+from api.events import EventHub, job_events
 from api.routes import API_V1
 from api.schemas import ERROR_RESPONSES, WRITE_ERROR_RESPONSES, JOB_SPEC_EXAMPLES, ErrorResponse, JobOut, JobPage, as_json_errors
 from core.spec import JobSpec, control_character_field, has_control_characters
 from store import repository
 from store.artifacts import UnsafeArtifactPath, artifact_path
 from store.models import Job, JobStatus
+from store.repository import JOB_ID_AT, JOB_VERSION_AT
 from store.queue import enqueue_job
 from store.settings import Settings
 
@@ -95,6 +99,7 @@ def check_spec_against_server(spec: JobSpec, session: Session, settings: Setting
 @router.post(
     "",
     status_code=201,
+    response_model=JobOut,
     summary="Submit a distillation job",
     responses={
         200: {"model": JobOut, "description": "Replay: the Idempotency-Key was seen with this same body."},
@@ -107,13 +112,12 @@ def create_job(
     session: SessionDep,
     settings: SettingsDep,
     celery: CeleryDep,
-    response: Response,
     idempotency_key: Annotated[
         str | None,
         Header(alias="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[\x20-\x7e]+$",
                description="Retry-safe submission: the same key and body return the same job."),
     ] = None,
-) -> JobOut:
+) -> Response:
     document = spec.model_dump(mode="json")
     if (field := control_character_field(document)) is not None:
         raise ApiError(422, "validation_error", f"{field}: text must not contain control characters", field)
@@ -121,9 +125,9 @@ def create_job(
     job, created = repository.create_job(session, document, spec.name, idempotency_key)
     if not created:
         log.info("job %s: replayed for Idempotency-Key %r; not enqueued again", job.id, idempotency_key)
-        response.status_code = 200
+        response = _job_response(job)
         response.headers["Idempotent-Replayed"] = "true"
-        return JobOut.from_job(job)
+        return response
     try:
         enqueue_job(job.id, celery)
     except Exception:
@@ -132,49 +136,109 @@ def create_job(
         log.exception("job %s: committed but could not be enqueued; the sweeper will re-send it", job.id)
     else:
         log.info("job %s: enqueued", job.id)
-    return JobOut.from_job(job)
+    return _job_response(job, status_code=201)
 
 
-@router.get("", summary="List jobs, newest first", responses=ERROR_RESPONSES)
-def list_jobs(
-    session: SessionDep,
+ViewQuery = Annotated[JobView, Query(description="`full` (default): the whole job, with spec, artifacts and the "
+                                     "per-epoch `metrics.history`. `summary`: state, stage, progress, error, times "
+                                     "and metrics without `history`; no spec, no artifacts. For pollers.")]
+IfNoneMatch = Annotated[str | None, Header(alias="If-None-Match", max_length=2000,
+                                           description="An `ETag` from an earlier answer: 304 while it is current.")]
+_CONDITIONAL = {304: {"description": "Not Modified: the `If-None-Match` ETag is current (no body)."}}
+
+
+def _job_response(job: Job, view: JobView = JobView.full, status_code: int = 200) -> Response:
+    etag = job_etag(job.id, job.version or 0, view.value)
+    return json_response(encode(job_document(job, view)), etag, status_code)
+
+
+def _read_job(reader: Engine, job_id: str, view: JobView, if_none_match: str | None) -> Response:
+    """One thread-pool trip; a conditional poll of an unchanged job costs one primary-key lookup and no body."""
+    full = view is JobView.full
+    with reader.connect() as connection:
+        try:
+            if if_none_match:
+                etag = job_etag(job_id, repository.job_stamp(connection, job_id).version, view.value)
+                if etag_matches(if_none_match, etag):
+                    return not_modified(etag)
+            row = repository.read_job_row(connection, job_id, full=full)
+        except repository.NotFound:
+            raise _job_not_found(job_id) from None
+        artifacts = repository.read_artifact_rows(connection, job_id) if full else None
+    body = encode(job_document(row, view, artifacts))
+    return json_response(body, job_etag(job_id, row[JOB_VERSION_AT] or 0, view.value))
+
+
+def _read_page(reader: Engine, status: JobStatus | None, limit: int, cursor: str | None,
+               view: JobView, if_none_match: str | None) -> Response:
+    """A conditional poll of an unchanged page reads (id, version) of its rows only and sends no body."""
+    full = view is JobView.full
+    with reader.connect() as connection:
+        try:
+            if if_none_match:
+                stamps, next_cursor = repository.list_job_stamps(connection, status, limit, cursor)
+                etag = page_etag([(stamp.id, stamp.version) for stamp in stamps], next_cursor, view.value)
+                if etag_matches(if_none_match, etag):
+                    return not_modified(etag)
+            rows, artifacts, next_cursor = repository.list_job_rows(connection, status, limit, cursor, full=full)
+        except ValueError:
+            raise ApiError(422, "invalid_cursor", "the cursor is not one this API returned", "cursor") from None
+    etag = page_etag([(row[JOB_ID_AT], row[JOB_VERSION_AT] or 0) for row in rows], next_cursor, view.value)
+    return json_response(encode(page_document(rows, next_cursor, view, artifacts)), etag)
+
+
+@router.get("", summary="List jobs, newest first", response_model=JobPage,
+            responses={**_CONDITIONAL, **ERROR_RESPONSES})
+async def list_jobs(
+    request: Request,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this state.")] = None,
     limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
     cursor: Annotated[str | None, Query(max_length=500, description="`next_cursor` of the previous page.")] = None,
-) -> JobPage:
-    try:
-        jobs, next_cursor = repository.list_jobs(session, status, limit, cursor)
-    except ValueError:
-        raise ApiError(422, "invalid_cursor", "the cursor is not one this API returned", "cursor") from None
-    return JobPage(items=[JobOut.from_job(job) for job in jobs], next_cursor=next_cursor)
+    view: ViewQuery = JobView.full,
+    if_none_match: IfNoneMatch = None,
+) -> Response:
+    """The page carries an `ETag` (from its jobs' ids and versions); `If-None-Match` with it answers 304
+    until a job on the page changes or the page's membership does."""
+    return await run_read(request, _read_page, request.app.state.database.reader, status, limit, cursor, view, if_none_match)
 
 
-@router.get("/{job_id}", summary="A job's state, progress, metrics, error and artifacts",
-            responses={**_NOT_FOUND, **ERROR_RESPONSES})
-def get_job(job_id: JobId, session: SessionDep) -> JobOut:
-    return JobOut.from_job(load_job(session, job_id))
+@router.get("/{job_id}", summary="A job's state, progress, metrics, error and artifacts", response_model=JobOut,
+            responses={**_CONDITIONAL, **_NOT_FOUND, **ERROR_RESPONSES})
+async def get_job(request: Request, job_id: JobId, view: ViewQuery = JobView.full,
+                  if_none_match: IfNoneMatch = None) -> Response:
+    """`ETag` is the job's version: poll with `If-None-Match` and get 304 (no body) until the job changes."""
+    return await run_read(request, _read_job, request.app.state.database.reader, job_id, view, if_none_match)
 
 
 @router.post(
     "/{job_id}/cancel",
     status_code=202,
+    response_model=JobOut,
     summary="Cancel a job",
     description="A queued job is cancelled at once; a running one becomes `cancelling` and stops at its next step.",
     responses={**_NOT_FOUND, 409: {"model": ErrorResponse, "description": "The job already ended (`job_finished`)."},
                **WRITE_ERROR_RESPONSES},
 )
-def cancel_job(job_id: JobId, session: SessionDep) -> JobOut:
+def cancel_job(job_id: JobId, session: SessionDep) -> Response:
     try:
         job = repository.request_cancel(session, job_id)  # IllegalTransition -> 409 job_finished
     except repository.NotFound:
         raise _job_not_found(job_id) from None
     log.info("job %s: cancel requested; now %s", job_id, job.status)
-    return JobOut.from_job(job)
+    return _job_response(job, status_code=202)
 
 
-def _existing_job_id(job_id: JobId, session: SessionDep) -> str:
+def _job_exists(reader: Engine, job_id: str) -> None:
+    with reader.connect() as connection:
+        try:
+            repository.job_stamp(connection, job_id)
+        except repository.NotFound:
+            raise _job_not_found(job_id) from None
+
+
+async def _existing_job_id(request: Request, job_id: JobId) -> str:
     """Checked before the stream opens: once events flow, a 404 can no longer be sent."""
-    load_job(session, job_id)
+    await run_read(request, _job_exists, request.app.state.database.reader, job_id)
     return job_id
 
 
@@ -195,10 +259,10 @@ _EVENTS_EXAMPLE = (
                **as_json_errors({**_NOT_FOUND, **ERROR_RESPONSES})},
 )
 async def stream_job_events(
-    request: Request, job_id: Annotated[str, Depends(_existing_job_id)], sessions: SessionMakerDep
+    request: Request, job_id: Annotated[str, Depends(_existing_job_id)]
 ) -> AsyncIterator[ServerSentEvent]:
-    config: EventStreamConfig = request.app.state.event_stream
-    async for event in job_events(request, sessions, job_id, config):
+    hub: EventHub = request.app.state.event_hub
+    async for event in job_events(request, hub, job_id):
         yield event
 
 
