@@ -289,6 +289,8 @@ WRITE_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     **ERROR_RESPONSES,
     413: {"model": ErrorResponse, "description": "The body is larger than the limit (`body_too_large`, "
           "DISTILL_MAX_JSON_KB; uploads: `upload_too_large`, DISTILL_MAX_UPLOAD_MB)."},
+    429: {"model": ErrorResponse, "description": "Over DISTILL_RATE_LIMIT_PER_MIN for this key (`rate_limited`); "
+          "retry after `Retry-After` seconds."},
 }
 
 
@@ -302,7 +304,7 @@ def as_json_errors(responses: dict[int | str, dict[str, Any]]) -> dict[int | str
 
 # Uploads stream multipart bodies to the data folder.
 UPLOAD_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    **ERROR_RESPONSES,
+    **WRITE_ERROR_RESPONSES,
     400: {"model": ErrorResponse, "description": "A malformed or truncated multipart body (`invalid_multipart`)."},
     413: {"model": ErrorResponse, "description": "Larger than DISTILL_MAX_UPLOAD_MB (`upload_too_large`)."},
     415: {"model": ErrorResponse, "description": "Not sent as multipart/form-data (`unsupported_media_type`)."},

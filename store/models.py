@@ -99,6 +99,8 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
     # Bumped on every change a client can see; SSE streams compare it to decide what to send.
     version: Mapped[int] = mapped_column(Integer, default=0)
+    # Fingerprint (HMAC) of the API key that created it; None when the service runs without keys.
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
 
     artifacts: Mapped[list[Artifact]] = relationship(
         back_populates="job", cascade="all, delete-orphan", order_by="Artifact.name"
@@ -134,6 +136,8 @@ class ModelRecord(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Fingerprint (HMAC) of the API key that created it; None when the service runs without keys.
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
 
 
 class DatasetRecord(Base):
@@ -154,6 +158,8 @@ class DatasetRecord(Base):
     relpath: Mapped[str] = mapped_column(String(500))  # the tree root or the .npz, relative to DISTILL_HOME
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Fingerprint (HMAC) of the API key that created it; None when the service runs without keys.
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
 
 
 class WorkerRecord(Base):

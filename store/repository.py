@@ -4,6 +4,10 @@ Every status change goes through `_transition`, which checks the edge against
 ALLOWED_TRANSITIONS and applies it as a conditional UPDATE (WHERE status = from),
 so two processes racing for the same job cannot both win.
 
+OWNERSHIP: jobs, models and datasets carry `owner` (the fingerprint of the API key that created
+them). Readers take `owner=None` for "every row" (no keys, an admin, the worker) or a fingerprint,
+and a row of another owner is NotFound, exactly like a missing one.
+
 CONTRACT (api/ and worker/ code against it):
 all functions take a SQLAlchemy `Session` first and commit themselves unless
 noted, returning detached-safe ORM objects (expire_on_commit=False sessions).
@@ -25,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, bindparam, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, delete, func, or_, select, true, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.orm import Session, selectinload
@@ -148,11 +152,16 @@ def _transition(
     return won
 
 
-def _load_job(session: Session, job_id: str) -> Job:
+def _owned(column: Any, owner: str | None) -> ColumnElement[bool]:
+    """The rows `owner` may see: all of them for None."""
+    return column == owner if owner is not None else true()
+
+
+def _load_job(session: Session, job_id: str, owner: str | None = None) -> Job:
     """A fresh read: populate_existing discards what the identity map remembers from before an UPDATE."""
     statement = (
         select(Job)
-        .where(Job.id == job_id)
+        .where(Job.id == job_id, _owned(Job.owner, owner))
         .options(selectinload(Job.artifacts))
         .execution_options(populate_existing=True)
     )
@@ -192,13 +201,24 @@ def _replay(existing: Job, digest: str, idempotency_key: str) -> tuple[Job, bool
     return existing, False
 
 
-def create_job(session: Session, spec: dict[str, Any], name: str, idempotency_key: str | None = None) -> tuple[Job, bool]:
-    """Insert a queued job; returns (job, created). Same key + same spec -> (existing, False);
+def owned_idempotency_key(idempotency_key: str | None, owner: str | None) -> str | None:
+    """Idempotency keys are per owner: two API keys choosing the same one get two jobs, and neither
+    learns of the other's. Stored as a digest of (owner, key) when there is an owner."""
+    if idempotency_key is None or owner is None:
+        return idempotency_key
+    return "o:" + hashlib.sha256(f"{owner}\n{idempotency_key}".encode()).hexdigest()
+
+
+def create_job(
+    session: Session, spec: dict[str, Any], name: str, idempotency_key: str | None = None, owner: str | None = None
+) -> tuple[Job, bool]:
+    """Insert a queued job owned by `owner`; returns (job, created). Same key + same spec -> (existing, False);
     same key + other spec -> IdempotencyConflict. The caller enqueues only after this returns.
 
     Two concurrent requests with one key cannot both insert: the unique constraint rejects the
     second, which then answers with the first one's job."""
     digest = spec_sha256(spec)
+    idempotency_key = owned_idempotency_key(idempotency_key, owner)
     if idempotency_key is not None:
         existing = _find_by_key(session, idempotency_key)
         session.commit()
@@ -212,6 +232,7 @@ def create_job(session: Session, spec: dict[str, Any], name: str, idempotency_ke
         spec=spec,
         spec_sha256=digest,
         idempotency_key=idempotency_key,
+        owner=owner,
         attempts=0,
         version=0,
         created_at=now,
@@ -234,10 +255,10 @@ def create_job(session: Session, spec: dict[str, Any], name: str, idempotency_ke
     return job, True
 
 
-def get_job(session: Session, job_id: str) -> Job:
-    """The job with its artifacts loaded; NotFound if absent."""
+def get_job(session: Session, job_id: str, owner: str | None = None) -> Job:
+    """The job with its artifacts loaded; NotFound if absent or owned by another key."""
     try:
-        return _load_job(session, job_id)
+        return _load_job(session, job_id, owner)
     finally:
         session.commit()
 
@@ -263,13 +284,15 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     return created_at, job_id
 
 
-def _keyset_page(statement: Any, filtered: bool, after_cursor: bool) -> Any:
+def _keyset_page(statement: Any, filtered: bool, after_cursor: bool, owned: bool = False) -> Any:
     """`statement` narrowed to one page of jobs, newest first, with one extra row that tells whether a next
     page exists. Values come as bound parameters from `_page_params` (so the statement can be built once).
 
     The one place that knows the list order and the cursor; every listing goes through it."""
     if filtered:
         statement = statement.where(Job.status == bindparam("status"))
+    if owned:
+        statement = statement.where(Job.owner == bindparam("owner"))
     if after_cursor:
         created_at, job_id = bindparam("after_created_at", type_=UTCDateTime()), bindparam("after_id")
         statement = statement.where(or_(Job.created_at < created_at, and_(Job.created_at == created_at,
@@ -277,7 +300,8 @@ def _keyset_page(statement: Any, filtered: bool, after_cursor: bool) -> Any:
     return statement.order_by(Job.created_at.desc(), Job.id.desc()).limit(bindparam("page_rows"))
 
 
-def _page_params(status: JobStatus | None, limit: int, cursor: str | None) -> dict[str, Any]:
+def _page_params(status: JobStatus | None, limit: int, cursor: str | None, owner: str | None = None
+                 ) -> dict[str, Any]:
     """The parameters of `_keyset_page`; a malformed cursor or limit < 1 raises ValueError."""
     if limit < 1:
         raise ValueError("limit must be at least 1")
@@ -286,16 +310,25 @@ def _page_params(status: JobStatus | None, limit: int, cursor: str | None) -> di
         params["status"] = JobStatus(status).value
     if cursor is not None:
         params["after_created_at"], params["after_id"] = _decode_cursor(cursor)
+    if owner is not None:
+        params["owner"] = owner
     return params
 
 
-def list_jobs(session: Session, status: JobStatus | None, limit: int, cursor: str | None) -> tuple[list[Job], str | None]:
+def list_jobs(
+    session: Session, status: JobStatus | None, limit: int, cursor: str | None, owner: str | None = None
+) -> tuple[list[Job], str | None]:
     """Newest first (created_at desc, id desc); returns (page, next_cursor or None). The cursor is
     opaque (base64 of created_at + id); a malformed cursor raises ValueError, as does limit < 1.
 
     Keyset, not offset: jobs created while a client pages never shift the pages it has not read."""
     params = _page_params(status, limit, cursor)
-    statement = select(Job).options(selectinload(Job.artifacts)).execution_options(populate_existing=True)
+    statement = (
+        select(Job)
+        .where(_owned(Job.owner, owner))
+        .options(selectinload(Job.artifacts))
+        .execution_options(populate_existing=True)
+    )
     rows = list(session.scalars(_keyset_page(statement, status is not None, cursor is not None), params))
     session.commit()
     page = rows[:limit]
@@ -325,6 +358,11 @@ assert JOB_SUMMARY_COLUMNS[JOB_ID_AT] is _JOBS.id and JOB_SUMMARY_COLUMNS[JOB_VE
 _STAMP_BY_ID = select(_JOBS.version).where(_JOBS.id == bindparam("job_id"))
 _SUMMARY_BY_ID = select(*JOB_SUMMARY_COLUMNS).where(_JOBS.id == bindparam("job_id"))
 _FULL_BY_ID = select(*JOB_FULL_COLUMNS).where(_JOBS.id == bindparam("job_id"))
+# The same reads limited to one owner (API keys on): another key's job reads as missing.
+_OWNED = _JOBS.owner == bindparam("owner")
+_BY_ID_OWNED = {
+    "stamp": _STAMP_BY_ID.where(_OWNED), "summary": _SUMMARY_BY_ID.where(_OWNED), "full": _FULL_BY_ID.where(_OWNED)
+}
 _ARTIFACTS_BY_JOB = (
     select(_ARTIFACTS.job_id, _ARTIFACTS.name, _ARTIFACTS.size_bytes, _ARTIFACTS.content_type)
     .where(_ARTIFACTS.job_id == bindparam("job_id"))
@@ -340,17 +378,24 @@ class JobStamp:
     version: int
 
 
-def job_stamp(connection: Connection, job_id: str) -> JobStamp:
-    """The job's version alone (one primary-key lookup); NotFound if absent."""
-    version = connection.execute(_STAMP_BY_ID, {"job_id": job_id}).scalar()
+def _by_id(shape: str, job_id: str, owner: str | None) -> tuple[Any, dict[str, Any]]:
+    plain = {"stamp": _STAMP_BY_ID, "summary": _SUMMARY_BY_ID, "full": _FULL_BY_ID}[shape]
+    if owner is None:
+        return plain, {"job_id": job_id}
+    return _BY_ID_OWNED[shape], {"job_id": job_id, "owner": owner}
+
+
+def job_stamp(connection: Connection, job_id: str, owner: str | None = None) -> JobStamp:
+    """The job's version alone (one primary-key lookup); NotFound if absent or another owner's."""
+    version = connection.execute(*_by_id("stamp", job_id, owner)).scalar()
     if version is None:
         raise NotFound(f"job {job_id} not found")
     return JobStamp(job_id, version)
 
 
-def read_job_row(connection: Connection, job_id: str, *, full: bool = True) -> Row[Any]:
-    """The job's displayed columns (`spec` too when `full`); NotFound if absent."""
-    row = connection.execute(_FULL_BY_ID if full else _SUMMARY_BY_ID, {"job_id": job_id}).one_or_none()
+def read_job_row(connection: Connection, job_id: str, *, full: bool = True, owner: str | None = None) -> Row[Any]:
+    """The job's displayed columns (`spec` too when `full`); NotFound if absent or another owner's."""
+    row = connection.execute(*_by_id("full" if full else "summary", job_id, owner)).one_or_none()
     if row is None:
         raise NotFound(f"job {job_id} not found")
     return row
@@ -362,10 +407,10 @@ def read_artifact_rows(connection: Connection, job_id: str) -> list[Row[Any]]:
 
 
 @functools.cache
-def _poll_page_statement(shape: str, filtered: bool, after_cursor: bool) -> Any:
+def _poll_page_statement(shape: str, filtered: bool, after_cursor: bool, owned: bool = False) -> Any:
     """A listing's statement, built once per shape: `stamps`, `summary`, `full` or `artifacts` (of the page)."""
     if shape == "artifacts":
-        page_ids = _keyset_page(select(_JOBS.id, _JOBS.created_at), filtered, after_cursor).subquery()
+        page_ids = _keyset_page(select(_JOBS.id, _JOBS.created_at), filtered, after_cursor, owned).subquery()
         return (
             select(_ARTIFACTS.job_id, _ARTIFACTS.name, _ARTIFACTS.size_bytes, _ARTIFACTS.content_type)
             .where(_ARTIFACTS.job_id.in_(select(page_ids.c.id)))
@@ -373,36 +418,38 @@ def _poll_page_statement(shape: str, filtered: bool, after_cursor: bool) -> Any:
         )
     columns = {"stamps": (_JOBS.id, _JOBS.version, _JOBS.created_at), "summary": JOB_SUMMARY_COLUMNS,
                "full": JOB_FULL_COLUMNS}[shape]
-    return _keyset_page(select(*columns), filtered, after_cursor)
+    return _keyset_page(select(*columns), filtered, after_cursor, owned)
 
 
-def _poll_page(connection: Connection, shape: str, status: JobStatus | None, limit: int, cursor: str | None
-               ) -> tuple[list[Row[Any]], str | None]:
-    params = _page_params(status, limit, cursor)
-    rows = connection.execute(_poll_page_statement(shape, status is not None, cursor is not None), params).all()
+def _poll_page(connection: Connection, shape: str, status: JobStatus | None, limit: int, cursor: str | None,
+               owner: str | None = None) -> tuple[list[Row[Any]], str | None]:
+    params = _page_params(status, limit, cursor, owner)
+    statement = _poll_page_statement(shape, status is not None, cursor is not None, owner is not None)
+    rows = connection.execute(statement, params).all()
     page = rows[:limit]
     next_cursor = _encode_cursor_values(page[-1].created_at, page[-1].id) if len(rows) > limit else None
     return page, next_cursor
 
 
-def list_job_stamps(connection: Connection, status: JobStatus | None, limit: int, cursor: str | None
-                    ) -> tuple[list[JobStamp], str | None]:
+def list_job_stamps(connection: Connection, status: JobStatus | None, limit: int, cursor: str | None,
+                    owner: str | None = None) -> tuple[list[JobStamp], str | None]:
     """The page `list_jobs` would return, as (id, version) only, and its next cursor."""
-    page, next_cursor = _poll_page(connection, "stamps", status, limit, cursor)
+    page, next_cursor = _poll_page(connection, "stamps", status, limit, cursor, owner)
     return [JobStamp(row.id, row.version) for row in page], next_cursor
 
 
 def list_job_rows(connection: Connection, status: JobStatus | None, limit: int, cursor: str | None, *,
-                  full: bool = True) -> tuple[list[Row[Any]], dict[str, list[Row[Any]]] | None, str | None]:
+                  full: bool = True, owner: str | None = None
+                  ) -> tuple[list[Row[Any]], dict[str, list[Row[Any]]] | None, str | None]:
     """The page `list_jobs` would return as display rows, its artifacts by job id (full only), the next cursor."""
-    page, next_cursor = _poll_page(connection, "full" if full else "summary", status, limit, cursor)
+    page, next_cursor = _poll_page(connection, "full" if full else "summary", status, limit, cursor, owner)
     if not full:
         return page, None, next_cursor
     artifacts: dict[str, list[Row[Any]]] = {row.id: [] for row in page}
     if page:
         # The same page as a subquery: no IN list of ids to render (20 bound ids cost more than the query).
-        statement = _poll_page_statement("artifacts", status is not None, cursor is not None)
-        for artifact in connection.execute(statement, _page_params(status, limit, cursor)):
+        statement = _poll_page_statement("artifacts", status is not None, cursor is not None, owner is not None)
+        for artifact in connection.execute(statement, _page_params(status, limit, cursor, owner)):
             if artifact.job_id in artifacts:  # the subquery's extra row (the next page's first) is not shown
                 artifacts[artifact.job_id].append(artifact)
     return page, artifacts, next_cursor
@@ -514,11 +561,11 @@ def finish_job(session: Session, job_id: str, worker_id: str, status: JobStatus,
     raise IllegalTransition(job_id, job.status, target.value)
 
 
-def request_cancel(session: Session, job_id: str) -> Job:
+def request_cancel(session: Session, job_id: str, owner: str | None = None) -> Job:
     """queued -> cancelled at once; running -> cancelling (worker stops between steps);
-    cancelling -> unchanged; terminal -> IllegalTransition."""
+    cancelling -> unchanged; terminal -> IllegalTransition. NotFound for another owner's job."""
     for _ in range(5):  # each retry means the job moved under us (e.g. claimed); re-read and decide again
-        job = _load_job(session, job_id)
+        job = _load_job(session, job_id, owner)
         session.commit()
         current = JobStatus(job.status)
         if current == JobStatus.cancelling:
@@ -655,18 +702,24 @@ def create_model(session: Session, record: ModelRecord) -> ModelRecord:
     return record
 
 
-def get_model(session: Session, model_id: str) -> ModelRecord:
+def get_model(session: Session, model_id: str, owner: str | None = None) -> ModelRecord:
+    """NotFound when absent or owned by another key."""
     record = session.get(ModelRecord, model_id)
     session.commit()
-    if record is None:
+    if record is None or (owner is not None and record.owner != owner):
         raise NotFound(f"model {model_id} not found")
     return record
 
 
-def list_models(session: Session, limit: int = 100) -> list[ModelRecord]:
+def list_models(session: Session, limit: int = 100, owner: str | None = None) -> list[ModelRecord]:
     """Newest first."""
     records = list(
-        session.scalars(select(ModelRecord).order_by(ModelRecord.created_at.desc(), ModelRecord.id.desc()).limit(limit))
+        session.scalars(
+            select(ModelRecord)
+            .where(_owned(ModelRecord.owner, owner))
+            .order_by(ModelRecord.created_at.desc(), ModelRecord.id.desc())
+            .limit(limit)
+        )
     )
     session.commit()
     return records
@@ -682,19 +735,23 @@ def create_dataset(session: Session, record: DatasetRecord) -> DatasetRecord:
     return record
 
 
-def get_dataset(session: Session, dataset_id: str) -> DatasetRecord:
+def get_dataset(session: Session, dataset_id: str, owner: str | None = None) -> DatasetRecord:
+    """NotFound when absent or owned by another key."""
     record = session.get(DatasetRecord, dataset_id)
     session.commit()
-    if record is None:
+    if record is None or (owner is not None and record.owner != owner):
         raise NotFound(f"dataset {dataset_id} not found")
     return record
 
 
-def list_datasets(session: Session, limit: int = 100) -> list[DatasetRecord]:
+def list_datasets(session: Session, limit: int = 100, owner: str | None = None) -> list[DatasetRecord]:
     """Newest first."""
     records = list(
         session.scalars(
-            select(DatasetRecord).order_by(DatasetRecord.created_at.desc(), DatasetRecord.id.desc()).limit(limit)
+            select(DatasetRecord)
+            .where(_owned(DatasetRecord.owner, owner))
+            .order_by(DatasetRecord.created_at.desc(), DatasetRecord.id.desc())
+            .limit(limit)
         )
     )
     session.commit()

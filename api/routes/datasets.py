@@ -6,14 +6,15 @@ import logging
 import shutil
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import SessionDep, SettingsDep, StorageDep
+from api.deps import CallerDep, SessionDep, SettingsDep, StorageDep
 from api.errors import ApiError
 from api.routes import API_V1
+from api.ratelimit import rate_limit
 from api.schemas import ERROR_RESPONSES, UPLOAD_ERROR_RESPONSES, DatasetList, DatasetOut, ErrorResponse
 from api.uploads import (
     ReceivedUpload,
@@ -48,7 +49,8 @@ _UPLOAD_EXAMPLE = {"file": "(binary: flowers.zip with train/<class>/*.jpg and te
 
 
 def _store_dataset(
-    upload: ReceivedUpload, form: DatasetUploadForm, settings: Settings, session: Session, storage: Storage
+    upload: ReceivedUpload, form: DatasetUploadForm, settings: Settings, session: Session, storage: Storage,
+    owner: str | None,
 ) -> DatasetOut:
     staging = new_staging_dir(settings)
     try:
@@ -72,6 +74,7 @@ def _store_dataset(
         )
         try:
             store_folder(storage, destination, f"datasets/{dataset_id}")
+            record.owner = owner
             record = repository.create_dataset(session, record)
         except BaseException:
             shutil.rmtree(destination, ignore_errors=True)
@@ -86,6 +89,7 @@ def _store_dataset(
 @router.post(
     "",
     status_code=201,
+    dependencies=[Depends(rate_limit)],
     summary="Upload a dataset (.zip ImageFolder tree or .npz)",
     description="multipart/form-data with `file` and optional `name`. A .zip holds `train/<class>/*` images "
     "and optionally a held-out split in `val/`, `valid/`, `validation/` or `test/` (the first found; the response's "
@@ -95,25 +99,27 @@ def _store_dataset(
     responses=UPLOAD_ERROR_RESPONSES,
 )
 async def upload_dataset(
-    request: Request, settings: SettingsDep, session: SessionDep, storage: StorageDep
+    request: Request, settings: SettingsDep, session: SessionDep, storage: StorageDep, caller: CallerDep
 ) -> DatasetOut:
     upload = await receive_upload(request, settings)
     try:
         form = parse_fields(DatasetUploadForm, upload.fields)
-        return await run_in_threadpool(_store_dataset, upload, form, settings, session, storage)
+        return await run_in_threadpool(_store_dataset, upload, form, settings, session, storage, caller.owner)
     finally:
         upload.discard()
 
 
 @router.get("", summary="List uploaded datasets, newest first", responses=ERROR_RESPONSES)
-def list_datasets(session: SessionDep) -> DatasetList:
-    return DatasetList(items=[DatasetOut.from_record(record) for record in repository.list_datasets(session)])
+def list_datasets(session: SessionDep, caller: CallerDep) -> DatasetList:
+    return DatasetList(items=[DatasetOut.from_record(record) for record in repository.list_datasets(session, owner=caller.scope)])
 
 
 @router.get("/{dataset_id}", summary="One uploaded dataset",
             responses={404: {"model": ErrorResponse, "description": "`dataset_not_found`."}, **ERROR_RESPONSES})
-def get_dataset(dataset_id: Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_-]+$")], session: SessionDep) -> DatasetOut:
+def get_dataset(dataset_id: Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_-]+$")], session: SessionDep,
+    caller: CallerDep,
+) -> DatasetOut:
     try:
-        return DatasetOut.from_record(repository.get_dataset(session, dataset_id))
+        return DatasetOut.from_record(repository.get_dataset(session, dataset_id, caller.scope))
     except repository.NotFound:
         raise ApiError(404, "dataset_not_found", f"no dataset with id '{dataset_id}'", "dataset_id") from None

@@ -14,12 +14,13 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from api.conditional import etag_matches, job_etag, json_response, not_modified, page_etag
-from api.deps import CeleryDep, SessionDep, SettingsDep, StorageDep, run_read
+from api.deps import CallerDep, CeleryDep, SessionDep, SettingsDep, StorageDep, run_read
 from api.documents import JobView, encode, job_document, page_document
 from api.downloads import stream_artifact
 from api.errors import ApiError
 from api.events import EventHub, job_events
 from api.routes import API_V1
+from api.ratelimit import rate_limit
 from api.schemas import ERROR_RESPONSES, WRITE_ERROR_RESPONSES, JOB_SPEC_EXAMPLES, ErrorResponse, JobOut, JobPage, as_json_errors
 from core.spec import JobSpec, control_character_field, has_control_characters
 from store import repository
@@ -45,14 +46,17 @@ def _job_not_found(job_id: str) -> ApiError:
     return ApiError(404, "job_not_found", f"no job with id '{job_id}'", "job_id")
 
 
-def load_job(session: Session, job_id: str) -> Job:
+def load_job(session: Session, job_id: str, owner: str | None) -> Job:
+    """The job if `owner` may see it (None: any job); another key's job is a 404 like a missing one."""
     try:
-        return repository.get_job(session, job_id)
+        return repository.get_job(session, job_id, owner)
     except repository.NotFound:
         raise _job_not_found(job_id) from None
 
 
-def _dataset_shape(spec: JobSpec, session: Session, settings: Settings) -> tuple[int | None, int | None]:
+def _dataset_shape(
+    spec: JobSpec, session: Session, settings: Settings, owner: str | None
+) -> tuple[int | None, int | None]:
     """(num_classes, in_channels) of the spec's dataset where the server knows them; 422 if it does not exist."""
     dataset = spec.dataset
     if dataset.path is not None:
@@ -67,20 +71,21 @@ def _dataset_shape(spec: JobSpec, session: Session, settings: Settings) -> tuple
         raise ApiError(422, "unknown_dataset", f"unknown dataset '{dataset.name}'; known: {known}", "dataset.name")
     assert dataset.id is not None  # JobSpec guarantees exactly one source
     try:
-        record = repository.get_dataset(session, dataset.id)
+        record = repository.get_dataset(session, dataset.id, owner)
     except repository.NotFound:
         raise ApiError(422, "unknown_dataset", f"no uploaded dataset with id '{dataset.id}'", "dataset.id") from None
     return record.num_classes, record.in_channels
 
 
-def check_spec_against_server(spec: JobSpec, session: Session, settings: Settings) -> None:
-    """What JobSpec cannot know alone: the dataset and the teacher weights exist here and fit each other."""
-    num_classes, in_channels = _dataset_shape(spec, session, settings)
+def check_spec_against_server(spec: JobSpec, session: Session, settings: Settings, owner: str | None) -> None:
+    """What JobSpec cannot know alone: the dataset and the teacher weights exist here, belong to the
+    caller (`owner`; None: anyone's) and fit each other."""
+    num_classes, in_channels = _dataset_shape(spec, session, settings, owner)
     model_id = spec.teacher.weights
     if model_id is None:
         return
     try:
-        model = repository.get_model(session, model_id)
+        model = repository.get_model(session, model_id, owner)
     except repository.NotFound:
         raise ApiError(422, "unknown_model", f"no uploaded model with id '{model_id}' (upload weights with "
                        "POST /v1/models)", "teacher.weights") from None
@@ -100,6 +105,7 @@ def check_spec_against_server(spec: JobSpec, session: Session, settings: Setting
     "",
     status_code=201,
     response_model=JobOut,
+    dependencies=[Depends(rate_limit)],
     summary="Submit a distillation job",
     responses={
         200: {"model": JobOut, "description": "Replay: the Idempotency-Key was seen with this same body."},
@@ -112,6 +118,7 @@ def create_job(
     session: SessionDep,
     settings: SettingsDep,
     celery: CeleryDep,
+    caller: CallerDep,
     idempotency_key: Annotated[
         str | None,
         Header(alias="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[\x20-\x7e]+$",
@@ -121,8 +128,8 @@ def create_job(
     document = spec.model_dump(mode="json")
     if (field := control_character_field(document)) is not None:
         raise ApiError(422, "validation_error", f"{field}: text must not contain control characters", field)
-    check_spec_against_server(spec, session, settings)
-    job, created = repository.create_job(session, document, spec.name, idempotency_key)
+    check_spec_against_server(spec, session, settings, caller.scope)
+    job, created = repository.create_job(session, document, spec.name, idempotency_key, owner=caller.owner)
     if not created:
         log.info("job %s: replayed for Idempotency-Key %r; not enqueued again", job.id, idempotency_key)
         response = _job_response(job)
@@ -152,16 +159,16 @@ def _job_response(job: Job, view: JobView = JobView.full, status_code: int = 200
     return json_response(encode(job_document(job, view)), etag, status_code)
 
 
-def _read_job(reader: Engine, job_id: str, view: JobView, if_none_match: str | None) -> Response:
+def _read_job(reader: Engine, job_id: str, view: JobView, if_none_match: str | None, owner: str | None) -> Response:
     """One thread-pool trip; a conditional poll of an unchanged job costs one primary-key lookup and no body."""
     full = view is JobView.full
     with reader.connect() as connection:
         try:
             if if_none_match:
-                etag = job_etag(job_id, repository.job_stamp(connection, job_id).version, view.value)
+                etag = job_etag(job_id, repository.job_stamp(connection, job_id, owner).version, view.value)
                 if etag_matches(if_none_match, etag):
                     return not_modified(etag)
-            row = repository.read_job_row(connection, job_id, full=full)
+            row = repository.read_job_row(connection, job_id, full=full, owner=owner)
         except repository.NotFound:
             raise _job_not_found(job_id) from None
         artifacts = repository.read_artifact_rows(connection, job_id) if full else None
@@ -170,17 +177,19 @@ def _read_job(reader: Engine, job_id: str, view: JobView, if_none_match: str | N
 
 
 def _read_page(reader: Engine, status: JobStatus | None, limit: int, cursor: str | None,
-               view: JobView, if_none_match: str | None) -> Response:
+               view: JobView, if_none_match: str | None, owner: str | None) -> Response:
     """A conditional poll of an unchanged page reads (id, version) of its rows only and sends no body."""
     full = view is JobView.full
     with reader.connect() as connection:
         try:
             if if_none_match:
-                stamps, next_cursor = repository.list_job_stamps(connection, status, limit, cursor)
+                stamps, next_cursor = repository.list_job_stamps(connection, status, limit, cursor, owner)
                 etag = page_etag([(stamp.id, stamp.version) for stamp in stamps], next_cursor, view.value)
                 if etag_matches(if_none_match, etag):
                     return not_modified(etag)
-            rows, artifacts, next_cursor = repository.list_job_rows(connection, status, limit, cursor, full=full)
+            rows, artifacts, next_cursor = repository.list_job_rows(
+                connection, status, limit, cursor, full=full, owner=owner
+            )
         except ValueError:
             raise ApiError(422, "invalid_cursor", "the cursor is not one this API returned", "cursor") from None
     etag = page_etag([(row[JOB_ID_AT], row[JOB_VERSION_AT] or 0) for row in rows], next_cursor, view.value)
@@ -191,6 +200,7 @@ def _read_page(reader: Engine, status: JobStatus | None, limit: int, cursor: str
             responses={**_CONDITIONAL, **ERROR_RESPONSES})
 async def list_jobs(
     request: Request,
+    caller: CallerDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this state.")] = None,
     limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
     cursor: Annotated[str | None, Query(max_length=500, description="`next_cursor` of the previous page.")] = None,
@@ -199,46 +209,49 @@ async def list_jobs(
 ) -> Response:
     """The page carries an `ETag` (from its jobs' ids and versions); `If-None-Match` with it answers 304
     until a job on the page changes or the page's membership does."""
-    return await run_read(request, _read_page, request.app.state.database.reader, status, limit, cursor, view, if_none_match)
+    return await run_read(request, _read_page, request.app.state.database.reader, status, limit, cursor, view,
+                          if_none_match, caller.scope)
 
 
 @router.get("/{job_id}", summary="A job's state, progress, metrics, error and artifacts", response_model=JobOut,
             responses={**_CONDITIONAL, **_NOT_FOUND, **ERROR_RESPONSES})
-async def get_job(request: Request, job_id: JobId, view: ViewQuery = JobView.full,
+async def get_job(request: Request, job_id: JobId, caller: CallerDep, view: ViewQuery = JobView.full,
                   if_none_match: IfNoneMatch = None) -> Response:
     """`ETag` is the job's version: poll with `If-None-Match` and get 304 (no body) until the job changes."""
-    return await run_read(request, _read_job, request.app.state.database.reader, job_id, view, if_none_match)
+    return await run_read(request, _read_job, request.app.state.database.reader, job_id, view, if_none_match,
+                          caller.scope)
 
 
 @router.post(
     "/{job_id}/cancel",
     status_code=202,
     response_model=JobOut,
+    dependencies=[Depends(rate_limit)],
     summary="Cancel a job",
     description="A queued job is cancelled at once; a running one becomes `cancelling` and stops at its next step.",
     responses={**_NOT_FOUND, 409: {"model": ErrorResponse, "description": "The job already ended (`job_finished`)."},
                **WRITE_ERROR_RESPONSES},
 )
-def cancel_job(job_id: JobId, session: SessionDep) -> Response:
+def cancel_job(job_id: JobId, session: SessionDep, caller: CallerDep) -> Response:
     try:
-        job = repository.request_cancel(session, job_id)  # IllegalTransition -> 409 job_finished
+        job = repository.request_cancel(session, job_id, caller.scope)  # IllegalTransition -> 409 job_finished
     except repository.NotFound:
         raise _job_not_found(job_id) from None
     log.info("job %s: cancel requested; now %s", job_id, job.status)
     return _job_response(job, status_code=202)
 
 
-def _job_exists(reader: Engine, job_id: str) -> None:
+def _job_exists(reader: Engine, job_id: str, owner: str | None) -> None:
     with reader.connect() as connection:
         try:
-            repository.job_stamp(connection, job_id)
+            repository.job_stamp(connection, job_id, owner)
         except repository.NotFound:
             raise _job_not_found(job_id) from None
 
 
-async def _existing_job_id(request: Request, job_id: JobId) -> str:
+async def _existing_job_id(request: Request, job_id: JobId, caller: CallerDep) -> str:
     """Checked before the stream opens: once events flow, a 404 can no longer be sent."""
-    await run_read(request, _job_exists, request.app.state.database.reader, job_id)
+    await run_read(request, _job_exists, request.app.state.database.reader, job_id, caller.scope)
     return job_id
 
 
@@ -286,8 +299,9 @@ def download_artifact(
     session: SessionDep,
     settings: SettingsDep,
     storage: StorageDep,
+    caller: CallerDep,
 ) -> Response:
-    load_job(session, job_id)
+    load_job(session, job_id, caller.scope)
     not_found = ApiError(404, "artifact_not_found", f"job '{job_id}' has no artifact named {name!r}", "name")
     if has_control_characters(name):  # no recorded name holds one, and PostgreSQL would refuse a NUL
         raise not_found

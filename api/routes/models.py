@@ -8,14 +8,15 @@ import os
 from pathlib import Path as FilePath
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from api.deps import SessionDep, SettingsDep, StorageDep
+from api.deps import CallerDep, SessionDep, SettingsDep, StorageDep
 from api.errors import ApiError
 from api.routes import API_V1
+from api.ratelimit import rate_limit
 from api.schemas import ERROR_RESPONSES, UPLOAD_ERROR_RESPONSES, ErrorResponse, ModelList, ModelOut
 from api.uploads import ReceivedUpload, check_weights, multipart_openapi, parse_fields, receive_upload
 from core.models import UnknownArchitecture, check_arch, save_state
@@ -59,7 +60,8 @@ _UPLOAD_EXAMPLE = {"file": "(binary: resnet20-digits.safetensors)", "arch": "res
 
 
 def _store_model(
-    upload: ReceivedUpload, form: ModelUploadForm, settings: Settings, session: Session, storage: Storage
+    upload: ReceivedUpload, form: ModelUploadForm, settings: Settings, session: Session, storage: Storage,
+    owner: str | None,
 ) -> ModelOut:
     checked = check_weights(upload.path, form.arch, form.num_classes, form.in_channels)
     model_id = repository.new_model_id()
@@ -84,6 +86,7 @@ def _store_model(
     )
     try:
         store_file(storage, relpath, destination)
+        record.owner = owner
         record = repository.create_model(session, record)
     except BaseException:
         destination.unlink(missing_ok=True)
@@ -104,6 +107,7 @@ def _sha256(path: FilePath) -> str:
 @router.post(
     "",
     status_code=201,
+    dependencies=[Depends(rate_limit)],
     summary="Upload teacher weights (safetensors or a .pt/.pth state dict)",
     description="multipart/form-data with `file` (safetensors, or a PyTorch state dict read with "
     "torch.load(weights_only=True); `{'state_dict': ...}`/`{'model': ...}` wrappers and `module.` prefixes are "
@@ -113,24 +117,28 @@ def _sha256(path: FilePath) -> str:
     openapi_extra=multipart_openapi(ModelUploadForm, _UPLOAD_EXAMPLE),
     responses=UPLOAD_ERROR_RESPONSES,
 )
-async def upload_model(request: Request, settings: SettingsDep, session: SessionDep, storage: StorageDep) -> ModelOut:
+async def upload_model(
+    request: Request, settings: SettingsDep, session: SessionDep, storage: StorageDep, caller: CallerDep
+) -> ModelOut:
     upload = await receive_upload(request, settings)
     try:
         form = parse_fields(ModelUploadForm, upload.fields)
-        return await run_in_threadpool(_store_model, upload, form, settings, session, storage)
+        return await run_in_threadpool(_store_model, upload, form, settings, session, storage, caller.owner)
     finally:
         upload.discard()
 
 
 @router.get("", summary="List uploaded models, newest first", responses=ERROR_RESPONSES)
-def list_models(session: SessionDep) -> ModelList:
-    return ModelList(items=[ModelOut.from_record(record) for record in repository.list_models(session)])
+def list_models(session: SessionDep, caller: CallerDep) -> ModelList:
+    return ModelList(items=[ModelOut.from_record(record) for record in repository.list_models(session, owner=caller.scope)])
 
 
 @router.get("/{model_id}", summary="One uploaded model",
             responses={404: {"model": ErrorResponse, "description": "`model_not_found`."}, **ERROR_RESPONSES})
-def get_model(model_id: Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_-]+$")], session: SessionDep) -> ModelOut:
+def get_model(model_id: Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_-]+$")], session: SessionDep,
+    caller: CallerDep,
+) -> ModelOut:
     try:
-        return ModelOut.from_record(repository.get_model(session, model_id))
+        return ModelOut.from_record(repository.get_model(session, model_id, caller.scope))
     except repository.NotFound:
         raise ApiError(404, "model_not_found", f"no model with id '{model_id}'", "model_id") from None
