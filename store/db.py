@@ -21,7 +21,7 @@ import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import StaticPool
+from sqlalchemy.pool import NullPool, StaticPool
 
 from store.settings import Settings
 
@@ -104,12 +104,60 @@ def alembic_config(url: str) -> Config:
     return config
 
 
+# Any fixed 64-bit number: the PostgreSQL advisory lock every `distill migrate` takes before migrating.
+MIGRATION_LOCK_KEY = 0x64697374696C6C  # "distill"
+
+
+@contextmanager
+def migration_lock(url: str) -> Iterator[None]:
+    """Only one process migrates a database at a time; the others wait, then find it at head.
+
+    Two deploy steps (or API processes on SQLite) starting together would otherwise both try to
+    create the same tables. PostgreSQL: a session advisory lock on its own connection, released
+    when it closes even if the process dies. SQLite: an exclusive flock on a file next to the
+    database. Other backends: no lock.
+    """
+    if _is_sqlite(url):
+        path = _sqlite_file(url)
+        if path is None:
+            yield
+            return
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_name(path.name + ".migrate.lock"), "a+b") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+        return
+    if make_url(url).get_backend_name() != "postgresql":
+        yield
+        return
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            connection.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})")
+            connection.commit()
+            try:
+                yield
+            finally:
+                connection.exec_driver_sql(f"SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})")
+                connection.commit()
+    finally:
+        engine.dispose()
+
+
 def upgrade_database(url: str, revision: str = "head") -> None:
-    """Bring the schema to `revision` (head by default); a no-op on an up-to-date database."""
+    """Bring the schema to `revision` (head by default); a no-op on an up-to-date database.
+
+    Safe to run from several processes at once (see `migration_lock`)."""
     from alembic import command
 
     logger.info("migrating database %s to %s", make_url(url).render_as_string(hide_password=True), revision)
-    command.upgrade(alembic_config(url), revision)
+    with migration_lock(url):
+        command.upgrade(alembic_config(url), revision)
 
 
 def downgrade_database(url: str, revision: str) -> None:
