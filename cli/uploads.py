@@ -17,15 +17,20 @@ BAR_FROM_BYTES = 8 << 20
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    model = add_verb(commands, "upload-model", _upload_model, "upload teacher weights (.safetensors)")
-    model.add_argument("file", type=Path, help="the .safetensors file")
-    model.add_argument("--arch", required=True, help="architecture the weights belong to, e.g. resnet20")
-    model.add_argument("--num-classes", type=int, required=True, help="classes of the classifier head")
-    model.add_argument("--in-channels", type=int, default=3, help="input channels: 1 grey, 3 RGB (default 3)")
+    model = add_verb(commands, "upload-model", _upload_model,
+                     "upload teacher weights (.safetensors, or a .pt/.pth state dict read weights-only)")
+    model.add_argument("file", type=Path, help="the .safetensors, .pt or .pth file")
+    model.add_argument("--arch", required=True,
+                       help="architecture the weights belong to: timm/<name>, torchvision/<name> or e.g. resnet20")
+    model.add_argument("--num-classes", type=int, default=None,
+                       help="classes of the classifier head (default: read from the weights)")
+    model.add_argument("--in-channels", type=int, default=None,
+                       help="input channels, 1 grey or 3 RGB (default: read from the weights)")
     model.add_argument("--name", default=None, help="label (default: the file name)")
 
     dataset = add_verb(commands, "upload-dataset", _upload_dataset,
-                       "upload a dataset: a .zip of an ImageFolder tree (train/<class>/..., test/...) or a .npz")
+                       "upload a dataset: a .zip of an ImageFolder tree (train/<class>/... and val|valid|validation|"
+                       "test/<class>/...) or a .npz")
     dataset.add_argument("file", type=Path, help="the .zip or .npz")
     dataset.add_argument("--name", default=None, help="label (default: the file name)")
 
@@ -53,6 +58,7 @@ def _upload_dataset(args: argparse.Namespace, client: DistillClient) -> int:
     with _bar(args.file) as bar:
         dataset = client.upload_dataset(args.file, args.name, on_bytes=bar.update)
     print(f"dataset {dataset.id}: {dataset.kind}, {dataset.num_classes} classes, {dataset.num_train} train / "
-          f"{dataset.num_test} test images, {dataset.in_channels} channel(s)", file=sys.stderr)
+          f"{dataset.num_test} test images ({dataset.test_split or 'random held-out share'}), "
+          f"{dataset.in_channels} channel(s)", file=sys.stderr)
     print(dataset.id)
     return EXIT_OK

@@ -135,6 +135,7 @@ class Dataset:
     size_bytes: int
     created_at: datetime | None
     raw: dict[str, Any] = field(repr=False, compare=False)
+    test_split: str | None = None  # val/valid/validation/test, "arrays" (npz), None = a random held-out share
 
     @classmethod
     def from_json(cls, document: dict[str, Any]) -> Dataset:
@@ -143,4 +144,5 @@ class Dataset:
                    class_names=list(document.get("class_names") or []),
                    in_channels=int(document.get("in_channels", 0)), num_train=int(document.get("num_train", 0)),
                    num_test=int(document.get("num_test", 0)), size_bytes=int(document.get("size_bytes", 0)),
-                   created_at=_time(document.get("created_at")), raw=document)
+                   created_at=_time(document.get("created_at")), raw=document,
+                   test_split=document.get("test_split"))

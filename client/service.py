@@ -257,10 +257,17 @@ class DistillClient:
                                      timeout=httpx.Timeout(30.0, read=None, write=None))
         return response.json()
 
-    def upload_model(self, path: str | Path, arch: str, num_classes: int, in_channels: int,
+    def upload_model(self, path: str | Path, arch: str, num_classes: int | None = None, in_channels: int | None = None,
                      name: str | None = None, on_bytes: ProgressCallback | None = None) -> Model:
-        """Teacher weights (.safetensors) for `arch`; use the returned id as the spec's teacher.weights."""
-        fields = {"arch": arch, "num_classes": str(num_classes), "in_channels": str(in_channels)}
+        """Teacher weights (.safetensors or a .pt/.pth state dict) for `arch`; the returned id is a teacher.weights.
+
+        Class count and input channels are read from the weights when left out.
+        """
+        fields = {"arch": arch}
+        if num_classes is not None:
+            fields["num_classes"] = str(num_classes)
+        if in_channels is not None:
+            fields["in_channels"] = str(in_channels)
         if name:
             fields["name"] = name
         return Model.from_json(self._upload(path, "/v1/models", fields, on_bytes))

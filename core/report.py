@@ -17,11 +17,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
+from PIL.PngImagePlugin import PngInfo
 from torch import nn
 
 from core.attribution import captum_maps, map_cosine
 from core.data import DataBundle
 from core.evaluate import predict_logits
+from core.models import explained_layer_path
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +93,7 @@ def render_heatmaps(
     if count <= 0:
         return []
     indices = torch.tensor([i * len(data.test_y) // count for i in range(count)])
-    x, labels = data.test_x[indices], data.test_y[indices]
+    x, labels = data.test.take(indices), data.test_y[indices]
 
     teacher_top1 = predict_logits(teacher, x, device).argmax(dim=1)
     student_top1 = predict_logits(student, x, device).argmax(dim=1)
@@ -107,6 +109,10 @@ def render_heatmaps(
 
     folder = out_dir / "heatmaps"
     folder.mkdir(parents=True, exist_ok=True)
+    provenance = PngInfo()  # which layers the panels explain, readable by any PNG tool
+    provenance.add_text("explainer", "captum LayerGradCam, teacher top-1 class")
+    provenance.add_text("teacher_layer", explained_layer_path(teacher))
+    provenance.add_text("student_layer", explained_layer_path(student))
     names = data.class_names
     rows: list[Image.Image] = []
     paths: list[Path] = []
@@ -122,12 +128,12 @@ def render_heatmaps(
         panels = [rgb, _overlay(rgb, teacher_heat[row]), _overlay(rgb, student_heat[row])]
         image = _row_image(panels, captions, scale)
         path = folder / f"{row:04d}.png"
-        image.save(path)
+        image.save(path, pnginfo=provenance)
         rows.append(image)
         paths.append(path)
 
     grid_path = folder / "grid.png"
-    _stack(rows).save(grid_path)
+    _stack(rows).save(grid_path, pnginfo=provenance)
     log.info("wrote %d heatmap rows and %s", count, grid_path.name)
     return [*paths, grid_path]
 
