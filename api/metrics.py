@@ -1,17 +1,22 @@
 """Prometheus metrics: HTTP traffic from a middleware, job counts from the database at scrape time.
 
 Each app gets its own registry so several apps (tests, embedded mode) never
-collide on metric names. Requests are labelled by route *template*
+collide on metric names. With several API processes (`distill api --workers N`)
+prometheus_client's multiprocess mode is on (`PROMETHEUS_MULTIPROC_DIR`, set by
+the CLI before the processes start): each process writes its counters and
+histograms to files there, and a scrape, whichever process answers it, sums
+them all; the job gauges are counted in SQL once per scrape, not per process. Requests are labelled by route *template*
 (`/v1/jobs/{job_id}`), never by raw path, so label cardinality stays bounded.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session, sessionmaker
@@ -23,6 +28,8 @@ from store.repository import count_jobs_by_status
 log = logging.getLogger(__name__)
 
 UNMATCHED_ROUTE = "unmatched"
+# prometheus_client reads it when first imported: it must be set before an API process starts.
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class JobsCollector(Collector):
@@ -65,7 +72,8 @@ class ApiMetrics:
             ["method", "route", "status"],
             registry=self.registry,
         )
-        self.registry.register(JobsCollector(sessions))
+        self.jobs = JobsCollector(sessions)
+        self.registry.register(self.jobs)
 
     def observe(self, method: str, route: str, status: int, duration_s: float) -> None:
         labels = (method, route, str(status))
@@ -73,7 +81,18 @@ class ApiMetrics:
         self.latency.labels(*labels).observe(duration_s)
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        folder = multiprocess_folder()
+        if folder is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=folder)
+        registry.register(self.jobs)
+        return generate_latest(registry)
+
+
+def multiprocess_folder() -> str | None:
+    """Where the API processes share their metrics, or None for a single process."""
+    return os.environ.get(MULTIPROC_ENV) or None
 
 
 class MetricsMiddleware:

@@ -1,9 +1,10 @@
 """`distill`: the one console script, and the composition root (it alone may import every layer).
 
     distill run SPEC.json --out DIR     one job in this process (same as python -m core.run)
-    distill serve [--host] [--port] [--workers N]
+    distill serve [--host] [--port] [--workers N] [--api-workers M]
                                         migrations + N workers + the API: the one command a newcomer runs
-    distill api [--host] [--port]       the API alone (production)
+    distill api [--host] [--port] [--workers M]
+                                        the API alone (production), in M processes
     distill worker [--concurrency N]    N worker processes alone (production)
     distill migrate                     alembic upgrade head
 
@@ -20,6 +21,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Sequence
 from types import FrameType
@@ -36,6 +38,7 @@ log = logging.getLogger("distill")
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
+EMBEDDED_WORKER_NICENESS = 10  # `distill serve`: training yields the CPU to the API (0 = same priority)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,9 +52,11 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="migrate, start workers and serve the API (embedded defaults)")
     _add_bind(serve)
     serve.add_argument("--workers", type=_positive, default=1, help="worker processes, one job each (default 1)")
+    serve.add_argument("--api-workers", type=_positive, default=1, help="API processes (default 1)")
 
     api = commands.add_parser("api", help="serve the HTTP API only")
     _add_bind(api)
+    api.add_argument("--workers", type=_positive, default=1, help="API processes (default 1)")
 
     worker = commands.add_parser("worker", help="run worker processes only")
     worker.add_argument("--concurrency", type=_positive, default=1, help="worker processes, one job each (default 1)")
@@ -113,16 +118,17 @@ def _serve(args: argparse.Namespace, settings: Settings) -> int:
 
     check_bind_allowed(args.host, settings)
     _migrate(args, settings)
-    workers = WorkerProcesses(args.workers, _child_env(settings), settings.log_level)
+    workers = WorkerProcesses(args.workers, _embedded_worker_env(settings, args.api_workers), settings.log_level,
+                              niceness=EMBEDDED_WORKER_NICENESS)
     # uvicorn restores the SIGTERM handler it found and re-raises the signal after its own
     # shutdown; with Python's default handler that kills this process before `finally` stops
     # the workers (they run in their own session and would be orphaned). Exiting instead lets it run.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     workers.start()
     try:
-        log.info("serving on http://%s:%d with %d worker(s); data in %s",
-                 args.host, args.port, args.workers, settings.distill_home)
-        _run_uvicorn(args.host, args.port, settings)
+        log.info("serving on http://%s:%d with %d API process(es) and %d worker(s); data in %s",
+                 args.host, args.port, args.api_workers, args.workers, settings.distill_home)
+        _run_uvicorn(args.host, args.port, settings, args.api_workers)
     finally:
         workers.stop()
     return 0
@@ -132,7 +138,7 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
     from api.auth import check_bind_allowed
 
     check_bind_allowed(args.host, settings)
-    _run_uvicorn(args.host, args.port, settings)
+    _run_uvicorn(args.host, args.port, settings, args.workers)
     return 0
 
 
@@ -158,18 +164,46 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _run_uvicorn(host: str, port: int, settings: Settings) -> None:
-    """Uvicorn in the foreground; it returns on Ctrl-C / SIGTERM after draining requests."""
+def _run_uvicorn(host: str, port: int, settings: Settings, processes: int = 1) -> None:
+    """Uvicorn in the foreground; it returns on Ctrl-C / SIGTERM after draining requests.
+
+    One process serves the app built here. Several are uvicorn's worker processes, each
+    importing `cli.asgi:api_process_app` with this environment (DISTILL_HOME pinned), and
+    sharing their Prometheus metrics through a fresh multiprocess folder removed at exit.
+    """
     import uvicorn
 
-    from api.app import create_app
+    if processes == 1:
+        from api.app import create_app
 
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, timeout_graceful_shutdown=5)
+        uvicorn.run(create_app(settings), host=host, port=port, log_config=None, timeout_graceful_shutdown=5)
+        return
+    from api.metrics import MULTIPROC_ENV
+
+    os.environ["DISTILL_HOME"] = str(settings.distill_home)
+    with tempfile.TemporaryDirectory(prefix="distill-metrics-") as folder:
+        os.environ[MULTIPROC_ENV] = folder  # before any API process imports prometheus_client
+        uvicorn.run("cli.asgi:api_process_app", factory=True, workers=processes, host=host, port=port,
+                    log_config=None, timeout_graceful_shutdown=5)
 
 
 def _child_env(settings: Settings) -> dict[str, str]:
     """The workers see exactly this process's settings: DISTILL_HOME is pinned as an absolute path."""
     return {**os.environ, "DISTILL_HOME": str(settings.distill_home)}
+
+
+def _embedded_worker_env(settings: Settings, api_processes: int) -> dict[str, str]:
+    """`distill serve` shares the machine between training and the API: training must not starve the API.
+
+    Unless DISTILL_TORCH_THREADS says otherwise, each worker's torch uses the cores the API
+    processes leave (at least one) instead of all of them, and the workers run at a lower
+    CPU priority (EMBEDDED_WORKER_NICENESS), so a request never waits behind a training step
+    for a core.
+    """
+    env = _child_env(settings)
+    if settings.torch_threads == 0:
+        env["DISTILL_TORCH_THREADS"] = str(max(1, (os.cpu_count() or 1) - api_processes))
+    return env
 
 
 if __name__ == "__main__":

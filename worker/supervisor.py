@@ -37,10 +37,12 @@ def worker_command(index: int, log_level: str = "INFO") -> list[str]:
 
 
 class WorkerProcesses:
-    def __init__(self, count: int, env: Mapping[str, str], log_level: str = "INFO", stop_timeout_s: float = 30.0) -> None:
+    def __init__(self, count: int, env: Mapping[str, str], log_level: str = "INFO", stop_timeout_s: float = 30.0,
+                 niceness: int = 0) -> None:
         if count < 1:
             raise ValueError("need at least one worker")
         self.count = count
+        self.niceness = niceness  # added to each child's nice value (lower CPU priority), e.g. next to an API
         self.env = dict(env)
         self.log_level = log_level
         self.stop_timeout_s = stop_timeout_s
@@ -58,7 +60,10 @@ class WorkerProcesses:
         self._monitor.start()
 
     def _spawn(self, index: int) -> None:
-        child = subprocess.Popen(worker_command(index, self.log_level), env=self.env, start_new_session=True)
+        command = worker_command(index, self.log_level)
+        if self.niceness:
+            command = ["nice", "-n", str(self.niceness), *command]  # exec'd: the child's pid is the worker's
+        child = subprocess.Popen(command, env=self.env, start_new_session=True)
         self.children[index] = child
         self._started_at[index] = time.monotonic()
         log.info("started worker %d (pid %d)", index, child.pid)

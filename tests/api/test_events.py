@@ -119,3 +119,73 @@ def test_stream_of_an_unknown_job_is_a_404_json_error(client: TestClient) -> Non
 
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "job_not_found"
+
+
+class _ConnectedClient:
+    """The one thing job_events asks of its request: whether the client is still there."""
+
+    async def is_disconnected(self) -> bool:
+        return False
+
+
+def test_fifty_streams_on_one_job_share_one_poller_one_query_per_tick_and_one_read_per_change(
+    client: TestClient, db: Database
+) -> None:
+    import asyncio
+
+    from sqlalchemy import event
+
+    from api.events import EventHub, job_events
+
+    job_id = client.post("/v1/jobs", json=digits_spec()).json()["id"]
+    hub: EventHub = client.app.state.event_hub  # type: ignore[attr-defined]
+    statements: list[str] = []
+    full_read = str(repository._FULL_BY_ID.compile(dialect=db.reader.dialect))
+    stamp_read = str(repository._STAMP_BY_ID.compile(dialect=db.reader.dialect))
+
+    def count(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        # The poller's own two statements (on SQLite the writes above share the engine).
+        if statement == full_read:
+            statements.append("row")
+        elif statement == stamp_read:
+            statements.append("stamp")
+
+    def move(stage: str | None, status: JobStatus | None = None) -> None:
+        with db.session() as session:
+            if status is None:
+                repository.heartbeat(session, job_id, "worker-1", stage=stage, progress={"epoch": 1})
+            else:
+                repository.finish_job(session, job_id, "worker-1", status, metrics={"student_accuracy": 0.9})
+
+    async def follow() -> list[str]:
+        return [sent.event async for sent in job_events(_ConnectedClient(), hub, job_id)]  # type: ignore[arg-type]
+
+    async def scenario() -> list[list[str]]:
+        streams = [asyncio.create_task(follow()) for _ in range(50)]
+        await asyncio.sleep(0.3)
+        assert len(hub.feeds) == 1 and hub.feeds[job_id].subscribers == 50
+        with db.session() as session:
+            repository.claim_job(session, job_id, "worker-1", max_attempts=3)
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(move, "distilling")
+        await asyncio.sleep(0.3)
+        await asyncio.to_thread(move, None, JobStatus.succeeded)
+        return await asyncio.wait_for(asyncio.gather(*streams), timeout=30)
+
+    event.listen(db.reader, "before_cursor_execute", count)
+    try:
+        started = asyncio.get_event_loop_policy().new_event_loop()
+        try:
+            results = started.run_until_complete(scenario())
+        finally:
+            started.close()
+    finally:
+        event.remove(db.reader, "before_cursor_execute", count)
+
+    # Every stream saw the job's whole life: queued, running, distilling, succeeded.
+    for kinds in results:
+        assert kinds[0] == "state" and kinds[-1] == "state" and len(kinds) == 4
+    # One full read per version the poller saw (4), not per stream (200); one stamp per poll tick (~1.2 s / 0.05 s).
+    assert statements.count("row") == 4
+    assert statements.count("stamp") < 60
+    assert hub.feeds == {}  # the poller went away with its job
