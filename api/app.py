@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import ApiKeyMiddleware
+from api.dashboard import mount_dashboard
 from api.deps import require_api_key
 from api.errors import install_error_handlers
 from api.events import EventHub, EventStreamConfig
@@ -104,4 +105,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             responses={401: {"model": ErrorResponse, "description": "Missing or wrong bearer key."}},
         )
     app.include_router(health.router)  # open: probes and scrapers carry no key
+    mount_dashboard(app)  # static page at /ui (the API calls it makes carry the key)
     return app

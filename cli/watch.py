@@ -39,12 +39,22 @@ def state_text(job: Job) -> str:
     return job.status + (f": {job.stage}" if job.stage else "")
 
 
+class _StepBar(tqdm):
+    """tqdm with a `{step}` field: its own `{postfix}` comes with a leading ', ' meant for its default layout."""
+
+    step_text = ""
+
+    @property
+    def format_dict(self) -> dict:
+        return {**super().format_dict, "step": self.step_text}
+
+
 class ProgressBar:
     """One bar for the whole run: the stage as its label, epoch/step/loss after it; state changes as lines."""
 
     def __init__(self, stream: TextIO) -> None:
-        self._bar = tqdm(total=BAR_STEPS, file=stream, dynamic_ncols=True, leave=True, desc="queued",
-                         bar_format="{desc:<17} {percentage:3.0f}%|{bar}| {postfix} [{elapsed}]")
+        self._bar = _StepBar(total=BAR_STEPS, file=stream, dynamic_ncols=True, leave=True, desc="queued",
+                             bar_format="{desc:<17} {percentage:3.0f}%|{bar}| {step} [{elapsed}]")
         self._state: str | None = None
 
     def show(self, job: Job) -> None:
@@ -54,7 +64,7 @@ class ProgressBar:
             self._bar.set_description_str(job.stage or job.status, refresh=False)
         fraction = 1.0 if job.status == "succeeded" else (job.progress.fraction if job.progress else 0.0)
         self._bar.n = round(min(max(fraction, 0.0), 1.0) * BAR_STEPS)
-        self._bar.set_postfix_str(step_text(job), refresh=False)
+        self._bar.step_text = step_text(job)
         self._bar.refresh()
 
     def note(self, text: str) -> None:
