@@ -99,8 +99,19 @@ def job_summary(job: Job) -> str:
         lines += ["metrics", metrics_block(job.metrics)]
     if job.artifacts:
         lines.append(f"artifacts ({len(job.artifacts)})")
-        lines += [f"  {artifact.name:<28} {size(artifact.size_bytes):>10}" for artifact in job.artifacts]
+        lines += artifact_lines(job)
     return "\n".join(lines)
+
+
+def artifact_lines(job: Job) -> list[str]:
+    """One line per artifact, except the per-image heatmaps, which fold into one line."""
+    per_image = [a for a in job.artifacts if a.name.startswith("heatmaps/") and a.name != "heatmaps/grid.png"]
+    lines = [f"  {a.name:<30} {size(a.size_bytes):>10}" for a in job.artifacts if a not in per_image]
+    if per_image:
+        names = sorted(a.name for a in per_image)
+        label = f"{names[0]} .. {names[-1].removeprefix('heatmaps/')}" if len(names) > 1 else names[0]
+        lines.append(f"  {label:<30} {size(sum(a.size_bytes for a in per_image)):>10}  ({len(names)} images)")
+    return lines
 
 
 def _dataset(spec: dict[str, Any]) -> str:

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 URL_ENV, KEY_ENV = "DISTILL_URL", "DISTILL_API_KEY"
-_RETRYABLE_STATUS = {502, 503, 504}  # a proxy or a server that is (re)starting
+_RETRYABLE_STATUS = {429, 502, 503, 504}  # rate-limited, or a proxy or server (re)starting
 
 
 @dataclass(frozen=True)
@@ -220,7 +220,9 @@ class DistillClient:
         destination.parent.mkdir(parents=True, exist_ok=True)
         partial = destination.with_name(destination.name + ".part")
         try:
-            with self._http.stream("GET", url) as response:
+            # follow_redirects: with S3 storage the server may answer 307 to a presigned URL (httpx drops the
+            # Authorization header when a redirect leaves the service's origin).
+            with self._http.stream("GET", url, follow_redirects=True) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise _error_from(response)
@@ -239,7 +241,7 @@ class DistillClient:
 
     def artifact_bytes(self, job_id: str, name: str) -> bytes:
         """One small artifact in memory (metrics.json, a heatmap)."""
-        return self._request("GET", f"/v1/jobs/{job_id}/artifacts/{name}").content
+        return self._request("GET", f"/v1/jobs/{job_id}/artifacts/{name}", follow_redirects=True).content
 
     # --- uploads ------------------------------------------------------------------------------------------
 

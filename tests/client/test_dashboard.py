@@ -34,6 +34,11 @@ def _status(browser: WebDriver, job_id: str) -> str | None:
     return rows[0].get_attribute("data-status") if rows else None
 
 
+def _click(browser: WebDriver, element_id: str) -> None:
+    """Click, finding the element afresh if the page redrew it meanwhile."""
+    eventually(lambda: browser.find_element(By.ID, element_id).click() or True, 10, f"a click on #{element_id}")
+
+
 def test_the_page_is_static_with_a_content_security_policy(served: Served) -> None:
     root = httpx.get(f"{served.url}/", follow_redirects=False)
     assert root.status_code == 307 and root.headers["location"] == "/ui/"
@@ -80,14 +85,14 @@ def test_cancel_from_the_job_page_asks_first(served: Served, browser: WebDriver)
         eventually(lambda: "running" in browser.find_element(By.CSS_SELECTOR, ".job-head .badge").text, 90,
                    "the job page to show it running (live)")
 
-        browser.find_element(By.ID, "cancel-job").click()
+        _click(browser, "cancel-job")
         eventually(lambda: browser.find_element(By.ID, "confirm-dialog").is_displayed(), 5, "the confirmation")
-        browser.find_element(By.ID, "confirm-no").click()
+        _click(browser, "confirm-no")
         assert client.get(job.id).status == "running"  # "Keep it" keeps it
 
-        browser.find_element(By.ID, "cancel-job").click()
+        _click(browser, "cancel-job")
         eventually(lambda: browser.find_element(By.ID, "confirm-dialog").is_displayed(), 5, "the confirmation")
-        browser.find_element(By.ID, "confirm-yes").click()
+        _click(browser, "confirm-yes")
         eventually(lambda: browser.find_element(By.CSS_SELECTOR, ".job-head .badge").text == "cancelled", 60,
                    "the page to show the job cancelled")
         assert client.get(job.id).status == "cancelled"

@@ -115,6 +115,8 @@ export function jobView(root, jobId) {
     fill(live, h("h2", {}, "Progress"),
       h("div", { class: "live-row" }, progressBar(job), h("span", { id: "stage" }, job.stage || job.status)),
       h("p", { class: "muted", id: "step" }, stepText(job)),
+      TERMINAL.has(job.status) ? null
+        : h("p", { class: "muted small" }, "Metrics, curves, heatmaps and downloads appear here when the job ends."),
       job.error ? errorBox(job.error) : null,
       job.error && job.error.where ? h("p", { class: "muted small" }, `failed in ${job.error.where}`) : null);
   }
@@ -131,9 +133,13 @@ export function jobView(root, jobId) {
       gallery(job, objectURLs, controller.signal));
   }
 
+  let headKey = null;
   function render(job) {
     current = job;
-    renderHead(job);
+    // Redraw the title (and its Cancel button) only when it changes, not on every progress event: a button
+    // replaced under the pointer would swallow the click.
+    const key = `${job.status}/${job.attempts}/${cancelling}`;
+    if (key !== headKey) { headKey = key; renderHead(job); }
     renderLive(job);
     renderResults(job);
   }
