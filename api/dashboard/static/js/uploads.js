@@ -63,12 +63,13 @@ export function uploadsView(root) {
   const model = uploadForm({
     id: "model-form", title: "Upload teacher weights", route: "/v1/models", onDone: refreshLists,
     inputs: [
-      field("Weights (.safetensors)", h("input", { type: "file", name: "file", accept: ".safetensors", required: true })),
+      field("Weights (.safetensors, .pt or .pth)", h("input", { type: "file", name: "file",
+        accept: ".safetensors,.pt,.pth", required: true }), "a .pt/.pth is read as a state dict, weights only"),
       field("Architecture", h("input", { name: "arch", list: "archs", required: true, placeholder: "resnet20" }),
         "timm/<name> and torchvision/<name> work too"),
-      field("Classes", h("input", { name: "num_classes", type: "number", min: 2, required: true, value: "10" })),
-      field("Input channels", h("select", { name: "in_channels" }, h("option", { value: "3" }, "3 (RGB)"),
-        h("option", { value: "1" }, "1 (grey)"))),
+      field("Classes", h("input", { name: "num_classes", type: "number", min: 2, placeholder: "from the weights" })),
+      field("Input channels", h("select", { name: "in_channels" }, h("option", { value: "" }, "from the weights"),
+        h("option", { value: "3" }, "3 (RGB)"), h("option", { value: "1" }, "1 (grey)"))),
       field("Name (optional)", h("input", { name: "name", maxlength: 200 })),
       archs,
     ],
@@ -78,15 +79,19 @@ export function uploadsView(root) {
     id: "dataset-form", title: "Upload a dataset", route: "/v1/datasets", onDone: refreshLists,
     inputs: [
       field("ImageFolder .zip or .npz", h("input", { type: "file", name: "file", accept: ".zip,.npz", required: true }),
-        "zip: train/<class>/*.png (and optionally test/<class>/…); npz: x, y (and x_test, y_test)"),
+        "zip: train/<class>/*.png (and optionally val/ or test/<class>/…); npz: x, y (and x_test, y_test)"),
       field("Name (optional)", h("input", { name: "name", maxlength: 200 })),
     ],
     describe: (d) => `Stored dataset ${d.id}: ${d.num_classes} classes, ${d.num_train} training images. `
       + `Use it as "dataset": {"id": "${d.id}"}.`,
   });
-  // The name field is optional: drop it when empty, the API takes a missing name as "use the file name".
+  // Optional fields left empty are not sent: the API then uses the file name, or reads the weights.
   for (const form of [model, dataset]) {
-    form.addEventListener("formdata", (event) => { if (!event.formData.get("name")) event.formData.delete("name"); });
+    form.addEventListener("formdata", (event) => {
+      for (const optional of ["name", "num_classes", "in_channels"]) {
+        if (event.formData.get(optional) === "") event.formData.delete(optional);
+      }
+    });
   }
   fill(root, h("h1", {}, "Upload"), h("div", { class: "uploads" }, model, dataset), lists);
   refreshLists();
