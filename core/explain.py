@@ -67,8 +67,9 @@ def gradcam_maps(
     (grads,) = torch.autograd.grad(
         _target_score(logits, target), activations, create_graph=create_graph, retain_graph=True
     )
-    alpha = grads.mean(dim=(2, 3), keepdim=True)
-    return F.relu((alpha * activations).sum(dim=1, keepdim=True))
+    # float32 whatever the autocast precision: maps are cached and compared, so they keep full precision
+    alpha = grads.float().mean(dim=(2, 3), keepdim=True)
+    return F.relu((alpha * activations.float()).sum(dim=1, keepdim=True))
 
 
 def input_gradient_maps(
@@ -79,7 +80,7 @@ def input_gradient_maps(
     `inputs` must have had requires_grad set before the forward that made `logits`.
     """
     (grads,) = torch.autograd.grad(_target_score(logits, target), inputs, create_graph=create_graph, retain_graph=True)
-    return grads.abs().sum(dim=1, keepdim=True)
+    return grads.float().abs().sum(dim=1, keepdim=True)
 
 
 def input_x_gradient_maps(
@@ -87,7 +88,7 @@ def input_x_gradient_maps(
 ) -> torch.Tensor:
     """Input x gradient (Shrikumar et al., 2016): sum_c x_c * dY_t/dx_c, signed, (N, 1, H, W)."""
     (grads,) = torch.autograd.grad(_target_score(logits, target), inputs, create_graph=create_graph, retain_graph=True)
-    return (inputs * grads).sum(dim=1, keepdim=True)
+    return (inputs.float() * grads.float()).sum(dim=1, keepdim=True)
 
 
 def explanation_maps(

@@ -184,6 +184,10 @@ class TrainingSpec(_Strict):
     scheduler: Literal["cosine", "none"] = "cosine"
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' picks CUDA when present.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Training arithmetic: autocast to bf16 or fp16 (loss scaling for fp16 on CUDA); "
+        "explanation maps stay float32."
+    )
 
 
 class ReportSpec(_Strict):

@@ -31,6 +31,7 @@ from core.errors import JobCancelled
 from core.evaluate import predict_logits
 from core.explain import FeatureTap, explanation_maps
 from core.models import explained_layer
+from core.precision import Precision
 from core.spec import ExplanationSpec, TrainingSpec
 from core.terms import BatchContext, WeightedSum, oracle_inputs
 
@@ -49,6 +50,7 @@ class OptimConfig:
     weight_decay: float = 5e-4
     scheduler: str = "cosine"
     seed: int = 0
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (core.precision)
 
     @classmethod
     def from_training(cls, training: TrainingSpec, epochs: int) -> OptimConfig:
@@ -61,6 +63,7 @@ class OptimConfig:
             weight_decay=training.weight_decay,
             scheduler=training.scheduler,
             seed=training.seed,
+            precision=training.precision,
         )
 
 
@@ -333,7 +336,8 @@ def train(
     callbacks may cancel: JobCancelled is raised and the last epoch's checkpoint stays.
     """
     callbacks = callbacks or NullCallbacks()
-    model.to(device)
+    amp = Precision(config.precision, device)
+    amp.prepare_model(model.to(device))
     images = _image_set(train_x, train_y)
     optimizer = make_optimizer(list(model.parameters()) + objective.extra_parameters(), config)
     samples = len(images)
@@ -351,6 +355,7 @@ def train(
         if scheduler is not None:
             scheduler.load_state_dict(state["scheduler"])
         objective.load_state_dict(state["objective"])
+        amp.load_state_dict(state.get("grad_scaler"))
         history, start_epoch = list(state["history"]), int(state["epoch"])
         restore_rng_state(state["rng"])
         maps_state = load_checkpoint(maps_path) if maps_path else None
@@ -381,10 +386,10 @@ def train(
             if callbacks.should_cancel():
                 raise JobCancelled(f"{stage} cancelled at epoch {epoch + 1}, step {step + 1}")
             device_index = index.to(device, non_blocking=True)
-            output = objective.step(x, y, index, device_index, epoch * steps + step)
+            with amp.autocast():
+                output = objective.step(amp.prepare_input(x), y, index, device_index, epoch * steps + step)
             optimizer.zero_grad(set_to_none=True)
-            output.loss.backward()
-            optimizer.step()
+            amp.step(output.loss, optimizer)
             if scheduler is not None:
                 scheduler.step()
 
@@ -426,6 +431,7 @@ def train(
                     "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict() if scheduler is not None else None,
                     "objective": objective.state_dict(),
+                    "grad_scaler": amp.state_dict(),
                     "epoch": epoch + 1,
                     "history": history,
                     "rng": rng_state(),
