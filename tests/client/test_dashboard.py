@@ -13,6 +13,7 @@ from selenium.webdriver.chrome.webdriver import WebDriver
 from selenium.webdriver.common.by import By
 
 from client import DistillClient
+from core.models import build_model, save_weights
 from tests.api.support import npz_bytes
 from tests.client.browser import chromium, console_errors, eventually
 from tests.client.served import Served, tiny_demo_spec
@@ -130,6 +131,16 @@ def test_with_api_keys_the_page_asks_for_the_key_once_and_uploads(tmp_path: Path
         assert "Stored dataset ds_" in stored and "3 classes" in stored
         listed = httpx.get(f"{url}/v1/datasets", headers={"Authorization": "Bearer s3cret-key"}).json()["items"]
         assert [item["name"] for item in listed] == ["arrays"]
+
+        weights = tmp_path / "teacher.safetensors"
+        save_weights(build_model("cnn", 10, 1), weights)
+        form = browser.find_element(By.ID, "model-form")
+        form.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(weights))
+        form.find_element(By.NAME, "arch").send_keys("cnn")  # classes and channels left to the weights
+        form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+        stored = eventually(lambda: form.find_element(By.CSS_SELECTOR, ".outcome .ok").text, 30, "the model upload")
+        assert "Stored model mdl_" in stored and '"arch": "cnn"' in stored
+        eventually(lambda: "10 classes, 1 ch" in browser.find_element(By.ID, "view").text, 10, "the models list")
         assert "s3cret-key" not in api.log()  # never in a URL, so never in the access log
     finally:
         api.stop(signal.SIGTERM, timeout_s=30)

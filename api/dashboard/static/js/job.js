@@ -122,7 +122,8 @@ export function jobView(root, jobId) {
   }
 
   function renderResults(job) {
-    if (!TERMINAL.has(job.status) || results.dataset.rendered === job.status) return;
+    // Only from a full document (artifacts listed): a summary view would leave the results empty for good.
+    if (!TERMINAL.has(job.status) || !Array.isArray(job.artifacts) || results.dataset.rendered === job.status) return;
     results.dataset.rendered = job.status;
     const charts = historyCharts((job.metrics || {}).history);
     fill(results,

@@ -53,7 +53,9 @@ export function jobsView(root, query) {
       const page = await getJSON(`/v1/jobs?${params}`);
       if (stopped) return;
       body.replaceChildren(...page.items.map(jobRow));
-      fill(message, page.items.length ? null : h("p", { class: "muted" },
+      fill(message, page.next_cursor ? h("p", { class: "muted small" },
+        `Showing the newest ${PAGE_SIZE}; filter by status to see others (distill jobs --limit 0 lists all).`) : null,
+      page.items.length ? null : h("p", { class: "muted" },
         status ? `No ${status} jobs.` : "No jobs yet. Submit one with `distill submit SPEC.json`."));
       updated.textContent = `updated ${new Date().toLocaleTimeString()}`;
     } catch (error) {
