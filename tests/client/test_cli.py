@@ -66,6 +66,24 @@ def test_submit_wait_draws_a_live_bar_and_ends_with_the_metrics(served: Served, 
     assert job.status == "succeeded" and job.progress is not None and job.progress.fraction == 1.0
 
 
+def test_submit_wait_of_a_failing_job_exits_1_with_the_error_code_and_message(served: Served, tmp_path: Path) -> None:
+    """A teacher.layer that the model lacks is found when the model is built: the job fails in the worker."""
+    spec = tiny_demo_spec("fails")
+    spec["teacher"]["layer"] = "no.such.layer"
+    path = tmp_path / "failing.json"
+    path.write_text(json.dumps(spec))
+    run = TerminalRun("submit", str(path), "--wait", url=served.url)
+    returncode = run.wait(120)
+    text = run.screen_text
+
+    assert "Traceback" not in text
+    if "submitted job_" not in text:  # a server that checks the layer at submission refuses it up front
+        assert returncode == 2 and "teacher.layer" in text, text
+        return
+    assert returncode == 1, text
+    assert re.search(r"job job_\w+ failed: invalid_spec: .*no\.such\.layer.* \(in \w+\)", text), text
+
+
 def test_jobs_show_download_and_logs_of_a_finished_job(served: Served, finished_job: Job, tmp_path: Path) -> None:
     listing = run_cli("jobs", url=served.url)
     assert listing.returncode == 0, listing.stderr
