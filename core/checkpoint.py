@@ -8,22 +8,18 @@ code, which is why RNG states are stored as tensors.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from core.atomic import atomic_path
+
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     """Atomically replace `path` with `state` (tensors, numbers, strings, lists, dicts)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
-    tmp.replace(path)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any] | None:

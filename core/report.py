@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 from torch import nn
 
+from core.atomic import atomic_path
 from core.attribution import captum_maps, map_cosine
 from core.data import DataBundle
 from core.evaluate import predict_logits
@@ -128,12 +129,14 @@ def render_heatmaps(
         panels = [rgb, _overlay(rgb, teacher_heat[row]), _overlay(rgb, student_heat[row])]
         image = _row_image(panels, captions, scale)
         path = folder / f"{row:04d}.png"
-        image.save(path, pnginfo=provenance)
+        with atomic_path(path) as tmp:
+            image.save(tmp, format="PNG", pnginfo=provenance)
         rows.append(image)
         paths.append(path)
 
     grid_path = folder / "grid.png"
-    _stack(rows).save(grid_path, pnginfo=provenance)
+    with atomic_path(grid_path) as tmp:
+        _stack(rows).save(tmp, format="PNG", pnginfo=provenance)
     log.info("wrote %d heatmap rows and %s", count, grid_path.name)
     return [*paths, grid_path]
 

@@ -27,6 +27,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
+from core.atomic import write_text_atomic
 from core.attribution import captum_maps
 from core.callbacks import STAGES, NullCallbacks, RunCallbacks
 from core.checkpoint import load_checkpoint
@@ -65,9 +66,7 @@ def spec_sha256(spec: JobSpec) -> str:
 
 
 def _write_json(path: Path, payload: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=False))
 
 
 class RunState:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
+from core.atomic import atomic_path
 from store.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -97,10 +98,8 @@ class LocalStorage:
         destination = self.local_path(key)
         if Path(path).resolve() == destination:
             return
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        tmp = destination.with_name(destination.name + ".part")
-        shutil.copyfile(path, tmp)
-        tmp.replace(destination)
+        with atomic_path(destination) as tmp:  # a reader never sees half a file, even if we are killed
+            shutil.copyfile(path, tmp)
 
     def get_file(self, key: str, path: Path) -> None:
         source = self.local_path(key)
@@ -108,10 +107,8 @@ class LocalStorage:
             raise MissingObject(key)
         if source == Path(path).resolve():
             return
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(path).with_name(Path(path).name + ".part")
-        shutil.copyfile(source, tmp)
-        tmp.replace(path)
+        with atomic_path(Path(path)) as tmp:
+            shutil.copyfile(source, tmp)
 
     def iter_bytes(self, key: str) -> Iterator[bytes]:
         source = self.local_path(key)

@@ -66,6 +66,21 @@ class PostgresServer:
 
     port: int
     base_dir: Path
+    bin_dir: Path | None = None
+    options: str = ""
+
+    def _pg_ctl(self, *args: str) -> None:
+        assert self.bin_dir is not None
+        data_dir, log_file = self.base_dir / "data", self.base_dir / "server.log"
+        _run([str(self.bin_dir / "pg_ctl"), "-D", str(data_dir), "-l", str(log_file), *args], cwd=self.base_dir)
+
+    def stop(self) -> None:
+        """Stop the server at once (connections dropped), as a crash or a failover would."""
+        self._pg_ctl("-m", "immediate", "-w", "stop")
+
+    def start(self) -> None:
+        """Start it again on the same port with the same options."""
+        self._pg_ctl("-o", self.options, "-w", "-t", str(START_TIMEOUT_S), "start")
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
@@ -145,7 +160,7 @@ def postgres_server() -> Iterator[PostgresServer]:
             log = log_file.read_text(errors="replace") if log_file.exists() else ""
             raise ServiceUnavailable(f"PostgreSQL did not start; server log:\n{log}")
         logger.info("postgres test server on 127.0.0.1:%d", port)
-        yield PostgresServer(port=port, base_dir=base_dir)
+        yield PostgresServer(port=port, base_dir=base_dir, bin_dir=bin_dir, options=options)
     finally:
         if started:
             subprocess.run(
@@ -176,6 +191,40 @@ def _redis_ping(port: int) -> bool:
             return sock.recv(64).startswith(b"+PONG")
     except OSError:
         return False
+
+
+class RestartableRedis:
+    """A redis-server on a fixed port that a test can stop and start again (no persistence: a restart
+    loses every queued message, as a crashed broker would)."""
+
+    def __init__(self, work_dir: Path) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise ServiceUnavailable("redis-server not found on PATH; install it (e.g. apt-get install -y redis-server)")
+        self.binary, self.work_dir, self.port = binary, work_dir, free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self) -> None:
+        with open(self.work_dir / "server.log", "ab") as log:
+            self.process = subprocess.Popen(
+                [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--dir", str(self.work_dir), "--daemonize", "no"],
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _redis_ping(self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise ServiceUnavailable(f"redis-server did not start on port {self.port}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        self.process = None
 
 
 @contextmanager

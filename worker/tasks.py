@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TypeVar
 
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from core.errors import DistillError, JobCancelled, is_storage_full
 from core.run import run_job as run_engine
+from core.spec import JobSpec
 from store import repository
 from store.artifacts import record_job_outputs, redact_paths
 from store.models import JobStatus
@@ -35,6 +38,26 @@ from worker.runtime import WorkerRuntime, get_runtime
 log = logging.getLogger(__name__)
 
 FINISH_RETRIES = 5
+# How long a step that must reach the database waits out an outage (a restart, a failover) before failing.
+DATABASE_OUTAGE_S = 60.0
+
+T = TypeVar("T")
+
+
+def with_database_retry(what: str, step: Callable[[], T], patience_s: float = DATABASE_OUTAGE_S) -> T:
+    """Run `step`, retrying while the database is unreachable (connection errors only, with back-off):
+    a job that trained for an hour must not fail because PostgreSQL restarted while it saved."""
+    deadline = time.monotonic() + patience_s
+    delay_s = 0.5
+    while True:
+        try:
+            return step()
+        except (OperationalError, InterfaceError) as exc:
+            if time.monotonic() + delay_s > deadline:
+                raise
+            log.warning("%s: database unreachable, retrying in %.1fs: %s", what, delay_s, type(exc).__name__)
+            time.sleep(delay_s)
+            delay_s = min(delay_s * 2, 5.0)
 
 
 @dataclass
@@ -89,16 +112,14 @@ def _execute(
         if fetched:
             log.info("fetched %d files of earlier attempts from %s storage", fetched, sync.storage.kind)
         sync.mark_current()
-        with runtime.sessions() as session:
-            spec = resolve_spec(session, settings, stored_spec)
+        spec = with_database_retry("resolve the spec", lambda: _resolve(runtime, stored_spec))
         sync.folder.mkdir(parents=True, exist_ok=True)
         # metrics.json shows the spec as stored (ids, never the server paths resolve_spec put in).
         metrics = run_engine(
             spec, sync.folder, callbacks, named_datasets=settings.dataset_roots, reported_spec=stored_spec
         )
         sync.push(mirror=True)
-        with runtime.sessions() as session:
-            record_job_outputs(session, settings, job_id, sync.folder)
+        with_database_retry("record the artifacts", lambda: _record(runtime, job_id, sync.folder))
         sync.discard_local()
         return Outcome(JobStatus.succeeded, metrics=json_safe(metrics))
     except JobCancelled:
@@ -123,6 +144,16 @@ def _execute(
         log.exception("internal error in %s", callbacks.stage)
         message = redact_paths(f"{type(exc).__name__}: {exc}", settings)
         return Outcome(JobStatus.failed, error=JobError("internal_error", message, None, where=callbacks.stage))
+
+
+def _resolve(runtime: WorkerRuntime, stored_spec: dict[str, Any]) -> JobSpec:
+    with runtime.sessions() as session:
+        return resolve_spec(session, runtime.settings, stored_spec)
+
+
+def _record(runtime: WorkerRuntime, job_id: str, folder: Path) -> None:
+    with runtime.sessions() as session:
+        record_job_outputs(session, runtime.settings, job_id, folder)
 
 
 def _release(runtime: WorkerRuntime, job_id: str) -> None:

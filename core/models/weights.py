@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from core.atomic import atomic_path
 from core.errors import WeightsError
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net")
@@ -114,11 +115,8 @@ def save_state(state: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
     tensors = {key: value.detach().cpu().contiguous() for key, value in state.items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(tensors, str(tmp))
-    tmp.replace(path)
+    with atomic_path(Path(path)) as tmp:
+        save_file(tensors, str(tmp))
 
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], field: str = "teacher.weights") -> nn.Module:
