@@ -1,23 +1,28 @@
-"""Service speed and scale: HTTP latency under load, queue latency, and scale-out over workers.
+"""Service speed and scale: HTTP latency before/after, the API next to training, queue latency, scale-out.
 
-    python bench/service_speed.py                      # all three parts (quiet machine)
+    python bench/service_speed.py                      # every part (quiet machine)
     python bench/service_speed.py --quick              # smoke test: 5 clients x 3 s, tiny jobs
-    python bench/service_speed.py --parts load         # one part: load, queue, scale
+    python bench/service_speed.py --parts load training   # one or more parts: load, training, queue, scale
 
 Everything runs on loopback, in processes this script starts and stops: `distill api` /
-`distill serve` / `distill worker`, and for the production rows a throwaway PostgreSQL
-and Redis (tests/services.py). Each stack gets its own DISTILL_HOME under bench/.cache/.
+`distill serve` / `distill worker`, a bare Starlette app (bench/floor_app.py), and for the
+production rows a throwaway PostgreSQL and Redis (tests/services.py). Each stack gets its own
+DISTILL_HOME under bench/.cache/.
 
-1. Load: a bounded, self-stopping asyncio client (keep-alive HTTP/1.1 written on asyncio
-   streams, so the client spends little of the 2 cores the server needs) runs `--clients`
-   concurrent clients for `--seconds` per endpoint, in two shapes: `saturation` (each client
-   sends its next request as soon as the answer arrives: throughput, and latency = clients /
-   throughput by Little's law) and `paced` (each client waits `--think-ms` between requests,
-   like a UI polling a job: the latency a user sees at a realistic load). The API runs
-   without a worker, so the jobs POSTed stay queued and no training competes for the CPU.
-2. Queue latency: POST a tiny job to an idle `distill serve` and time it to `running`, from
+1. Load, before and after: the `--baseline` commit (the service before the API speed work,
+   unpacked under bench/.cache/ with git archive) and this tree are served side by side, each
+   by one `distill api` process on its own database, and measured back to back, so machine
+   load hits both alike. Rows: one client (sequential keep-alive GETs of /healthz, a job and a
+   20-job list; median latency and the server's CPU time per request, next to the floor:
+   bare Starlette + uvicorn returning the same /healthz JSON); paced (`--clients` clients, each
+   one request then `--think-ms` pause, like dashboards polling: p99 of GET job, GET list, POST);
+   closed loop (clients back to back: requests/s and p99 of GET job). The load client is a
+   bounded asyncio client on raw keep-alive HTTP/1.1, so it spends little of the 2 cores.
+2. Training: paced GET job against a job that is training in the same `distill serve`,
+   before and after (the after side runs training niced, with the cores the API leaves).
+3. Queue latency: POST a tiny job to an idle `distill serve` and time it to `running`, from
    the server's own timestamps (started_at - created_at) and as the polling client saw it.
-3. Scale-out: 4 equal jobs on 1 worker process vs 2 (DISTILL_TORCH_THREADS=1), from the first
+4. Scale-out: 4 equal jobs on 1 worker process vs 2 (DISTILL_TORCH_THREADS=1), from the first
    POST until the last job succeeded.
 """
 
@@ -49,6 +54,8 @@ SERVICE_DIR = common.CACHE_DIR / "service"
 HOST = "127.0.0.1"
 _redis_databases = iter(range(1, 16))  # each stack its own Redis database: no stack's worker sees another's messages
 ORPHANS: list[str] = []
+# The service before the API speed work (issue 9): the "before" rows of the load and training parts.
+BASELINE_COMMIT = "ad75b75"
 
 
 def redis_url(redis: Any) -> str:
@@ -97,6 +104,7 @@ class Stack:
     env: dict[str, str]
     port: int
     processes: list[subprocess.Popen[bytes]]
+    code: Path = common.REPO_ROOT  # the source tree: also the working directory (celery imports from it first)
     orphaned: int = 0  # worker processes that outlived their parent (a shutdown bug, reported in the notes)
 
     @property
@@ -104,9 +112,11 @@ class Stack:
         return f"http://{HOST}:{self.port}"
 
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        return self.run_command(name, [DISTILL, *args])
+
+    def run_command(self, name: str, command: list[str]) -> subprocess.Popen[bytes]:
         log = open(self.home / f"{name}.log", "ab")  # noqa: SIM115 - the process owns it until it ends
-        process = subprocess.Popen([DISTILL, *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                   cwd=common.REPO_ROOT)
+        process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.code)
         self.processes.append(process)
         return process
 
@@ -166,19 +176,20 @@ def pid_alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def stack(label: str, database_url: str | None, broker_url: str | None, extra_env: dict[str, str] | None = None
-          ) -> Iterator[Stack]:
+def stack(label: str, database_url: str | None, broker_url: str | None, extra_env: dict[str, str] | None = None,
+          code: Path = common.REPO_ROOT) -> Iterator[Stack]:
+    """A stack's folder and environment; `code` is the source tree its processes import (a baseline or this one)."""
     from tests.services import free_port
 
     home = SERVICE_DIR / label
     shutil.rmtree(home, ignore_errors=True)
     home.mkdir(parents=True)
-    env = clean_env(DISTILL_HOME=str(home), **(extra_env or {}))
+    env = clean_env(DISTILL_HOME=str(home), PYTHONPATH=str(code), **(extra_env or {}))
     if database_url:
         env["DATABASE_URL"] = database_url
     if broker_url:
         env["BROKER_URL"] = broker_url
-    running = Stack(home, env, free_port(), [])
+    running = Stack(home, env, free_port(), [], code)
     try:
         yield running
     finally:
@@ -302,48 +313,244 @@ async def load(port: int, method: str, paths: list[str], body: bytes, clients: i
     }
 
 
-# --- part 1: HTTP load -----------------------------------------------------------------------------------
+# --- part 1: HTTP load, before and after, side by side ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Version:
+    """One code tree under test: the baseline commit ("before") or this working tree ("after")."""
+
+    label: str
+    code: Path
+
+
+def baseline_tree(commit: str) -> Path:
+    """The baseline commit's files under bench/.cache/ (git archive: no worktree, nothing to clean up in git)."""
+    sha = subprocess.run(["git", "rev-parse", commit], cwd=common.REPO_ROOT, check=True, capture_output=True,
+                         text=True).stdout.strip()
+    target = common.CACHE_DIR / f"baseline-{sha[:12]}"
+    if not (target / "cli" / "main.py").exists():
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        archive = subprocess.run(["git", "archive", sha], cwd=common.REPO_ROOT, check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True)
+    return target
+
+
+def versions(args: argparse.Namespace) -> list[Version]:
+    short = subprocess.run(["git", "rev-parse", "--short", args.baseline], cwd=common.REPO_ROOT, check=True,
+                           capture_output=True, text=True).stdout.strip()
+    return [Version(f"before ({short})", baseline_tree(args.baseline)), Version("after", common.REPO_ROOT)]
+
+
+def backend_urls(backend: str, postgres: Any, redis: Any) -> tuple[str, str | None, str | None]:
+    if backend == "sqlite":
+        return "SQLite + filesystem broker", None, None
+    return "PostgreSQL + Redis", postgres.url(postgres.create_database(prefix="bench")), redis_url(redis)
+
+
+async def one_client(port: int, path: str, requests: int) -> list[float]:
+    """Latencies (ms) of `requests` sequential GETs on one keep-alive connection."""
+    connection = await Connection.open(port)
+    latencies = []
+    try:
+        for _ in range(requests):
+            started = time.perf_counter()
+            status = await connection.request("GET", path)
+            latencies.append((time.perf_counter() - started) * 1000)
+            if status != 200:
+                raise SystemExit(f"GET {path} answered {status}")
+    finally:
+        connection.close()
+    return latencies
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux /proc): unlike latency, unmoved by other processes' load."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def one_client_rows(args: argparse.Namespace, label: str, floor: tuple[int, int], apis: dict[str, tuple[int, int, str]]
+                    ) -> tuple[list[list[Any]], dict[str, Any]]:
+    """Per target: median latency and server CPU per request; rounds interleave the targets; ratios per round.
+
+    `floor` and each API are (port, server pid); the API entries also name a job to read.
+    """
+    targets: list[tuple[str, int, int, str]] = [("floor", *floor, "/healthz")]
+    for version, (port, pid, job_id) in apis.items():
+        targets += [(f"{version}|healthz", port, pid, "/healthz"), (f"{version}|job", port, pid, f"/v1/jobs/{job_id}"),
+                    (f"{version}|list", port, pid, "/v1/jobs?limit=20")]
+    medians: dict[str, list[float]] = {name: [] for name, *_ in targets}
+    cpu_ms: dict[str, list[float]] = {name: [] for name, *_ in targets}
+    for _ in range(args.one_client_rounds):
+        for name, port, pid, path in targets:
+            asyncio.run(one_client(port, path, 20))  # warm the connection path and caches
+            used = cpu_seconds(pid)
+            medians[name].append(common.median(asyncio.run(one_client(port, path, args.one_client_requests))))
+            cpu_ms[name].append((cpu_seconds(pid) - used) * 1000 / args.one_client_requests)
+    rows = [[label, "bare Starlette + uvicorn (the floor)", "GET /healthz", f"{common.median(medians['floor']):.2f}",
+             "", f"{common.median(cpu_ms['floor']):.2f}", "", "", ""]]
+    for version in apis:
+        for what, path, target in (("healthz", "GET /healthz", 1.5), ("job", "GET /v1/jobs/{id}", 1.5),
+                                   ("list", "GET /v1/jobs?limit=20", 2.0)):
+            base, base_name = ("floor", "floor") if what == "healthz" else (f"{version}|healthz", "/healthz")
+            name = f"{version}|{what}"
+            ratio = common.median([v / b for v, b in zip(medians[name], medians[base])])
+            cpu_ratio = common.median([v / b if b else float("nan") for v, b in zip(cpu_ms[name], cpu_ms[base])])
+            verdict = ("met" if ratio <= target else "MISSED") if version == "after" else ""
+            rows.append([label, version, path, f"{common.median(medians[name]):.2f}", f"{ratio:.2f} x {base_name}",
+                         f"{common.median(cpu_ms[name]):.2f}", f"{cpu_ratio:.2f} x {base_name}", f"<= {target:g}",
+                         verdict])
+    return rows, {"median_ms": medians, "server_cpu_ms_per_request": cpu_ms}
+
+
+def paced_and_closed_rows(args: argparse.Namespace, label: str, apis: dict[str, tuple[int, str, list[str]]]
+                          ) -> tuple[list[list[Any]], list[list[Any]], dict[str, Any]]:
+    """Paced (each client once a second) and closed-loop rows; versions run back to back per row."""
+    body = json.dumps(TINY_JOB).encode()
+    paced_rows, closed_rows, data = [], [], {}
+    endpoints = [("GET /v1/jobs/{id}", "GET", 50.0), ("GET /v1/jobs", "GET", 50.0), ("POST /v1/jobs", "POST", 100.0)]
+    for name, method, target in endpoints:
+        for version, (port, _, job_ids) in apis.items():
+            paths = ([f"/v1/jobs/{job_id}" for job_id in job_ids] if "{id}" in name else ["/v1/jobs"])
+            result = asyncio.run(load(port, method, paths, body if method == "POST" else b"", args.clients,
+                                      args.seconds, args.think_ms / 1000, args.warmup))
+            result["load_avg_1m"] = os.getloadavg()[0]
+            bad = sum(n for status, n in result["statuses"].items() if status not in {200, 201}) + result["errors"]
+            verdict = ("met" if result["p99_ms"] <= target and bad == 0 else "MISSED") if version == "after" else ""
+            paced_rows.append([label, name, version, f"{result['throughput_rps']:.0f}", f"{result['p50_ms']:.1f}",
+                               f"{result['p99_ms']:.1f}", f"<= {target:g}", verdict, bad,
+                               f"{result['load_avg_1m']:.1f}"])
+            data[f"paced | {label} | {name} | {version}"] = result
+            common.log.info("%s %s %s paced: %s", label, name, version,
+                            {k: result[k] for k in ("throughput_rps", "p50_ms", "p99_ms", "errors")})
+    rates: dict[str, float] = {}
+    for version, (port, _, job_ids) in apis.items():
+        result = asyncio.run(load(port, "GET", [f"/v1/jobs/{job_id}" for job_id in job_ids], b"", args.clients,
+                                  args.closed_seconds, 0.0, args.warmup))
+        result["load_avg_1m"] = os.getloadavg()[0]
+        rates[version] = result["throughput_rps"]
+        data[f"closed | {label} | {version}"] = result
+        bad = sum(n for status, n in result["statuses"].items() if status != 200) + result["errors"]
+        closed_rows.append([label, version, f"{result['throughput_rps']:.0f}", f"{result['p50_ms']:.1f}",
+                            f"{result['p99_ms']:.1f}", bad, f"{result['load_avg_1m']:.1f}"])
+    before = next(iter(rates.values()))
+    gain = rates["after"] / before if before else float("nan")
+    closed_rows[-1] += [f"{gain:.1f}x", ">= 5x", "met" if gain >= 5 else "MISSED"]
+    closed_rows[0] += ["1.0x", "", ""]
+    return paced_rows, closed_rows, data
+
+
+def start_api(running: Stack, seed_jobs: int, processes: int = 1) -> list[str]:
+    subprocess.run([DISTILL, "migrate"], env=running.env, check=True, cwd=running.code, capture_output=True)
+    extra = ["--workers", str(processes)] if processes > 1 else []
+    running.start("api", "api", "--host", HOST, "--port", str(running.port), *extra)
+    wait_healthy(running.base)
+    return [http_json("POST", f"{running.base}/v1/jobs", TINY_JOB)["id"] for _ in range(seed_jobs)]
 
 
 def part_load(args: argparse.Namespace) -> tuple[list[tuple[str, list[str], list[list[Any]]]], dict[str, Any]]:
+    from tests.services import free_port
+
+    one_rows, paced_rows, closed_rows, data = [], [], [], {}
+    backends = ["sqlite", "postgresql"] if not args.sqlite_only else ["sqlite"]
+    under_test = versions(args)
+    floor_port = free_port()
+    with servers("postgresql" in backends) as (postgres, redis), stack("floor", None, None) as floor:
+        floor_process = floor.run_command("floor", [sys.executable, "-m", "uvicorn", "--app-dir", str(common.BENCH_DIR),
+                                    "floor_app:app", "--host", HOST, "--port", str(floor_port),
+                                    "--log-level", "warning"])
+        wait_healthy(f"http://{HOST}:{floor_port}")
+        for backend in backends:
+            with contextlib.ExitStack() as stacks:
+                apis: dict[str, tuple[int, str, list[str]]] = {}
+                pids: dict[str, int] = {}
+                for version in under_test:
+                    label, db_url, broker_url = backend_urls(backend, postgres, redis)
+                    running = stacks.enter_context(stack(f"load-{backend}-{common.slug(version.label)}", db_url,
+                                                         broker_url, code=version.code))
+                    job_ids = start_api(running, args.seed_jobs)
+                    apis[version.label.split(" ")[0]] = (running.port, job_ids[0], job_ids)
+                    pids[version.label.split(" ")[0]] = running.processes[-1].pid
+                rows, medians = one_client_rows(args, label, (floor_port, floor_process.pid),
+                                                {name: (port, pids[name], job) for name, (port, job, _) in apis.items()})
+                one_rows += rows
+                data[f"one client | {label}"] = medians
+                paced, closed, raw = paced_and_closed_rows(args, label, apis)
+                paced_rows += paced
+                closed_rows += closed
+                data.update(raw)
+    before = under_test[0].label
+    tables = [
+        (f"One client, sequential keep-alive GETs: median ms of {args.one_client_requests} requests, "
+         f"{args.one_client_rounds} interleaved rounds; ratio = median of per-round ratios; "
+         f"'before' is {before}, 'after' this tree; 50 jobs in the table",
+         ["backend", "server", "request", "median ms", "ratio (latency)", "server CPU ms/req", "ratio (CPU)",
+          "target", "verdict (latency)"], one_rows),
+        (f"Paced: {args.clients} clients, each one request then {args.think_ms:g} ms pause, {args.seconds:g} s per "
+         f"row after {args.warmup:g} s warm-up; one API process; before and after back to back per row",
+         ["backend", "endpoint", "code", "req/s", "p50 ms", "p99 ms", "p99 target", "verdict", "non-2xx/errors",
+          "load 1m"], paced_rows),
+        (f"Closed loop: {args.clients} clients sending GET /v1/jobs/{{id}} back to back for {args.closed_seconds:g} s; "
+         "one API process",
+         ["backend", "code", "req/s", "p50 ms", "p99 ms", "non-2xx/errors", "load 1m", "x before", "target",
+          "verdict"], closed_rows),
+    ]
+    return tables, data
+
+
+# --- part 1b: the API while a job trains (distill serve) -------------------------------------------------
+
+TRAINING_JOB: dict[str, Any] = {
+    "name": "bench-training",
+    "dataset": {"name": "digits", "image_size": 32},
+    "teacher": {"arch": "resnet20", "epochs": 40},
+    "student": {"arch": "resnet8"},
+    "method": "e2kd",
+    "training": {"epochs": 40, "batch_size": 64},
+    "report": {"heatmaps": 0, "latency_runs": 1},
+}
+
+
+def part_training(args: argparse.Namespace) -> tuple[list[tuple[str, list[str], list[list[Any]]]], dict[str, Any]]:
+    """Paced GET /v1/jobs/{id} on a job that is training in the same `distill serve`, before and after."""
     rows, data = [], {}
     backends = ["sqlite", "postgresql"] if not args.sqlite_only else ["sqlite"]
     with servers("postgresql" in backends) as (postgres, redis):
         for backend in backends:
-            if backend == "sqlite":
-                label, db_url, broker_url = "SQLite + filesystem broker", None, None
-            else:
-                label, db_url, broker_url = "PostgreSQL + Redis", postgres.url(postgres.create_database(
-                    prefix="bench")), redis_url(redis)
-            with stack(f"load-{backend}", db_url, broker_url) as running:
-                subprocess.run([DISTILL, "migrate"], env=running.env, check=True, cwd=common.REPO_ROOT,
-                               capture_output=True)
-                running.start("api", "api", "--host", HOST, "--port", str(running.port))
-                wait_healthy(running.base)
-                job_ids = [http_json("POST", f"{running.base}/v1/jobs", TINY_JOB)["id"] for _ in range(args.seed_jobs)]
-                body = json.dumps(TINY_JOB).encode()
-                endpoints = [
-                    ("GET /v1/jobs/{id}", "GET", [f"/v1/jobs/{job_id}" for job_id in job_ids], b""),
-                    ("GET /v1/jobs", "GET", ["/v1/jobs"], b""),
-                    ("POST /v1/jobs", "POST", ["/v1/jobs"], body),
-                ]
-                for name, method, paths, payload in endpoints:
-                    for shape, think_s in (("saturation", 0.0), (f"paced {args.think_ms:g} ms", args.think_ms / 1000)):
-                        result = asyncio.run(load(running.port, method, paths, payload, args.clients, args.seconds,
-                                                  think_s, args.warmup))
-                        target = 50.0 if method == "POST" else 20.0
-                        ok = {200, 201}
-                        bad = sum(n for s, n in result["statuses"].items() if s not in ok) + result["errors"]
-                        rows.append([label, name, shape, f"{result['throughput_rps']:.0f}", f"{result['p50_ms']:.1f}",
-                                     f"{result['p99_ms']:.1f}", f"< {target:g}",
-                                     "met" if result["p99_ms"] < target else "MISSED", bad])
-                        data[f"{label} | {name} | {shape}"] = result
-                        common.log.info("%s %s %s: %s", label, name, shape,
-                                        {k: result[k] for k in ("throughput_rps", "p50_ms", "p99_ms", "errors")})
-    headers = ["backend", "endpoint", "load", "req/s", "p50 ms", "p99 ms", "p99 target", "verdict", "non-2xx/errors"]
-    caption = (f"HTTP latency and throughput: {args.clients} concurrent keep-alive clients, {args.seconds:g} s per row "
-               f"after {args.warmup:g} s warm-up; API process alone (uvicorn, 1 process), {args.seed_jobs} jobs "
-               "in the table before the first row")
+            for version in versions(args):
+                label, db_url, broker_url = backend_urls(backend, postgres, redis)
+                name = version.label.split(" ")[0]
+                with stack(f"training-{backend}-{name}", db_url, broker_url, code=version.code) as running:
+                    running.start("serve", "serve", "--host", HOST, "--port", str(running.port), "--workers", "1")
+                    wait_healthy(running.base)
+                    job_id = http_json("POST", f"{running.base}/v1/jobs", TRAINING_JOB)["id"]
+                    job, _ = wait_for_job(running.base, job_id, {"running"}, 300, 0.2)
+                    deadline = time.monotonic() + 120
+                    while http_json("GET", f"{running.base}/v1/jobs/{job_id}")["stage"] in (None, "preparing_data"):
+                        if time.monotonic() > deadline:
+                            raise SystemExit("the training job did not start training")
+                        time.sleep(0.5)
+                    result = asyncio.run(load(running.port, "GET", [f"/v1/jobs/{job_id}"], b"", args.clients,
+                                              args.seconds, args.think_ms / 1000, args.warmup))
+                    after = http_json("GET", f"{running.base}/v1/jobs/{job_id}")
+                    if after["status"] != "running":
+                        raise SystemExit(f"the job stopped training during the window: {after['status']}")
+                    result["load_avg_1m"] = os.getloadavg()[0]
+                    result["stage_at_end"], result["progress_at_end"] = after["stage"], after["progress"]
+                    data[f"{label} | {name}"] = result
+                    bad = sum(n for status, n in result["statuses"].items() if status != 200) + result["errors"]
+                    verdict = ("met" if result["p99_ms"] <= 100 and bad == 0 else "MISSED") if name == "after" else ""
+                    rows.append([label, name, after["stage"], f"{result['throughput_rps']:.0f}",
+                                 f"{result['p50_ms']:.1f}", f"{result['p99_ms']:.1f}", "<= 100", verdict, bad,
+                                 f"{result['load_avg_1m']:.1f}"])
+                    common.log.info("%s %s while training: %s", label, name,
+                                    {k: result[k] for k in ("throughput_rps", "p50_ms", "p99_ms", "errors")})
+    caption = (f"Paced GET /v1/jobs/{{id}} ({args.clients} clients, once a second, {args.seconds:g} s) on a job "
+               "training in the same `distill serve --workers 1` (digits, resnet20 -> resnet8 e2kd)")
+    headers = ["backend", "code", "stage", "req/s", "p50 ms", "p99 ms", "p99 target", "verdict", "non-2xx/errors",
+               "load 1m"]
     return [(caption, headers, rows)], data
 
 
@@ -454,13 +661,18 @@ def part_scale(args: argparse.Namespace) -> tuple[list[tuple[str, list[str], lis
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke test: 5 clients x 3 s, 2 queue jobs, tiny jobs")
-    parser.add_argument("--parts", nargs="+", default=["load", "queue", "scale"], choices=["load", "queue", "scale"])
+    parser.add_argument("--parts", nargs="+", default=["load", "training", "queue", "scale"],
+                        choices=["load", "training", "queue", "scale"])
+    parser.add_argument("--baseline", default=BASELINE_COMMIT, help="the 'before' commit of the load/training parts")
     parser.add_argument("--clients", type=int, default=50)
-    parser.add_argument("--seconds", type=float, default=30.0, help="measured seconds per load row")
+    parser.add_argument("--seconds", type=float, default=30.0, help="measured seconds per paced row")
+    parser.add_argument("--closed-seconds", type=float, default=15.0, help="measured seconds per closed-loop row")
+    parser.add_argument("--one-client-requests", type=int, default=200)
+    parser.add_argument("--one-client-rounds", type=int, default=5)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--think-ms", type=float, default=1000.0, help="pause between a paced client's requests")
     parser.add_argument("--seed-jobs", type=int, default=50, help="jobs created before the load rows")
-    parser.add_argument("--sqlite-only", action="store_true", help="load part without PostgreSQL")
+    parser.add_argument("--sqlite-only", action="store_true", help="load/training parts without PostgreSQL")
     parser.add_argument("--queue-jobs", type=int, default=10)
     parser.add_argument("--queue-idle-s", type=float, default=2.0, help="idle time before each timed submission")
     parser.add_argument("--scale-epochs", type=int, default=4)
@@ -468,20 +680,22 @@ def main() -> None:
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
     if args.quick:
-        args.clients, args.seconds, args.warmup, args.seed_jobs = 5, 3.0, 1.0, 5
+        args.clients, args.seconds, args.closed_seconds, args.warmup, args.seed_jobs = 5, 3.0, 3.0, 1.0, 5
+        args.one_client_requests, args.one_client_rounds = 50, 2
         args.queue_jobs, args.queue_idle_s, args.scale_epochs = 2, 0.5, 1
     common.setup_logging(args.verbose)
     if not Path(DISTILL).exists():
         raise SystemExit(f"{DISTILL} not found: install the project (pip install -e .) into this environment")
 
-    parts = {"load": part_load, "queue": part_queue, "scale": part_scale}
+    parts = {"load": part_load, "training": part_training, "queue": part_queue, "scale": part_scale}
     tables, data = [], {}
     for part in args.parts:
         part_tables, part_data = parts[part](args)
         tables += part_tables
         data[part] = part_data
     settings = {
-        "parts": args.parts, "clients": args.clients, "seconds_per_row": args.seconds, "think_ms": args.think_ms,
+        "parts": args.parts, "baseline": args.baseline, "clients": args.clients, "seconds_per_row": args.seconds,
+        "closed_seconds": args.closed_seconds, "think_ms": args.think_ms,
         "queue_jobs": args.queue_jobs, "scale_epochs": args.scale_epochs, "scale_repeats": args.scale_repeats,
     }
     notes = [
@@ -490,7 +704,8 @@ def main() -> None:
         "paced rows show the latency at a polling-like load.",
     ]
     notes += [f"Shutdown problem seen: {text}" for text in ORPHANS]
-    suffix = "_quick" if args.quick else ("" if args.parts == ["load", "queue", "scale"] else "_" + "_".join(args.parts))
+    everything = ["load", "training", "queue", "scale"]
+    suffix = "_quick" if args.quick else ("" if args.parts == everything else "_" + "_".join(args.parts))
     common.write_results("service_speed" + suffix, "Service speed and scale (loopback)", settings, tables, data, notes)
 
 
