@@ -35,9 +35,10 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from api.errors import ApiError
+from core.compat import DatasetShape, fit_problems, image_channels, weights_shape
 from core.data import IMAGE_SUFFIXES, find_splits, image_folder_classes, load_dataset
 from core.errors import DataError, WeightsError
-from core.models import build_model, is_safetensors, load_state, read_state_dict, weights_dims
+from core.models import build_model, is_safetensors, load_state, read_state_dict
 from core.spec import DatasetSpec, has_control_characters
 from store.settings import Settings
 
@@ -247,13 +248,15 @@ def check_weights(path: Path, arch: str, num_classes: int | None, in_channels: i
     """
     try:
         state = read_state_dict(path, field="file")
-        found_classes, found_channels = weights_dims(arch, state)
+        found = weights_shape(state, arch)
     except WeightsError as exc:
         raise ApiError(422, "invalid_weights", exc.message, "file") from exc
     except KeyError as exc:
         raise ApiError(422, "validation_error", f"unknown architecture '{arch}'", "arch") from exc
-    num_classes = num_classes or found_classes
-    in_channels = in_channels or found_channels
+    if problems := fit_problems(found, dataset=DatasetShape(num_classes, in_channels)):
+        raise ApiError(422, "invalid_weights", f"the weights do not fit the form: {'; '.join(problems)}", "file")
+    num_classes = num_classes or found.num_classes
+    in_channels = in_channels or found.in_channels
     for value, name in ((num_classes, "num_classes"), (in_channels, "in_channels")):
         if value is None:
             raise ApiError(422, "validation_error", f"cannot read {name} from the weights of {arch}; give it", name)
@@ -458,7 +461,7 @@ def _verify_split(split_root: Path, class_names: list[str], channels: list[int],
             try:
                 with Image.open(file) as img:
                     if not channels:
-                        channels.append(1 if img.mode in ("L", "1", "I;16") else 3)
+                        channels.append(image_channels(img.mode))
                     img.verify()
             except Exception as exc:  # PIL raises many types (OSError, SyntaxError, DecompressionBombError...)
                 raise _invalid(f"image {where} cannot be decoded: {exc}") from exc

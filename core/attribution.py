@@ -14,10 +14,8 @@ import torch.nn.functional as F
 from captum.attr import InputXGradient, LayerGradCam, Saliency
 from torch import nn
 
+from core.explain import EXPLAINERS, resize_to_larger
 from core.models import explained_layer
-
-EXPLAINERS = ("gradcam", "input_gradient", "input_x_gradient")
-
 
 def captum_maps(
     model: nn.Module, x: torch.Tensor, target: torch.Tensor, explainer: str = "gradcam", batch_size: int = 128
@@ -78,25 +76,6 @@ def _explain_batch(
     else:
         attribution = InputXGradient(model).attribute(inputs, target=target).sum(dim=1, keepdim=True)
     return attribution.detach()
-
-
-def resize_to_larger(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Bring two `(N, C, h, w)` map batches to one spatial size: the larger one's (bilinear).
-
-    "Larger" is the map with more pixels; a teacher and a student of different depth give
-    Grad-CAM maps of different resolution, and upsampling the coarse one loses nothing of
-    the fine one. Maps already of one size come back unchanged.
-    """
-    size_a, size_b = tuple(a.shape[-2:]), tuple(b.shape[-2:])
-    if size_a == size_b:
-        return a, b
-    if size_a[0] * size_a[1] >= size_b[0] * size_b[1]:
-        return a, _resize(b, size_a)
-    return _resize(a, size_b), b
-
-
-def _resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
 
 
 def map_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -15,13 +15,13 @@ signed (captum InputXGradient, then summed).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.attribution import resize_to_larger
-
-EXPLAINERS = ("gradcam", "input_gradient", "input_x_gradient")
 
 
 class FeatureTap:
@@ -91,6 +91,49 @@ def input_x_gradient_maps(
     return (inputs.float() * grads.float()).sum(dim=1, keepdim=True)
 
 
+@dataclass(frozen=True)
+class Explainer:
+    """One differentiable explainer: what it reads from the forward, and how it makes maps from it.
+
+    `reads` is "activations" (the tapped explained layer) or "inputs" (x, which must have
+    required grad during the forward). `maps(logits, source, target, create_graph)` returns
+    `(N, 1, h, w)`.
+    """
+
+    name: str
+    reads: str
+    maps: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], torch.Tensor]
+
+    @property
+    def needs_input_grad(self) -> bool:
+        return self.reads == "inputs"
+
+
+# The one lookup of explainers: adding one is one entry here (plus its captum reference in core.attribution).
+EXPLAINERS: dict[str, Explainer] = {
+    "gradcam": Explainer("gradcam", "activations", gradcam_maps),
+    "input_gradient": Explainer("input_gradient", "inputs", input_gradient_maps),
+    "input_x_gradient": Explainer("input_x_gradient", "inputs", input_x_gradient_maps),
+}
+
+
+def get_explainer(name: str) -> Explainer:
+    if name not in EXPLAINERS:
+        raise ValueError(f"unknown explainer '{name}'; known: {', '.join(EXPLAINERS)}")
+    return EXPLAINERS[name]
+
+
+def explainer_problem(explainer: str, arch: str) -> str | None:
+    """Why `explainer` cannot explain a model of architecture `arch`, or None when it fits.
+
+    The one rule of which explainer fits which model; every built-in explainer fits every
+    architecture (each has an explained layer and a differentiable forward).
+    """
+    if explainer not in EXPLAINERS:
+        return f"unknown explainer '{explainer}'; known: {', '.join(EXPLAINERS)}"
+    return None
+
+
 def explanation_maps(
     explainer: str,
     logits: torch.Tensor,
@@ -99,18 +142,15 @@ def explanation_maps(
     target: torch.Tensor,
     create_graph: bool = False,
 ) -> torch.Tensor:
-    """One entry point for the three explainers: Grad-CAM reads `activations`, the others `inputs`."""
-    if explainer == "gradcam":
+    """One entry point for every explainer: Grad-CAM reads `activations`, the input methods `inputs`."""
+    method = get_explainer(explainer)
+    if not method.needs_input_grad:
         if activations is None:
-            raise ValueError("gradcam needs the tapped activations")
-        return gradcam_maps(logits, activations, target, create_graph)
+            raise ValueError(f"{explainer} needs the tapped activations")
+        return method.maps(logits, activations, target, create_graph)
     if inputs is None or not inputs.requires_grad:
         raise ValueError(f"{explainer} needs inputs that required grad during the forward")
-    if explainer == "input_gradient":
-        return input_gradient_maps(logits, inputs, target, create_graph)
-    if explainer == "input_x_gradient":
-        return input_x_gradient_maps(logits, inputs, target, create_graph)
-    raise ValueError(f"unknown explainer '{explainer}'; known: {', '.join(EXPLAINERS)}")
+    return method.maps(logits, inputs, target, create_graph)
 
 
 def match_size(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,6 +159,25 @@ def match_size(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     The same rule the evaluation's explanation cosine uses, so training optimises what is measured.
     """
     return resize_to_larger(a, b)
+
+
+def resize_to_larger(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bring two `(N, C, h, w)` map batches to one spatial size: the larger one's (bilinear).
+
+    "Larger" is the map with more pixels; a teacher and a student of different depth give
+    Grad-CAM maps of different resolution, and upsampling the coarse one loses nothing of
+    the fine one. Maps already of one size come back unchanged.
+    """
+    size_a, size_b = tuple(a.shape[-2:]), tuple(b.shape[-2:])
+    if size_a == size_b:
+        return a, b
+    if size_a[0] * size_a[1] >= size_b[0] * size_b[1]:
+        return a, _resize(b, size_a)
+    return _resize(a, size_b), b
+
+
+def _resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
 
 
 def minmax_normalize(maps: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

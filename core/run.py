@@ -31,8 +31,9 @@ from core.atomic import write_text_atomic
 from core.attribution import captum_maps
 from core.callbacks import STAGES, NullCallbacks, RunCallbacks
 from core.checkpoint import load_checkpoint
+from core.compat import DatasetShape, check_weights_file
 from core.data import DataBundle, load_dataset
-from core.errors import DistillError, JobCancelled, SpecError, WeightsError
+from core.errors import DistillError, JobCancelled, SpecError
 from core.evaluate import evaluate
 from core.explain import FeatureTap
 from core.models import (
@@ -43,13 +44,12 @@ from core.models import (
     load_state,
     load_weights,
     pick_device,
-    read_state_dict,
     save_weights,
-    weights_dims,
 )
 from core.report import render_heatmaps
 from core.spec import JobSpec
 from core.terms import build_terms, cross_entropy_only, term_weights
+from core.terms.registry import identity_loss
 from core.trainer import DistillationObjective, OptimConfig, train
 from core.xdistill import ExplainerAutoencoder, explainer_objective
 
@@ -60,8 +60,14 @@ CHECKPOINTS = "checkpoints"
 
 
 def spec_sha256(spec: JobSpec) -> str:
-    """The identity of a spec: canonical JSON of every field after preset merging and defaults."""
-    canonical = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """The identity of a spec: canonical JSON of every field after preset merging and defaults.
+
+    Loss units added later leave the identity while at their defaults (core.terms.registry.identity_loss),
+    so an out folder written before a unit existed keeps its identity and still resumes.
+    """
+    document = spec.model_dump(mode="json")
+    document["loss"] = identity_loss(document["loss"])
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -177,20 +183,7 @@ def build_role_model(spec: JobSpec, role: str, data: DataBundle) -> nn.Module:
 
 def _load_teacher_file(path: Path, arch: str, model: nn.Module, data: DataBundle) -> nn.Module:
     """Load given teacher weights, naming the spec mistake (class count, channels) before a shape mismatch would."""
-    if not path.is_file():
-        raise SpecError(f"teacher.weights: no such file {path.name}", field="teacher.weights")
-    state = read_state_dict(path, field="teacher.weights")
-    num_classes, in_channels = weights_dims(arch, state)
-    if num_classes is not None and num_classes != data.num_classes:
-        raise SpecError(
-            f"teacher.weights has {num_classes} classes but the dataset has {data.num_classes}",
-            field="teacher.weights",
-        )
-    if in_channels is not None and in_channels != data.in_channels:
-        raise SpecError(
-            f"teacher.weights takes {in_channels}-channel images but the dataset has {data.in_channels}",
-            field="teacher.weights",
-        )
+    state = check_weights_file(path, arch, DatasetShape(data.num_classes, data.in_channels))
     return load_state(model, state, field="teacher.weights")
 
 
@@ -284,6 +277,27 @@ def _student(
     return student, history
 
 
+def _metrics_document(
+    job: _Job, metrics: dict[str, Any], history: dict[str, Any], heatmaps: list[Path],
+    models: tuple[nn.Module, nn.Module],
+) -> dict[str, Any]:
+    """What metrics.json holds: the evaluation, each stage's history and how the run was set up."""
+    spec, (teacher, student) = job.spec, models
+    return {
+        **metrics,
+        "history": history,
+        "method": spec.method,
+        "loss_terms": term_weights(spec.loss),
+        "oracle_gamma": spec.loss.oracle_gamma,
+        "heatmaps": [str(path.relative_to(job.out_dir)) for path in heatmaps],
+        "explained_layers": {"teacher": explained_layer_path(teacher), "student": explained_layer_path(student)},
+        "seconds": dict(job.seconds),
+        "device": str(job.device),
+        "spec_sha256": job.state.sha256,
+        "spec": spec.model_dump(mode="json"),
+    }
+
+
 def run_job(
     spec: JobSpec,
     out_dir: Path,
@@ -330,19 +344,9 @@ def run_job(
     history = {"teacher": teacher_history, "student": student_history}
     if explainer_history is not None:
         history["explainer"] = explainer_history
-    result: dict[str, Any] = {
-        **metrics,
-        "history": history,
-        "method": spec.method,
-        "loss_terms": term_weights(spec.loss),
-        "oracle_gamma": spec.loss.oracle_gamma,
-        "heatmaps": [str(path.relative_to(out_dir)) for path in heatmaps],
-        "explained_layers": {"teacher": explained_layer_path(teacher), "student": explained_layer_path(student)},
-        "seconds": dict(job.seconds),
-        "device": str(job.device),
-        "spec_sha256": job.state.sha256,
-        "spec": dict(reported_spec) if reported_spec is not None else spec.model_dump(mode="json"),
-    }
+    result = _metrics_document(job, metrics, history, heatmaps, (teacher, student))
+    if reported_spec is not None:
+        result["spec"] = dict(reported_spec)
     _write_json(metrics_path, result)
     job.state.complete("rendering", job.seconds["rendering"])
     shutil.rmtree(job.checkpoints, ignore_errors=True)  # the run is final: nothing left to resume

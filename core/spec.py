@@ -4,20 +4,26 @@ One pydantic model validates both, so a spec that the CLI accepts is a spec the
 service accepts (minus server paths, which the API refuses on its own).
 Methods are presets: a preset is only a dict of loss weights, and explicit
 `loss` fields override it, so `oracle + e2kd + at` is just a spec that sets
-three terms.
+three terms. The `loss` block and the presets are declared by the loss units
+themselves (core.terms); this module only assembles them.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from core.explain import explainer_problem
 from core.models import UnknownArchitecture, check_arch
+from core.strict import StrictModel
+from core.terms import ExplanationSpec, XDistillSpec
+from core.terms import registry as term_registry
 
-Explainer = Literal["gradcam", "input_gradient", "input_x_gradient"]
-Distance = Literal["cosine", "mse"]
-Method = Literal["scratch", "kd", "e2kd", "xai-mse", "oracle", "xdistill", "at", "fitnet"]
+# The loss block, its presets and the method choices come from the registered loss units (core.terms).
+LossSpec = term_registry.loss_spec_model()
+PRESETS: dict[str, dict[str, Any]] = term_registry.presets()  # method -> plain dict of loss settings
+Method = Literal[tuple(PRESETS)]  # type: ignore[valid-type]
 
 
 def has_control_characters(text: str) -> bool:
@@ -51,10 +57,7 @@ def control_character_field(value: Any, path: str = "") -> str | None:
     return None
 
 
-class _Strict(BaseModel):
-    """Unknown keys are an error: a typo in a spec must not silently train the wrong thing."""
-
-    model_config = ConfigDict(extra="forbid")
+_Strict = StrictModel  # unknown keys are an error: a typo in a spec must not silently train the wrong thing
 
 
 class DatasetSpec(_Strict):
@@ -123,57 +126,6 @@ class StudentSpec(_Strict):
     _arch = field_validator("arch")(classmethod(lambda cls, v: _check_arch(v)))
 
 
-class ExplanationSpec(_Strict):
-    """Explanation alignment L_exp(E_S(x), E_T(x)), target class = teacher top-1."""
-
-    weight: float = Field(0.0, ge=0.0, description="Coefficient of the explanation term.")
-    explainer: Explainer = "gradcam"
-    distance: Distance = Field("cosine", description="'cosine' (e2KD) or 'mse' on min-max normalised maps.")
-    every: int = Field(1, ge=1, description="Apply the term every N-th step (guided-step interval).")
-    target: Literal["teacher", "autoencoder"] = Field(
-        "teacher", description="'autoencoder' = XDistillation: an autoencoder predicts the teacher's maps."
-    )
-
-
-class XDistillSpec(_Strict):
-    """The XDistillation explainer autoencoder, fitted before distillation."""
-
-    epochs: int = Field(5, ge=1, le=200)
-    lr: float = Field(1e-3, gt=0.0)
-
-
-class LossSpec(_Strict):
-    """Loss terms; every field left out keeps the preset's value."""
-
-    ce: float = Field(1.0, ge=0.0, description="Cross-entropy with the labels.")
-    kd: float = Field(0.0, ge=0.0, description="Hinton KD, T^2 * KL(teacher || student).")
-    temperature: float = Field(4.0, gt=0.0)
-    explanation: ExplanationSpec = Field(default_factory=ExplanationSpec)
-    oracle_gamma: float | None = Field(
-        None, ge=0.0, description="Teacher sees x* = x - gamma*|x|*grad_x CE(T(x), y); null = off."
-    )
-    at: float = Field(0.0, ge=0.0, description="Attention transfer (Zagoruyko & Komodakis) at the last stage.")
-    fitnet: float = Field(0.0, ge=0.0, description="FitNet hint (MSE through a 1x1 regressor) at the last stage.")
-    xdistill: XDistillSpec = Field(default_factory=XDistillSpec)
-
-
-# A preset is only a dict of loss settings, merged under the spec's explicit `loss` fields.
-PRESETS: dict[str, dict[str, Any]] = {
-    "scratch": {"ce": 1.0},
-    "kd": {"ce": 1.0, "kd": 1.0},
-    "e2kd": {"ce": 1.0, "kd": 1.0, "explanation": {"weight": 1.0, "explainer": "gradcam", "distance": "cosine"}},
-    "xai-mse": {"ce": 1.0, "kd": 1.0, "explanation": {"weight": 1.0, "explainer": "gradcam", "distance": "mse"}},
-    "oracle": {"ce": 1.0, "kd": 1.0, "oracle_gamma": 1.0},
-    "xdistill": {
-        "ce": 1.0,
-        "kd": 1.0,
-        "explanation": {"weight": 1.0, "explainer": "gradcam", "distance": "cosine", "target": "autoencoder"},
-    },
-    "at": {"ce": 1.0, "at": 1000.0},
-    "fitnet": {"ce": 1.0, "fitnet": 1.0},
-}
-
-
 class TrainingSpec(_Strict):
     epochs: int = Field(15, ge=1, le=1000)
     batch_size: int = Field(64, ge=1, le=4096)
@@ -201,7 +153,7 @@ class JobSpec(_Strict):
     teacher: TeacherSpec = Field(default_factory=TeacherSpec)
     student: StudentSpec = Field(default_factory=StudentSpec)
     method: Method | None = Field("kd", description="Preset; null means `loss` alone defines the terms.")
-    loss: LossSpec = Field(default_factory=LossSpec)
+    loss: LossSpec = Field(default_factory=LossSpec)  # type: ignore[valid-type]
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     report: ReportSpec = Field(default_factory=ReportSpec)
 
@@ -233,3 +185,20 @@ class JobSpec(_Strict):
         if self.teacher.weights is None and self.teacher.epochs == 0:
             raise ValueError("teacher.epochs must be >= 1 when teacher.weights is null")
         return self
+
+    @model_validator(mode="after")
+    def _explainer_fits(self) -> JobSpec:
+        """The explanation term explains both networks: its explainer must fit both architectures."""
+        explanation = self.loss.explanation  # type: ignore[attr-defined]
+        if explanation.weight > 0:
+            for arch in (self.teacher.arch, self.student.arch):
+                if (problem := explainer_problem(explanation.explainer, arch)) is not None:
+                    raise ValueError(f"loss.explanation.explainer: {problem}")
+        return self
+
+
+__all__ = [
+    "PRESETS", "DatasetSpec", "ExplanationSpec", "JobSpec", "LossSpec", "Method", "ReportSpec", "StudentSpec",
+    "TeacherSpec", "TrainingSpec", "XDistillSpec", "check_plain_text", "control_character_field",
+    "has_control_characters",
+]

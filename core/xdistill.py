@@ -21,7 +21,8 @@ from core.attribution import captum_maps
 from core.data import DataBundle
 from core.evaluate import predict_logits
 from core.explain import minmax_normalize
-from core.trainer import MapCache, StepOutput
+from core.objective import StepOutput
+from core.signals import Batch
 
 
 class ExplainerAutoencoder(nn.Module):
@@ -65,7 +66,6 @@ class AutoencoderObjective:
     test_x: torch.Tensor
     test_targets: torch.Tensor
     device: torch.device
-    map_cache: MapCache | None = None
 
     def __post_init__(self) -> None:
         self.train_targets = self.train_targets.to(self.device)
@@ -73,10 +73,8 @@ class AutoencoderObjective:
     def extra_parameters(self) -> list[nn.Parameter]:
         return []
 
-    def step(
-        self, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, device_index: torch.Tensor, global_step: int
-    ) -> StepOutput:
-        loss = F.mse_loss(self.autoencoder(x), self.train_targets[device_index])
+    def step(self, batch: Batch) -> StepOutput:
+        loss = F.mse_loss(self.autoencoder(batch.x), self.train_targets[batch.device_index])
         return StepOutput(loss, {"map_mse": loss.detach()})
 
     def held_out(self) -> dict[str, float]:

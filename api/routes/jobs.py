@@ -22,6 +22,7 @@ from api.events import EventHub, job_events
 from api.routes import API_V1
 from api.ratelimit import rate_limit
 from api.schemas import ERROR_RESPONSES, WRITE_ERROR_RESPONSES, JOB_SPEC_EXAMPLES, ErrorResponse, JobOut, JobPage, as_json_errors
+from core.compat import DatasetShape, WeightsShape, fit_problems
 from core.spec import JobSpec, control_character_field, has_control_characters
 from store import repository
 from store.artifacts import UnsafeArtifactPath, artifact_path
@@ -89,13 +90,8 @@ def check_spec_against_server(spec: JobSpec, session: Session, settings: Setting
     except repository.NotFound:
         raise ApiError(422, "unknown_model", f"no uploaded model with id '{model_id}' (upload weights with "
                        "POST /v1/models)", "teacher.weights") from None
-    problems = []
-    if model.arch != spec.teacher.arch:
-        problems.append(f"it is a {model.arch} but teacher.arch is {spec.teacher.arch}")
-    if num_classes is not None and model.num_classes != num_classes:
-        problems.append(f"it has {model.num_classes} classes but the dataset has {num_classes}")
-    if in_channels is not None and model.in_channels != in_channels:
-        problems.append(f"it takes {model.in_channels}-channel input but the dataset has {in_channels} channel(s)")
+    problems = fit_problems(WeightsShape(model.arch, model.num_classes, model.in_channels),
+                            arch=spec.teacher.arch, dataset=DatasetShape(num_classes, in_channels))
     if problems:
         raise ApiError(422, "invalid_spec", f"model '{model_id}' does not fit this job: {'; '.join(problems)}",
                        "teacher.weights")

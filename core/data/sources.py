@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core.compat import image_channels, image_mode
 from core.data.splits import find_splits, image_folder_classes
 from core.errors import DataError
 
@@ -143,7 +144,7 @@ def _mode_of(file: Path) -> str:
 
     try:
         with Image.open(file) as first:
-            return "L" if first.mode in ("L", "1", "I;16") else "RGB"
+            return image_mode(image_channels(first.mode))
     except (UnidentifiedImageError, OSError) as exc:
         raise DataError(f"cannot decode image {file.parent.name}/{file.name}: {exc}", field="dataset") from exc
 

@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import core.trainer as trainer_module
+import core.signals.maps as maps_module
 from core.callbacks import NullCallbacks, Progress
 from core.data import DataBundle
 from core.errors import JobCancelled
 from core.models import build_model
+from core.signals import AutoencoderMaps, Batch, CachedTeacherMaps, LiveTeacherMaps, OracleTeacherLogits
 from core.spec import JobSpec
 from core.terms import build_terms, cross_entropy_only
 from core.trainer import DistillationObjective, OptimConfig, train
@@ -76,13 +77,13 @@ def test_cached_teacher_maps_give_the_same_first_epoch_losses_and_skip_recomputa
     digits16: DataBundle, trained_teacher: torch.nn.Module, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls = {"teacher_maps": 0}
-    real = trainer_module.explanation_maps
+    real = maps_module.explanation_maps
 
     def counting(explainer, logits, activations, inputs, target, create_graph=False):  # spy: calls the real one
         calls["teacher_maps"] += not create_graph
         return real(explainer, logits, activations, inputs, target, create_graph)
 
-    monkeypatch.setattr(trainer_module, "explanation_maps", counting)
+    monkeypatch.setattr(maps_module, "explanation_maps", counting)
     _, cached_history, objective = _distill(digits16, trained_teacher, cache=True)
     cached_calls, calls["teacher_maps"] = calls["teacher_maps"], 0
     _, uncached_history, _ = _distill(digits16, trained_teacher, cache=False)
@@ -94,7 +95,8 @@ def test_cached_teacher_maps_give_the_same_first_epoch_losses_and_skip_recomputa
     steps_per_epoch = -(-len(digits16.train_x) // 32)
     assert cached_calls == steps_per_epoch  # the second epoch read every map from the cache
     assert calls["teacher_maps"] == 2 * steps_per_epoch
-    assert objective.map_cache is not None and bool(objective.map_cache.filled.all())
+    provider = objective.signals.provider("target_maps")
+    assert isinstance(provider, CachedTeacherMaps) and bool(provider.cache.filled.all())
 
 
 def test_map_cache_is_off_with_the_oracle_or_when_the_caller_disables_it(
@@ -104,11 +106,12 @@ def test_map_cache_is_off_with_the_oracle_or_when_the_caller_disables_it(
     spec_loss = _loss("e2kd", oracle_gamma=1.0)
     oracle = DistillationObjective(student, build_terms(spec_loss, 128, 128), digits16, CPU, teacher=trained_teacher,
                                    explanation=spec_loss.explanation, oracle_gamma=1.0, cache_maps=True)
-    assert oracle.map_cache is None
+    assert isinstance(oracle.signals.provider("target_maps"), LiveTeacherMaps)
+    assert isinstance(oracle.signals.provider("teacher_logits"), OracleTeacherLogits)
     oracle.close()
     augmenting = DistillationObjective(student, build_terms(spec_loss, 128, 128), digits16, CPU,
                                        teacher=trained_teacher, explanation=spec_loss.explanation, cache_maps=False)
-    assert augmenting.map_cache is None
+    assert isinstance(augmenting.signals.provider("target_maps"), LiveTeacherMaps)
     augmenting.close()
 
 
@@ -121,16 +124,16 @@ def test_oracle_objective_distills_from_x_star_but_takes_teacher_features_and_ma
                                       teacher=trained_teacher, explanation=spec_loss.explanation, oracle_gamma=1.0)
     x, y = digits16.train_x[:16], digits16.train_y[:16]
     index = torch.arange(16)
-    view = objective._teacher_view(x, y, index, index, guided=True)
+    view = objective.signals.compute(Batch(x, y, index, index, 0, 1), objective.terms.needs_at(0))
     with torch.no_grad():
         plain_logits = trained_teacher(x)
-        plain_features = objective.teacher_tap.take()
-    assert not torch.allclose(view.logits, plain_logits)  # KD targets come from x*
+        plain_features = objective.signals.forward.tap.take()
+    assert not torch.allclose(view["teacher_logits"], plain_logits)  # KD targets come from x*
     ce = torch.nn.functional.cross_entropy
-    assert ce(view.logits, y) < ce(plain_logits, y)
-    torch.testing.assert_close(view.features, plain_features)  # AT/FitNet read the teacher on x
-    assert torch.equal(view.classes, plain_logits.argmax(dim=1))
-    assert view.maps is not None and view.maps.shape == (16, 1, 4, 4)
+    assert ce(view["teacher_logits"], y) < ce(plain_logits, y)
+    torch.testing.assert_close(view["teacher_features"], plain_features)  # AT/FitNet read the teacher on x
+    assert torch.equal(view["target_classes"], plain_logits.argmax(dim=1))
+    assert view["target_maps"].shape == (16, 1, 4, 4)
     objective.close()
 
 
@@ -140,7 +143,7 @@ def test_explanation_term_runs_only_on_guided_steps(digits16: DataBundle, traine
     objective = DistillationObjective(student, build_terms(spec_loss, 128, 128), digits16, CPU,
                                       teacher=trained_teacher, explanation=spec_loss.explanation)
     x, y, index = digits16.train_x[:8], digits16.train_y[:8], torch.arange(8)
-    names = [set(objective.step(x, y, index, index, global_step).values) for global_step in range(4)]
+    names = [set(objective.step(Batch(x, y, index, index, step, 4)).values) for step in range(4)]
     assert names == [{"ce", "kd", "explanation"}, {"ce", "kd"}, {"ce", "kd"}, {"ce", "kd", "explanation"}]
     objective.close()
 
@@ -220,7 +223,8 @@ def test_resuming_from_a_checkpoint_reproduces_the_uninterrupted_run_bit_for_bit
     with pytest.raises(JobCancelled):
         _distill(digits16, trained_teacher, epochs=3, checkpoint=checkpoint,
                  callbacks=Recorder(cancel_after_steps=steps + 1), **extra)
-    assert (tmp_path / "distilling.maps.pt").exists()
+    cache = torch.load(checkpoint, weights_only=True)["objective"]["signals"]["target_maps"]
+    assert bool(cache["filled"].all()) and cache["maps"].shape[0] == len(digits16.train_x)  # saved by its provider
     resumed, resumed_history, _ = _distill(digits16, trained_teacher, epochs=3, checkpoint=checkpoint, **extra)
     straight, straight_history, _ = _distill(digits16, trained_teacher, epochs=3, **extra)
     for key, value in straight.state_dict().items():
@@ -274,9 +278,9 @@ def test_autoencoder_target_replaces_the_teachers_maps(digits16: DataBundle, tra
     objective = DistillationObjective(build_model("cnn", 10, 1), build_terms(spec_loss, 128, 128), digits16, CPU,
                                       teacher=trained_teacher, explanation=spec_loss.explanation,
                                       autoencoder=autoencoder, cache_maps=True)
-    assert objective.map_cache is None  # nothing to cache: the autoencoder is cheap
+    assert isinstance(objective.signals.provider("target_maps"), AutoencoderMaps)  # nothing to cache: it is cheap
     x, y, index = digits16.train_x[:8], digits16.train_y[:8], torch.arange(8)
-    view = objective._teacher_view(x, y, index, index, guided=True)
+    view = objective.signals.compute(Batch(x, y, index, index, 0, 1), objective.terms.needs_at(0))
     with torch.no_grad():
-        torch.testing.assert_close(view.maps, autoencoder.eval()(x))
+        torch.testing.assert_close(view["target_maps"], autoencoder.eval()(x))
     objective.close()

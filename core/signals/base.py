@@ -1,0 +1,97 @@
+"""What signal providers share: the batch they work on, the one teacher forward, the provider interface.
+
+A provider computes one or more named teacher signals (core.terms.base names them) for a
+batch. Several providers read the same teacher forward on x; each says in `plan` whether
+it needs that forward at all and whether it needs its graph (input grad: Grad-CAM maps,
+the oracle's grad_x), so the forward runs once per batch, with a graph only when asked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.explain import FeatureTap
+
+# What a provider needs of the teacher forward on one batch, in increasing cost.
+NO_PASS, PASS, GRAPH = 0, 1, 2
+
+
+@dataclass
+class Batch:
+    """One training step's inputs: tensors on the device, the sample indices, where the step sits."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    index: torch.Tensor  # training-sample indices, on the CPU (cache bookkeeping never syncs a GPU)
+    device_index: torch.Tensor  # the same indices on the device
+    step: int  # global step within the stage, 0-based
+    steps_per_epoch: int
+
+    @property
+    def epoch(self) -> float:
+        """Epochs done at the end of this step, fractional: what warm-ups read."""
+        return (self.step + 1) / self.steps_per_epoch
+
+
+@dataclass
+class TeacherPass:
+    """The teacher's forward on x: with `graph`, `inputs` required grad and `logits`/`features` keep the graph."""
+
+    inputs: torch.Tensor
+    logits: torch.Tensor
+    features: torch.Tensor  # the explained layer's output
+    classes: torch.Tensor  # teacher top-1 on x, no graph: the class every map explains
+    graph: bool
+
+
+class TeacherForward:
+    """Runs the frozen teacher on a batch, tapping its explained layer (a forward hook; the model stays as is)."""
+
+    def __init__(self, teacher: nn.Module, layer: nn.Module) -> None:
+        self.teacher = teacher
+        self.tap = FeatureTap(layer)
+
+    def run(self, x: torch.Tensor, graph: bool) -> TeacherPass:
+        if graph:
+            with torch.enable_grad():
+                inputs = x.detach().requires_grad_()
+                logits = self.teacher(inputs)
+                features = self.tap.take()
+            return TeacherPass(inputs, logits, features, logits.detach().argmax(dim=1), True)
+        with torch.no_grad():
+            logits = self.teacher(x)
+            features = self.tap.take()
+        return TeacherPass(x, logits, features, logits.argmax(dim=1), False)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits alone, no graph (e.g. on the oracle input x*)."""
+        with torch.no_grad():
+            logits = self.teacher(x)
+            self.tap.take()
+        return logits
+
+    def close(self) -> None:
+        self.tap.remove()
+
+
+class Provider:
+    """Computes the signals named in `provides`; stateless unless it overrides the state methods."""
+
+    provides: tuple[str, ...] = ()
+
+    def plan(self, batch: Batch) -> int:
+        """NO_PASS, PASS or GRAPH: what this provider needs of the teacher forward on `batch`."""
+        return PASS
+
+    def compute(self, batch: Batch, teacher: TeacherPass | None) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
+        pass
