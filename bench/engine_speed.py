@@ -3,6 +3,7 @@
     python bench/engine_speed.py                   # the full run (quiet machine): 3 rounds, 2 threads
     python bench/engine_speed.py --quick           # smoke test: tiny data, 1 round, 1 thread
     python bench/engine_speed.py --profile e2kd    # torch.profiler's top entries for one method
+    python bench/engine_speed.py --against COMMIT  # e2kd and kd: this engine vs the one at COMMIT, side by side
 
 Every method runs in its own fresh process (so its peak RSS is its own), one warm-up epoch
 then `--epochs` timed epochs; a round runs every method once, in turn, and the rounds are
@@ -265,8 +266,11 @@ def child(args: argparse.Namespace) -> None:
 # --- the parent: rounds of fresh processes ----------------------------------------------------------------
 
 
-def run_method(args: argparse.Namespace, method: Method) -> dict[str, Any]:
+def run_method(args: argparse.Namespace, method: Method, engine_root: Path | None = None) -> dict[str, Any]:
+    """One method in a fresh process; `engine_root` puts another checkout's `core` first on its path."""
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    if engine_root is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(engine_root), env.get("PYTHONPATH", "")])
     command = [sys.executable, __file__, "--child", method.name, "--threads", str(args.threads),
                "--epochs", str(args.epochs), "--shots", str(args.shots), "--test-size", str(args.test_size),
                "--batch-size", str(args.batch_size)] + ([] if args.checkpoints else ["--no-checkpoints"])
@@ -274,6 +278,50 @@ def run_method(args: argparse.Namespace, method: Method) -> dict[str, Any]:
     if result.returncode != 0:
         raise SystemExit(f"{method.name} failed:\n{result.stderr[-4000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def against(args: argparse.Namespace) -> None:
+    """This engine vs the one at `args.against`, same child code and settings, alternating which runs first.
+
+    The old engine is checked out into a temporary git worktree; each round runs both sides
+    of every compared row back to back, so the per-round ratio new/old is robust to load.
+    """
+    old_root = Path(tempfile.mkdtemp(prefix="engine-old-"))
+    subprocess.run(["git", "worktree", "add", "--detach", str(old_root), args.against], cwd=common.REPO_ROOT,
+                   check=True, capture_output=True)
+    try:
+        names = args.methods or ["e2kd (Grad-CAM), cached maps", "kd"]
+        rounds: list[dict[str, dict[str, float]]] = []
+        for round_index in range(args.rounds):
+            result: dict[str, dict[str, float]] = {}
+            for name in names:
+                sides = [("after", None), ("before", old_root)]
+                for side, root in sides if round_index % 2 == 0 else sides[::-1]:
+                    result.setdefault(name, {})[side] = run_method(args, BY_NAME[name], root)["epoch_seconds"]
+                common.log.info("round %d/%d %-32s after %.2f s, before %.2f s", round_index + 1, args.rounds, name,
+                                result[name]["after"], result[name]["before"])
+            rounds.append(result)
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(old_root)], cwd=common.REPO_ROOT, check=False)
+    rows = []
+    for name in names:
+        after, before = [r[name]["after"] for r in rounds], [r[name]["before"] for r in rounds]
+        ratios = [a / b for a, b in zip(after, before)]
+        value = common.median(ratios)
+        rows.append([name, f"{common.median(before):.2f}", f"{common.median(after):.2f}", f"{value:.3f}",
+                     f"{common.spread(ratios):.3f}", "met" if value <= 1.05 else "MISSED"])
+    settings = {"before": args.against, "train_images": 10 * args.shots, "batch_size": args.batch_size,
+                "timed_epochs_per_process": args.epochs, "rounds": args.rounds, "torch_threads": args.threads,
+                "engine_checkpoints": args.checkpoints}
+    common.write_results(
+        "engine_before_after" if not args.quick else "engine_before_after_quick",
+        "Engine speed after the engine restructuring vs before (same child code, old engine in a git worktree)",
+        settings,
+        [("Seconds per epoch (median over rounds) and the per-round ratio after/before (median, spread)",
+          ["method", "before s/epoch", "after s/epoch", "after / before", "spread", "<= 1.05"], rows)],
+        {"rounds": rounds},
+        notes=["Each side runs in a fresh process; the side that runs first alternates between rounds."],
+    )
 
 
 def profile(args: argparse.Namespace) -> None:
@@ -311,6 +359,8 @@ def main() -> None:
     parser.add_argument("--profile-rows", type=int, default=15)
     parser.add_argument("--no-checkpoints", dest="checkpoints", action="store_false",
                         help="engine rows without the per-epoch checkpoint a job writes")
+    parser.add_argument("--against", default=None, metavar="COMMIT",
+                        help="compare this engine with the one at COMMIT (e2kd and kd rows, or --methods)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quick:
@@ -321,6 +371,9 @@ def main() -> None:
     common.setup_logging()
     if args.profile:
         profile(args)
+        return
+    if args.against:
+        against(args)
         return
 
     methods = [BY_NAME[name] for name in args.methods] if args.methods else METHODS

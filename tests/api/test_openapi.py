@@ -41,3 +41,16 @@ def test_uploads_document_their_multipart_fields(client: TestClient) -> None:
 
     assert set(body["schema"]["properties"]) == {"file", "arch", "num_classes", "in_channels", "name"}
     assert body["schema"]["properties"]["file"]["format"] == "binary"
+
+
+def test_the_job_schema_offers_every_registered_loss_unit_and_preset(client: TestClient) -> None:
+    from core.spec import PRESETS
+    from core.terms import registry
+
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    loss_fields = set(schemas["LossSpec"]["properties"])
+    assert loss_fields == {name for unit in registry.units() for name in unit.fields}
+    assert {"dkd", "dist"} <= loss_fields
+    method = schemas["JobSpec"]["properties"]["method"]
+    choices = next(option["enum"] for option in method["anyOf"] if "enum" in option)
+    assert choices == list(PRESETS) and {"dkd", "dist"} <= set(choices)
