@@ -37,7 +37,8 @@ def test_cpu_bf16_e2kd_trains_without_nan_and_caches_float32_maps(
     assert all(torch.isfinite(value.float()).all() for value in student.state_dict().values())
     assert any(not torch.equal(before[key], value) for key, value in student.state_dict().items())
     assert all(value.dtype != torch.bfloat16 for value in student.state_dict().values())  # weights stay fp32
-    assert objective.map_cache is not None and objective.map_cache.maps.dtype == torch.float32
+    cache = objective.signals.provider("target_maps").cache  # the teacher-map cache's provider
+    assert cache.maps is not None and cache.maps.dtype == torch.float32
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
