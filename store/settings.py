@@ -53,7 +53,6 @@ class Settings(BaseSettings):
         False, alias="DISTILL_STORAGE_REDIRECT", description="S3 downloads answer 307 to a presigned URL."
     )
     presign_expires_s: int = Field(300, alias="DISTILL_PRESIGN_EXPIRES_S", ge=1, le=7 * 24 * 3600)
-    sweep_max_children: int = Field(64, alias="DISTILL_SWEEP_MAX_CHILDREN", ge=1)
 
     @field_validator("distill_home")
     @classmethod

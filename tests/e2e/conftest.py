@@ -193,13 +193,15 @@ class Stack:
         except httpx.TransportError:
             return False
 
-    def start_worker(self) -> Process:
+    def start_worker(self, home: Path | None = None) -> Process:
+        """One Celery worker process; `home` gives it a DISTILL_HOME of its own (another "machine")."""
         command = [
             sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--pool", "solo", "--concurrency", "1",
             "-Q", "distill", "--loglevel", "INFO", "--without-gossip", "--without-mingle",
             "--hostname", f"w{len(self.workers)}@%h",
         ]  # fmt: skip
-        worker = spawn(f"worker-{len(self.workers)}", command, self.env, self.home / "logs")
+        env = self.env if home is None else {**self.env, "DISTILL_HOME": str(home)}
+        worker = spawn(f"worker-{len(self.workers)}", command, env, self.home / "logs")
         self.workers.append(worker)
 
         def ready() -> bool:
@@ -263,13 +265,15 @@ def stacks(tmp_path: Path, redis_url: str) -> Iterator[Callable[..., Stack]]:
     """
     made: list[Stack] = []
 
-    def make(database_url: str) -> Stack:
+    def make(database_url: str, **extra_env: str) -> Stack:
         home = tmp_path / f"home{len(made)}"
         home.mkdir()
         broker_url = redis_url.rsplit("/", 1)[0] + f"/{next(_redis_db_numbers) % 16}"
         _flush_redis(broker_url)
         upgrade_database(database_url)  # a no-op when the fixture already migrated it
-        env = clean_env(DISTILL_HOME=str(home), DATABASE_URL=database_url, BROKER_URL=broker_url, **FAST_ENV)
+        env = clean_env(
+            DISTILL_HOME=str(home), DATABASE_URL=database_url, BROKER_URL=broker_url, **FAST_ENV, **extra_env
+        )
         stack = Stack(home=home, database_url=database_url, broker_url=broker_url, env=env)
         made.append(stack)
         return stack
