@@ -23,7 +23,7 @@ from api.errors import install_error_handlers
 from api.events import EventHub, EventStreamConfig
 from api.limits import BodyLimitMiddleware
 from api.metrics import ApiMetrics, MetricsMiddleware
-from api.routes import datasets, health, jobs, models
+from api.routes import datasets, health, jobs, models, sweeps
 from api.schemas import ErrorResponse
 from api.uploads import tmp_dir
 from store.db import Database, upgrade_database
@@ -79,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "jobs", "description": "Submit, follow, cancel jobs and download their artifacts."},
             {"name": "models", "description": "Teacher weights (safetensors) uploads."},
             {"name": "datasets", "description": "Dataset uploads (.zip ImageFolder tree or .npz)."},
+            {"name": "sweeps", "description": "Grids of jobs over one base spec, with a leaderboard."},
             {"name": "health", "description": "Liveness, readiness and Prometheus metrics (no key needed)."},
         ],
     )
@@ -98,7 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ApiKeyMiddleware, settings=settings)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
-    for module in (jobs, models, datasets):
+    for module in (jobs, models, datasets, sweeps):
         app.include_router(
             module.router,
             dependencies=[Depends(require_api_key)],

@@ -34,7 +34,7 @@ from core.checkpoint import load_checkpoint
 from core.compat import DatasetShape, check_weights_file
 from core.data import DataBundle, load_dataset
 from core.errors import DistillError, JobCancelled, SpecError
-from core.evaluate import evaluate
+from core.evaluate import evaluate, predict_logits
 from core.explain import FeatureTap
 from core.models import (
     LayerNotFound,
@@ -355,6 +355,51 @@ def run_job(
         spec.name, sum(job.seconds.values()), metrics["student_accuracy"], metrics["teacher_accuracy"],
         metrics["explanation_cosine"],
     )
+    return result
+
+
+def run_teacher(
+    spec: JobSpec,
+    out_dir: Path,
+    callbacks: RunCallbacks | None = None,
+    *,
+    named_datasets: Mapping[str, Path] | None = None,
+) -> dict[str, Any]:
+    """Only the teacher of `spec` (data + training_teacher), for a sweep whose children share it.
+
+    Writes `teacher.safetensors` and `metrics.json` (teacher_accuracy, num_classes, in_channels,
+    weights_sha256, history) and resumes like `run_job`. The teacher is trained exactly as
+    `run_job` would train it for this spec, so a child given these weights matches one that
+    trained its own teacher with the same settings."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    job = _Job(spec, out_dir, callbacks or NullCallbacks(), named_datasets)
+    metrics_path = out_dir / "metrics.json"
+    if job.state.done("evaluating") and metrics_path.exists():
+        return json.loads(metrics_path.read_text())
+    torch.manual_seed(spec.training.seed)
+    with job.stage("preparing_data"):
+        data = load_dataset(spec.dataset, named=named_datasets)
+    teacher, history = _teacher(job, data)
+    with job.stage("evaluating"):
+        teacher.eval()
+        logits = predict_logits(teacher, data.test_x, job.device)
+        accuracy = float((logits.argmax(dim=1).cpu() == data.test_y).float().mean())
+    weights = out_dir / "teacher.safetensors"
+    result: dict[str, Any] = {
+        "teacher_accuracy": accuracy,
+        "teacher_params": sum(p.numel() for p in teacher.parameters()),
+        "num_classes": data.num_classes,
+        "in_channels": data.in_channels,
+        "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+        "history": {"teacher": history},
+        "seconds": dict(job.seconds),
+        "spec_sha256": job.state.sha256,
+    }
+    _write_json(metrics_path, result)
+    job.state.complete("evaluating", job.seconds["evaluating"])
+    shutil.rmtree(job.checkpoints, ignore_errors=True)
+    log.info("job %s: teacher done, accuracy %.4f", spec.name, accuracy)
     return result
 
 

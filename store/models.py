@@ -53,6 +53,8 @@ NAMING_CONVENTION = {
 
 
 class JobStatus(str, enum.Enum):
+    # waiting: created but not enqueued, until the job it depends on (a sweep's teacher) finishes.
+    waiting = "waiting"
     queued = "queued"
     running = "running"
     cancelling = "cancelling"
@@ -67,6 +69,28 @@ TERMINAL_STATUSES = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {dict[str, Any]: JSON, datetime: UTCDateTime()}
+
+
+class JobKind(str, enum.Enum):
+    distill = "distill"  # the whole run: data, teacher (unless given), student, evaluation, report
+    teacher = "teacher"  # a sweep's shared teacher: data and teacher only; its children reuse the weights
+
+
+class Sweep(Base):
+    """A grid of child jobs over one base spec; its state is read from its children."""
+
+    __tablename__ = "sweeps"
+    __table_args__ = (Index("ix_sweeps_created", "created_at", "id"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    request: Mapped[dict[str, Any]] = mapped_column(JSON)  # {"base", "grid", "rank_by"} as submitted
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True, nullable=True)
+    rank_by: Mapped[str] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    jobs: Mapped[list[Job]] = relationship(back_populates="sweep", order_by="Job.sweep_index")
 
 
 class Job(Base):
@@ -101,10 +125,18 @@ class Job(Base):
     version: Mapped[int] = mapped_column(Integer, default=0)
     # Fingerprint (HMAC) of the API key that created it; None when the service runs without keys.
     owner: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    kind: Mapped[str] = mapped_column(String(20), default=JobKind.distill.value, server_default="distill")
+    sweep_id: Mapped[str | None] = mapped_column(ForeignKey("sweeps.id", ondelete="CASCADE"), nullable=True, index=True)
+    # Position in the sweep's grid (children 0..n-1); teacher jobs come first with negative positions.
+    sweep_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    overrides: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)  # the grid values of a child
+    # The job whose output this one needs (a child's teacher job); the job waits until it ends.
+    depends_on: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
 
     artifacts: Mapped[list[Artifact]] = relationship(
         back_populates="job", cascade="all, delete-orphan", order_by="Artifact.name"
     )
+    sweep: Mapped[Sweep | None] = relationship(back_populates="jobs")
 
 
 class Artifact(Base):

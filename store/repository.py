@@ -49,6 +49,8 @@ from store.models import (
 logger = logging.getLogger(__name__)
 
 ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    # waiting -> queued: the job it depends on (a sweep's teacher) succeeded; -> failed: that job did not.
+    JobStatus.waiting: frozenset({JobStatus.queued, JobStatus.cancelled, JobStatus.failed}),
     JobStatus.queued: frozenset({JobStatus.running, JobStatus.cancelled, JobStatus.failed}),
     # running -> queued: a stale job (worker vanished) is re-queued for another attempt.
     JobStatus.running: frozenset(
@@ -562,7 +564,7 @@ def finish_job(session: Session, job_id: str, worker_id: str, status: JobStatus,
 
 
 def request_cancel(session: Session, job_id: str, owner: str | None = None) -> Job:
-    """queued -> cancelled at once; running -> cancelling (worker stops between steps);
+    """queued/waiting -> cancelled at once; running -> cancelling (worker stops between steps);
     cancelling -> unchanged; terminal -> IllegalTransition. NotFound for another owner's job."""
     for _ in range(5):  # each retry means the job moved under us (e.g. claimed); re-read and decide again
         job = _load_job(session, job_id, owner)
@@ -570,7 +572,7 @@ def request_cancel(session: Session, job_id: str, owner: str | None = None) -> J
         current = JobStatus(job.status)
         if current == JobStatus.cancelling:
             return job
-        if current == JobStatus.queued:
+        if current in (JobStatus.queued, JobStatus.waiting):
             done = _transition(session, job_id, current, JobStatus.cancelled, finished_at=utcnow(), stage=None)
         elif current == JobStatus.running:
             done = _transition(session, job_id, current, JobStatus.cancelling)
@@ -627,6 +629,88 @@ def release_job(session: Session, job_id: str, worker_id: str) -> bool:
     )  # fmt: skip
     session.commit()
     return released
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Dependencies: a sweep's children wait for its teacher job
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def teacher_model_id(teacher_job_id: str) -> str:
+    """The model a teacher job's weights are registered as: derived from the job id, so registering twice
+    (the worker, then the sweeper after a crash) finds the same row."""
+    return "mdl_" + teacher_job_id.removeprefix("job_")
+
+
+def _register_teacher(session: Session, teacher: Job) -> str | None:
+    """The succeeded teacher job's weights as an uploaded-model row (children reference it by id)."""
+    model_id = teacher_model_id(teacher.id)
+    if session.get(ModelRecord, model_id) is not None:
+        return model_id
+    artifact = next((a for a in teacher.artifacts if a.name == "teacher.safetensors"), None)
+    metrics = teacher.metrics or {}
+    if artifact is None or not {"num_classes", "in_channels", "weights_sha256"} <= set(metrics):
+        return None
+    session.add(ModelRecord(
+        id=model_id, name=teacher.name, arch=teacher.spec["teacher"]["arch"],
+        num_classes=int(metrics["num_classes"]), in_channels=int(metrics["in_channels"]),
+        relpath=artifact.relpath, size_bytes=artifact.size_bytes, sha256=str(metrics["weights_sha256"]),
+        created_at=utcnow(),
+    ))  # fmt: skip
+    return model_id
+
+
+def release_dependents(session: Session, job_id: str) -> list[str]:
+    """Settle the jobs waiting for `job_id` once it has ended; returns the ids now queued (the caller
+    enqueues them after this commits).
+
+    Succeeded teacher -> its weights become a model row and every waiting child gets
+    `teacher.weights = <model id>` and is queued. Failed or cancelled -> the children fail
+    (`teacher_failed`) or are cancelled with it. Idempotent: only `waiting` rows move."""
+    dependency = _load_job(session, job_id)
+    status = JobStatus(dependency.status)
+    if status not in TERMINAL_STATUSES:
+        session.commit()
+        return []
+    waiting = list(session.scalars(
+        select(Job).where(Job.depends_on == job_id, Job.status == JobStatus.waiting.value)
+    ))  # fmt: skip
+    model_id = _register_teacher(session, dependency) if status is JobStatus.succeeded else None
+    now, queued = utcnow(), []
+    for child in waiting:
+        if model_id is not None:
+            spec = {**child.spec, "teacher": {**child.spec["teacher"], "weights": model_id}}
+            if _transition(session, child.id, JobStatus.waiting, JobStatus.queued, spec=spec):
+                queued.append(child.id)
+        elif status is JobStatus.cancelled:
+            _transition(session, child.id, JobStatus.waiting, JobStatus.cancelled, finished_at=now)
+        else:
+            reason = dependency.error_message or "its weights were not recorded"
+            _transition(
+                session, child.id, JobStatus.waiting, JobStatus.failed, finished_at=now,
+                error_code="teacher_failed", error_message=f"the shared teacher job {job_id} failed: {reason}",
+                error_field="teacher", error_where="waiting",
+            )  # fmt: skip
+    session.commit()
+    if waiting:
+        logger.info("job %s: %s; settled %d waiting jobs (%d queued)", job_id, status.value, len(waiting), len(queued))
+    return queued
+
+
+def settle_waiting(session: Session, finished_before: datetime) -> list[str]:
+    """Waiting jobs whose dependency ended before `finished_before` and still holds them (its worker
+    died between finishing a teacher and releasing its children): release them now. Returns the
+    ids to enqueue. The grace period leaves the finishing worker time to release them itself."""
+    finished = [status.value for status in TERMINAL_STATUSES]
+    ended = select(Job.id).where(Job.status.in_(finished), Job.finished_at < finished_before)
+    dependencies = list(session.scalars(
+        select(Job.depends_on).where(Job.status == JobStatus.waiting.value, Job.depends_on.in_(ended)).distinct()
+    ))  # fmt: skip
+    session.commit()
+    queued: list[str] = []
+    for dependency in dependencies:
+        queued += release_dependents(session, dependency)
+    return queued
 
 
 # ---------------------------------------------------------------------------------------------------------------

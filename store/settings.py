@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     storage_redirect: bool = Field(
         False, alias="DISTILL_STORAGE_REDIRECT", description="S3 downloads answer 307 to a presigned URL."
     )
+    sweep_max_children: int = Field(64, alias="DISTILL_SWEEP_MAX_CHILDREN", ge=1, description="Jobs per sweep.")
     presign_expires_s: int = Field(300, alias="DISTILL_PRESIGN_EXPIRES_S", ge=1, le=7 * 24 * 3600)
 
     @field_validator("distill_home")

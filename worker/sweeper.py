@@ -8,6 +8,8 @@ Every tick it
   a message lost between the API's commit and its enqueue, or a broker that lost
   its messages. Duplicates are harmless (claiming is conditional), but to keep
   the queue small each job is re-sent with exponential back-off;
+- queues jobs still `waiting` on a teacher job that has ended (its worker died
+  between finishing the teacher and releasing them);
 - refreshes this worker's presence (worker.presence).
 Several workers may sweep at once: every state change is a conditional update.
 """
@@ -82,6 +84,13 @@ class Sweeper:
             with job_context(job_id):
                 log.warning("job %s lost its worker; re-queued for another attempt", job_id)
                 self._send(job_id, now)
+        with self.runtime.sessions() as session:
+            released = repository.settle_waiting(session, finished_before=now - self.stale_after)
+        for job_id in released:
+            with job_context(job_id):
+                log.warning("job %s: its teacher had ended without releasing it; queued now", job_id)
+                self._send(job_id, now)
+        requeued = [*requeued, *released]
         resent = [job_id for job_id in self._unclaimed(now) if job_id not in requeued]
         for job_id in resent:
             with job_context(job_id):

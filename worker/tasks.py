@@ -23,9 +23,10 @@ from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from core.errors import DistillError, JobCancelled, is_storage_full
 from core.run import run_job as run_engine
 from core.spec import JobSpec
+from core.run import run_teacher
 from store import repository
 from store.artifacts import record_job_outputs, redact_paths
-from store.models import JobStatus
+from store.models import JobKind, JobStatus
 from store.queue import enqueue_job
 from store.repository import JobError
 from store.storage import FolderSync, get_storage, pull_prefix, working_folder
@@ -93,16 +94,19 @@ def run_job(job_id: str, runtime: WorkerRuntime | None = None) -> str:
         )
         started = time.monotonic()
         with HeartbeatThread(runtime.sessions, job_id, runtime.worker_id, runtime.settings.heartbeat_s):
-            outcome = _execute(runtime, job_id, job.spec, callbacks, sync)
+            outcome = _execute(runtime, job_id, job.spec, callbacks, sync, JobKind(job.kind))
         if outcome.status is None:
             return "released"
         _finish(runtime, job_id, outcome)
+        if job.kind == JobKind.teacher.value:
+            _release_dependents(runtime, job_id)
         log.info("%s after %.1fs", outcome.status.value, time.monotonic() - started)
         return outcome.status.value
 
 
 def _execute(
-    runtime: WorkerRuntime, job_id: str, stored_spec: dict[str, Any], callbacks: WorkerCallbacks, sync: FolderSync
+    runtime: WorkerRuntime, job_id: str, stored_spec: dict[str, Any], callbacks: WorkerCallbacks, sync: FolderSync,
+    kind: JobKind = JobKind.distill,
 ) -> Outcome:
     """Run the engine in the job's working folder; with shared storage, start from what the store holds
     (another machine's checkpoints) and leave everything there, nothing only on this disk."""
@@ -114,10 +118,12 @@ def _execute(
         sync.mark_current()
         spec = with_database_retry("resolve the spec", lambda: _resolve(runtime, stored_spec))
         sync.folder.mkdir(parents=True, exist_ok=True)
-        # metrics.json shows the spec as stored (ids, never the server paths resolve_spec put in).
-        metrics = run_engine(
-            spec, sync.folder, callbacks, named_datasets=settings.dataset_roots, reported_spec=stored_spec
-        )
+        if kind is JobKind.teacher:
+            metrics = run_teacher(spec, sync.folder, callbacks, named_datasets=settings.dataset_roots)
+        else:  # metrics.json shows the spec as stored (ids, never the server paths resolve_spec put in).
+            metrics = run_engine(
+                spec, sync.folder, callbacks, named_datasets=settings.dataset_roots, reported_spec=stored_spec
+            )
         sync.push(mirror=True)
         with_database_retry("record the artifacts", lambda: _record(runtime, job_id, sync.folder))
         sync.discard_local()
@@ -154,6 +160,20 @@ def _resolve(runtime: WorkerRuntime, stored_spec: dict[str, Any]) -> JobSpec:
 def _record(runtime: WorkerRuntime, job_id: str, folder: Path) -> None:
     with runtime.sessions() as session:
         record_job_outputs(session, runtime.settings, job_id, folder)
+
+
+def _release_dependents(runtime: WorkerRuntime, job_id: str) -> None:
+    """A sweep's teacher ended: queue (or fail) the children waiting for it. If this fails, the
+    sweeper's settle_waiting does it on its next tick."""
+    try:
+        with runtime.sessions() as session:
+            queued = repository.release_dependents(session, job_id)
+        for child_id in queued:
+            enqueue_job(child_id, runtime.celery)
+        if queued:
+            log.info("teacher ready: queued %d waiting jobs", len(queued))
+    except Exception:  # noqa: BLE001 - the sweeper settles waiting jobs too
+        log.exception("could not release the jobs waiting for this teacher; the sweeper will")
 
 
 def _release(runtime: WorkerRuntime, job_id: str) -> None:

@@ -80,7 +80,9 @@ def test_count_jobs_by_status_lists_every_status(session: Session) -> None:
 
     counts = repository.count_jobs_by_status(session)
 
-    assert counts == {"queued": 2, "running": 0, "cancelling": 0, "succeeded": 0, "failed": 1, "cancelled": 0}
+    assert counts == {
+        "waiting": 0, "queued": 2, "running": 0, "cancelling": 0, "succeeded": 0, "failed": 1, "cancelled": 0,
+    }  # fmt: skip
 
 
 def _model(name: str) -> ModelRecord:

@@ -1,0 +1,177 @@
+"""Sweeps: a grid of child jobs over one base spec, validated up front, queued together, ranked."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi.responses import HTMLResponse, PlainTextResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from sqlalchemy.orm import Session
+
+from api.deps import CeleryDep, SessionDep, SessionMakerDep, SettingsDep
+from api.errors import ApiError
+from api.events import EventStreamConfig
+from api.routes import API_V1
+from api.routes.jobs import check_spec_against_server
+from api.schemas import ERROR_RESPONSES, ErrorResponse, nul_field
+from api.sweep_events import sweep_events
+from api.sweep_report import render_report
+from api.sweep_schemas import LEADERBOARD_CSV_EXAMPLE, SweepOut, SweepPage, SweepRequest, SweepSummary, sweep_leaderboard
+from core.spec import JobSpec
+from core.sweep import Child, SweepError, expand, leaderboard_csv
+from store import repository
+from store.models import Sweep
+from store.queue import enqueue_job
+from store.settings import Settings
+from store.sweeps import SweepPlan, cancel_sweep, create_sweep, get_sweep, list_sweeps, request_document
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix=f"{API_V1}/sweeps", tags=["sweeps"])
+
+SweepId = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_-]+$",
+                              description="Sweep id, e.g. 'swp_5f0c2a9d3e1b4c7a'.")]
+_NOT_FOUND = {404: {"model": ErrorResponse, "description": "No sweep with that id (`sweep_not_found`)."}}
+
+
+def load_sweep(session: Session, sweep_id: str) -> Sweep:
+    try:
+        return get_sweep(session, sweep_id)
+    except repository.NotFound:
+        raise ApiError(404, "sweep_not_found", f"no sweep with id '{sweep_id}'", "sweep_id") from None
+
+
+def _check_children_against_server(children: list[Child], session: Session, settings: Settings) -> None:
+    """Datasets and teacher weights exist here, for every distinct child (named by its combination)."""
+    seen: set[str] = set()
+    for child in children:
+        key = json.dumps({"dataset": child.spec["dataset"], "teacher": child.spec["teacher"]}, sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            check_spec_against_server(JobSpec.model_validate(child.spec), session, settings)
+        except ApiError as error:
+            combination = json.dumps(child.overrides, sort_keys=True)
+            field = error.field or ""
+            blamed = next((f"grid.{path}" for path in child.overrides if field.startswith(path)), f"base.{field}")
+            raise ApiError(error.status_code, error.code, f"combination {child.index} {combination}: {error.message}",
+                           blamed) from None
+
+
+def _plan(request: SweepRequest, session: Session, settings: Settings) -> SweepPlan:
+    document = request.model_dump(mode="json")
+    if (field := nul_field(document)) is not None:
+        raise ApiError(422, "validation_error", f"{field}: text must not contain NUL characters", field)
+    try:
+        children = expand(request.base, request.grid, settings.sweep_max_children)
+    except SweepError as error:
+        code = "too_many_children" if "limit is" in error.message else "invalid_sweep"
+        raise ApiError(422, code, error.message, error.field) from None
+    _check_children_against_server(children, session, settings)
+    name = request.name or str(request.base.get("name") or "sweep")
+    return SweepPlan(name=name, request=request_document(request.base, request.grid, request.rank_by),
+                     rank_by=request.rank_by, children=children)
+
+
+@router.post(
+    "",
+    status_code=201,
+    summary="Start a sweep: one child job per grid combination",
+    description="Every combination is validated before anything is created; a bad value is named by its grid "
+    "path and combination. When the children train their teacher, it is trained once per sweep (a teacher job) "
+    "and the children wait for it, then reuse its weights.",
+    responses={200: {"model": SweepOut, "description": "Replay of an Idempotency-Key seen with this body."},
+               409: {"model": ErrorResponse, "description": "Idempotency-Key reused with another body."},
+               **ERROR_RESPONSES},
+)
+def create(
+    request: SweepRequest, session: SessionDep, settings: SettingsDep, celery: CeleryDep, response: Response,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)] = None,
+) -> SweepOut:
+    plan = _plan(request, session, settings)
+    sweep, created, queued = create_sweep(session, plan, idempotency_key)
+    if not created:
+        response.status_code = 200
+        response.headers["Idempotent-Replayed"] = "true"
+    for job_id in queued:
+        try:
+            enqueue_job(job_id, celery)
+        except Exception:  # the rows are committed: the sweeper re-sends queued jobs nobody claimed
+            log.exception("sweep %s: job %s committed but not enqueued; the sweeper will re-send it", sweep.id, job_id)
+    return SweepOut.from_sweep(load_sweep(session, sweep.id))
+
+
+@router.get("", summary="List sweeps, newest first", responses=ERROR_RESPONSES)
+def list_(
+    session: SessionDep,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=500)] = None,
+) -> SweepPage:
+    try:
+        sweeps, next_cursor = list_sweeps(session, limit, cursor)
+    except ValueError:
+        raise ApiError(422, "invalid_cursor", "the cursor is not one this API returned", "cursor") from None
+    return SweepPage(items=[SweepSummary.from_sweep(sweep) for sweep in sweeps], next_cursor=next_cursor)
+
+
+@router.get("/{sweep_id}", summary="A sweep: children with status, and the leaderboard",
+            responses={**_NOT_FOUND, **ERROR_RESPONSES})
+def read(sweep_id: SweepId, session: SessionDep) -> SweepOut:
+    return SweepOut.from_sweep(load_sweep(session, sweep_id))
+
+
+@router.post("/{sweep_id}/cancel", status_code=202, summary="Cancel every unfinished child (and teacher)",
+             responses={**_NOT_FOUND, **ERROR_RESPONSES})
+def cancel(sweep_id: SweepId, session: SessionDep) -> SweepOut:
+    load_sweep(session, sweep_id)
+    return SweepOut.from_sweep(cancel_sweep(session, sweep_id))
+
+
+@router.get("/{sweep_id}/leaderboard.csv", response_class=PlainTextResponse,
+            summary="The leaderboard as CSV (mean and std over seeds)",
+            responses={200: {"content": {"text/csv": {"example": LEADERBOARD_CSV_EXAMPLE}}}, **_NOT_FOUND,
+                       **ERROR_RESPONSES})
+def leaderboard_csv_file(sweep_id: SweepId, session: SessionDep) -> Response:
+    sweep = load_sweep(session, sweep_id)
+    return Response(leaderboard_csv(sweep_leaderboard(sweep)), media_type="text/csv",
+                    headers={"Content-Disposition": f'inline; filename="{sweep.id}-leaderboard.csv"'})
+
+
+@router.get("/{sweep_id}/report", response_class=HTMLResponse, summary="The sweep report page (self-contained HTML)",
+            responses={200: {"content": {"text/html": {"example": "<!doctype html><html>...leaderboard...</html>"}}},
+                       **_NOT_FOUND, **ERROR_RESPONSES})
+def report(sweep_id: SweepId, session: SessionDep) -> HTMLResponse:
+    return HTMLResponse(render_report(SweepOut.from_sweep(load_sweep(session, sweep_id))))
+
+
+_EVENTS_EXAMPLE = (
+    "retry: 2000\nevent: job\nid: 1\ndata: {\"id\": \"job_0a1b2c3d4e5f6a7b\", \"status\": \"running\", ...}\n\n"
+    "event: sweep\nid: 2\ndata: {\"id\": \"swp_5f0c2a9d3e1b4c7a\", \"status\": \"running\", ...}\n\n"
+)
+
+
+def _existing_sweep_id(sweep_id: SweepId, session: SessionDep) -> str:
+    load_sweep(session, sweep_id)
+    return sweep_id
+
+
+@router.get("/{sweep_id}/events", response_class=EventSourceResponse,
+            summary="Stream the children's state changes (Server-Sent Events)",
+            description="`event: job` with the child (or teacher) whenever its status or stage changes, "
+            "`event: sweep` with the sweep summary when its own status changes; ends when every job ended.",
+            responses={200: {"content": {"text/event-stream": {"example": _EVENTS_EXAMPLE}}}, **_NOT_FOUND,
+                       **ERROR_RESPONSES})
+async def events(
+    request: Request, sweep_id: Annotated[str, Depends(_existing_sweep_id)], sessions: SessionMakerDep
+) -> AsyncIterator[ServerSentEvent]:
+    config: EventStreamConfig = request.app.state.event_stream
+    async for event in sweep_events(request, sessions, sweep_id, config):
+        yield event
+
+
+

@@ -1,0 +1,178 @@
+"""Sweep rows: create a sweep with its teacher and child jobs in one transaction, read, page, cancel.
+
+A sweep has no status column: its state is read from its jobs (`sweep_status`), so it can never
+disagree with them. Children that train their teacher start `waiting` on one shared teacher job
+per (dataset, teacher) group and are queued by `repository.release_dependents` when it ends.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload
+
+from core.sweep import Child, teacher_groups
+from store import repository
+from store.models import TERMINAL_STATUSES, Job, JobKind, JobStatus, Sweep, utcnow
+
+logger = logging.getLogger(__name__)
+
+
+def new_sweep_id() -> str:
+    return "swp_" + secrets.token_hex(8)
+
+
+@dataclass
+class SweepPlan:
+    """What POST /v1/sweeps validated: the request as stored and the children it expands to."""
+
+    name: str
+    request: dict[str, Any]
+    rank_by: str
+    children: Sequence[Child]
+
+
+def _job(sweep_id: str, name: str, spec: dict[str, Any], status: JobStatus, now: datetime, **values: Any) -> Job:
+    return Job(
+        id=repository.new_job_id(), name=name[:200], status=status.value, spec=spec,
+        spec_sha256=repository.spec_sha256(spec), attempts=0, version=0, created_at=now, updated_at=now,
+        artifacts=[], sweep_id=sweep_id, **values,
+    )  # fmt: skip
+
+
+def _jobs_for(sweep_id: str, plan: SweepPlan) -> list[Job]:
+    """Teacher jobs first (queued), then the children (waiting on their teacher, or queued)."""
+    now, jobs, teacher_of = utcnow(), [], {}
+    for number, group in enumerate(teacher_groups(plan.children).values()):
+        suffix = f"-{number}" if number else ""
+        spec = {**group[0].spec, "name": f"{plan.name}-teacher{suffix}"[:200]}
+        teacher = _job(sweep_id, spec["name"], spec, JobStatus.queued, now, kind=JobKind.teacher.value,
+                       sweep_index=-1 - number)
+        jobs.append(teacher)
+        teacher_of.update({child.index: teacher.id for child in group})
+    for child in plan.children:
+        depends_on = teacher_of.get(child.index)
+        jobs.append(_job(
+            sweep_id, f"{plan.name}-{child.index}", child.spec,
+            JobStatus.waiting if depends_on else JobStatus.queued, now,
+            kind=JobKind.distill.value, sweep_index=child.index, overrides=child.overrides, depends_on=depends_on,
+        ))  # fmt: skip
+    return jobs
+
+
+def _find_by_key(session: Session, key: str) -> Sweep | None:
+    return session.scalars(select(Sweep).where(Sweep.idempotency_key == key)).one_or_none()
+
+
+def _replay(existing: Sweep, digest: str, key: str) -> tuple[Sweep, bool, list[str]]:
+    if existing.request_sha256 != digest:
+        raise repository.IdempotencyConflict(f"Idempotency-Key {key!r} was already used for sweep {existing.id}")
+    return existing, False, []
+
+
+def create_sweep(session: Session, plan: SweepPlan, idempotency_key: str | None) -> tuple[Sweep, bool, list[str]]:
+    """Insert the sweep and all its jobs in one commit; returns (sweep, created, job ids to enqueue now).
+    Same key + same request -> (existing, False, []); same key + other request -> IdempotencyConflict."""
+    digest = repository.spec_sha256(plan.request)
+    if idempotency_key is not None:
+        existing = _find_by_key(session, idempotency_key)
+        session.commit()
+        if existing is not None:
+            return _replay(existing, digest, idempotency_key)
+    sweep = Sweep(id=new_sweep_id(), name=plan.name, request=plan.request, request_sha256=digest,
+                  idempotency_key=idempotency_key, rank_by=plan.rank_by, created_at=utcnow())
+    jobs = _jobs_for(sweep.id, plan)
+    session.add(sweep)
+    session.flush()
+    session.add_all(jobs)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        existing = _find_by_key(session, idempotency_key) if idempotency_key else None
+        session.commit()
+        if existing is None:
+            raise
+        return _replay(existing, digest, idempotency_key)  # type: ignore[arg-type]
+    queued = [job.id for job in jobs if job.status == JobStatus.queued.value]
+    logger.info("sweep %s: created with %d jobs (%d queued now)", sweep.id, len(jobs), len(queued))
+    return sweep, True, queued
+
+
+def get_sweep(session: Session, sweep_id: str) -> Sweep:
+    """The sweep with its jobs (teachers first, then children in grid order); NotFound if absent."""
+    sweep = session.scalars(
+        select(Sweep).where(Sweep.id == sweep_id)
+        .options(selectinload(Sweep.jobs).selectinload(Job.artifacts))
+        .execution_options(populate_existing=True)
+    ).one_or_none()  # fmt: skip
+    session.commit()
+    if sweep is None:
+        raise repository.NotFound(f"sweep {sweep_id} not found")
+    return sweep
+
+
+def _cursor(sweep: Sweep) -> str:
+    raw = f"{sweep.created_at.astimezone(timezone.utc).isoformat()}|{sweep.id}"
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _decode(cursor: str) -> tuple[datetime, str]:
+    try:
+        created, sweep_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().split("|", 1)
+        return datetime.fromisoformat(created), sweep_id
+    except (binascii.Error, UnicodeDecodeError, ValueError) as error:
+        raise ValueError("malformed cursor") from error
+
+
+def list_sweeps(session: Session, limit: int, cursor: str | None) -> tuple[list[Sweep], str | None]:
+    """Newest first, keyset-paged like list_jobs; ValueError for a malformed cursor."""
+    statement = select(Sweep).options(selectinload(Sweep.jobs)).execution_options(populate_existing=True)
+    if cursor is not None:
+        created, sweep_id = _decode(cursor)
+        statement = statement.where(or_(Sweep.created_at < created,
+                                        and_(Sweep.created_at == created, Sweep.id < sweep_id)))
+    rows = list(session.scalars(statement.order_by(Sweep.created_at.desc(), Sweep.id.desc()).limit(limit + 1)))
+    session.commit()
+    page = rows[:limit]
+    return page, (_cursor(page[-1]) if len(rows) > limit else None)
+
+
+def cancel_sweep(session: Session, sweep_id: str) -> Sweep:
+    """Every unfinished job of the sweep (teachers included) is cancelled through the state machine."""
+    sweep = get_sweep(session, sweep_id)
+    for job in sweep.jobs:
+        if JobStatus(job.status) not in TERMINAL_STATUSES:
+            try:
+                repository.request_cancel(session, job.id)
+            except repository.IllegalTransition:  # it finished meanwhile
+                pass
+    logger.info("sweep %s: cancel requested", sweep_id)
+    return get_sweep(session, sweep_id)
+
+
+def sweep_status(jobs: Sequence[Job]) -> str:
+    """queued until a job starts, running until all ended, then failed > cancelled > succeeded."""
+    statuses = {JobStatus(job.status) for job in jobs}
+    unfinished = statuses - TERMINAL_STATUSES
+    if unfinished:
+        started = statuses & {JobStatus.running, JobStatus.cancelling, *TERMINAL_STATUSES}
+        return "running" if started else "queued"
+    for status in (JobStatus.failed, JobStatus.cancelled):
+        if status in statuses:
+            return status.value
+    return JobStatus.succeeded.value
+
+
+def request_document(base: dict[str, Any], grid: dict[str, Any], rank_by: str) -> dict[str, Any]:
+    return json.loads(json.dumps({"base": base, "grid": grid, "rank_by": rank_by}))
