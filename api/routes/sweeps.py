@@ -17,11 +17,11 @@ from api.errors import ApiError
 from api.events import EventStreamConfig
 from api.routes import API_V1
 from api.routes.jobs import check_spec_against_server
-from api.schemas import ERROR_RESPONSES, ErrorResponse, nul_field
+from api.schemas import ERROR_RESPONSES, WRITE_ERROR_RESPONSES, ErrorResponse, as_json_errors
 from api.sweep_events import sweep_events
 from api.sweep_report import render_report
 from api.sweep_schemas import LEADERBOARD_CSV_EXAMPLE, SweepOut, SweepPage, SweepRequest, SweepSummary, sweep_leaderboard
-from core.spec import JobSpec
+from core.spec import JobSpec, control_character_field
 from core.sweep import Child, SweepError, expand, leaderboard_csv
 from store import repository
 from store.models import Sweep
@@ -65,8 +65,8 @@ def _check_children_against_server(children: list[Child], session: Session, sett
 
 def _plan(request: SweepRequest, session: Session, settings: Settings) -> SweepPlan:
     document = request.model_dump(mode="json")
-    if (field := nul_field(document)) is not None:
-        raise ApiError(422, "validation_error", f"{field}: text must not contain NUL characters", field)
+    if (field := control_character_field(document)) is not None:
+        raise ApiError(422, "validation_error", f"{field}: text must not contain control characters", field)
     try:
         children = expand(request.base, request.grid, settings.sweep_max_children)
     except SweepError as error:
@@ -87,11 +87,13 @@ def _plan(request: SweepRequest, session: Session, settings: Settings) -> SweepP
     "and the children wait for it, then reuse its weights.",
     responses={200: {"model": SweepOut, "description": "Replay of an Idempotency-Key seen with this body."},
                409: {"model": ErrorResponse, "description": "Idempotency-Key reused with another body."},
-               **ERROR_RESPONSES},
+               **WRITE_ERROR_RESPONSES},
 )
 def create(
     request: SweepRequest, session: SessionDep, settings: SettingsDep, celery: CeleryDep, response: Response,
-    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200)] = None,
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[\x20-\x7e]+$")
+    ] = None,
 ) -> SweepOut:
     plan = _plan(request, session, settings)
     sweep, created, queued = create_sweep(session, plan, idempotency_key)
@@ -134,8 +136,8 @@ def cancel(sweep_id: SweepId, session: SessionDep) -> SweepOut:
 
 @router.get("/{sweep_id}/leaderboard.csv", response_class=PlainTextResponse,
             summary="The leaderboard as CSV (mean and std over seeds)",
-            responses={200: {"content": {"text/csv": {"example": LEADERBOARD_CSV_EXAMPLE}}}, **_NOT_FOUND,
-                       **ERROR_RESPONSES})
+            responses={200: {"content": {"text/csv": {"example": LEADERBOARD_CSV_EXAMPLE}}},
+                       **as_json_errors({**_NOT_FOUND, **ERROR_RESPONSES})})
 def leaderboard_csv_file(sweep_id: SweepId, session: SessionDep) -> Response:
     sweep = load_sweep(session, sweep_id)
     return Response(leaderboard_csv(sweep_leaderboard(sweep)), media_type="text/csv",
@@ -144,7 +146,7 @@ def leaderboard_csv_file(sweep_id: SweepId, session: SessionDep) -> Response:
 
 @router.get("/{sweep_id}/report", response_class=HTMLResponse, summary="The sweep report page (self-contained HTML)",
             responses={200: {"content": {"text/html": {"example": "<!doctype html><html>...leaderboard...</html>"}}},
-                       **_NOT_FOUND, **ERROR_RESPONSES})
+                       **as_json_errors({**_NOT_FOUND, **ERROR_RESPONSES})})
 def report(sweep_id: SweepId, session: SessionDep) -> HTMLResponse:
     return HTMLResponse(render_report(SweepOut.from_sweep(load_sweep(session, sweep_id))))
 
@@ -164,8 +166,8 @@ def _existing_sweep_id(sweep_id: SweepId, session: SessionDep) -> str:
             summary="Stream the children's state changes (Server-Sent Events)",
             description="`event: job` with the child (or teacher) whenever its status or stage changes, "
             "`event: sweep` with the sweep summary when its own status changes; ends when every job ended.",
-            responses={200: {"content": {"text/event-stream": {"example": _EVENTS_EXAMPLE}}}, **_NOT_FOUND,
-                       **ERROR_RESPONSES})
+            responses={200: {"content": {"text/event-stream": {"example": _EVENTS_EXAMPLE}}},
+                       **as_json_errors({**_NOT_FOUND, **ERROR_RESPONSES})})
 async def events(
     request: Request, sweep_id: Annotated[str, Depends(_existing_sweep_id)], sessions: SessionMakerDep
 ) -> AsyncIterator[ServerSentEvent]:
