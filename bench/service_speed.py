@@ -2,7 +2,7 @@
 
     python bench/service_speed.py                      # every part (quiet machine)
     python bench/service_speed.py --quick              # smoke test: 5 clients x 3 s, tiny jobs
-    python bench/service_speed.py --parts load training   # one or more parts: load, training, queue, scale
+    python bench/service_speed.py --parts load training   # one or more: load, training, queue, scale, sweep, storage
 
 Everything runs on loopback, in processes this script starts and stops: `distill api` /
 `distill serve` / `distill worker`, a bare Starlette app (bench/floor_app.py), and for the
@@ -24,6 +24,11 @@ DISTILL_HOME under bench/.cache/.
    the server's own timestamps (started_at - created_at) and as the polling client saw it.
 4. Scale-out: 4 equal jobs on 1 worker process vs 2 (DISTILL_TORCH_THREADS=1), from the first
    POST until the last job succeeded.
+5. Sweep: one sweep of 8 equal children (a grid over training.seed; the teacher trained once by
+   the sweep's teacher job) on 1 worker process vs 2, from the POST until the last child ended.
+6. Storage: the same tiny job on `distill serve` with artifacts under DISTILL_HOME vs in an
+   S3-compatible store (moto_server on loopback), alternating; the per-job difference is the
+   cost of pulling/pushing checkpoints and artifacts through the store.
 """
 
 from __future__ import annotations
@@ -658,11 +663,102 @@ def part_scale(args: argparse.Namespace) -> tuple[list[tuple[str, list[str], lis
     return [(caption, headers, rows)], {"wall_seconds": walls, "job_seconds": job_seconds, "ratios": ratios}
 
 
+# --- part 4: a sweep over workers ------------------------------------------------------------------------
+
+
+def sweep_body(epochs: int, children: int) -> dict[str, Any]:
+    return {"name": "bench-sweep", "base": scale_job(epochs), "grid": {"training.seed": list(range(children))},
+            "rank_by": "student_accuracy"}
+
+
+def wait_for_sweep(base: str, sweep_id: str, timeout_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        sweep = http_json("GET", f"{base}/v1/sweeps/{sweep_id}")
+        if sweep["status"] in {"succeeded", "failed", "cancelled"}:
+            if sweep["status"] != "succeeded":
+                raise SystemExit(f"sweep {sweep_id} ended {sweep['status']}: {sweep['counts']}")
+            return sweep
+        time.sleep(0.5)
+    raise SystemExit(f"sweep {sweep_id} did not finish in {timeout_s:.0f} s")
+
+
+def part_sweep(args: argparse.Namespace) -> tuple[list[tuple[str, list[str], list[list[Any]]]], dict[str, Any]]:
+    walls: dict[int, list[float]] = {1: [], 2: []}
+    with servers(True) as (postgres, redis):
+        for repeat in range(args.scale_repeats):
+            for workers in (1, 2):
+                db_url = postgres.url(postgres.create_database(prefix="bench"))
+                with stack(f"sweep-{workers}w-{repeat}", db_url, redis_url(redis),
+                           {"DISTILL_TORCH_THREADS": "1"}) as running:
+                    subprocess.run([DISTILL, "migrate"], env=running.env, check=True, cwd=common.REPO_ROOT,
+                                   capture_output=True)
+                    running.start("api", "api", "--host", HOST, "--port", str(running.port))
+                    running.start("worker", "worker", "--concurrency", str(workers))
+                    wait_healthy(running.base)
+                    warm = [http_json("POST", f"{running.base}/v1/jobs", TINY_JOB)["id"] for _ in range(workers)]
+                    for job_id in warm:  # every worker process has imported torch
+                        wait_for_job(running.base, job_id, {"succeeded"}, 300, 0.1)
+                    sweep = http_json("POST", f"{running.base}/v1/sweeps", sweep_body(args.scale_epochs, 8))
+                    done = wait_for_sweep(running.base, sweep["id"], 7200)
+                    jobs = [http_json("GET", f"{running.base}{job['url']}")
+                            for job in done["teacher_jobs"] + done["jobs"]]
+                    walls[workers].append(max(parse_time(j["finished_at"]) for j in jobs)
+                                          - min(parse_time(j["created_at"]) for j in jobs))
+                    common.log.info("sweep of 8 on %d worker(s): %.1f s", workers, walls[workers][-1])
+    ratios = [two / one for one, two in zip(walls[1], walls[2])]
+    rows = [["1 worker", f"{common.median(walls[1]):.1f}", "1.00"],
+            ["2 workers", f"{common.median(walls[2]):.1f}", f"{common.median(ratios):.2f}"]]
+    caption = (f"Sweep: 8 equal children (grid over training.seed; digits, resnet8 -> resnet8 e2kd, "
+               f"{args.scale_epochs} epoch(s)) plus the one shared teacher job, PostgreSQL + Redis, "
+               f"DISTILL_TORCH_THREADS=1; median of {args.scale_repeats} alternating repeat(s)")
+    return [(caption, ["workers", "wall s (POST to last child)", "x 1 worker"], rows)], \
+        {"wall_seconds": walls, "ratios": ratios}
+
+
+# --- part 5: local vs S3 storage -------------------------------------------------------------------------
+
+
+def part_storage(args: argparse.Namespace) -> tuple[list[tuple[str, list[str], list[list[Any]]]], dict[str, Any]]:
+    from tests.services import s3_server
+
+    seconds: dict[str, list[float]] = {"local": [], "s3": []}
+    with s3_server() as s3:
+        for repeat in range(args.storage_repeats):
+            for backend in ("local", "s3"):
+                extra = {"DISTILL_TORCH_THREADS": "1"}
+                if backend == "s3":
+                    extra.update(s3.environment(), DISTILL_STORAGE_URL=f"s3://{s3.create_bucket()}/bench")
+                with stack(f"storage-{backend}-{repeat}", None, None, extra) as running:
+                    running.start("serve", "serve", "--host", HOST, "--port", str(running.port), "--workers", "1")
+                    wait_healthy(running.base)
+                    warm = http_json("POST", f"{running.base}/v1/jobs", TINY_JOB)["id"]
+                    wait_for_job(running.base, warm, {"succeeded"}, 300, 0.1)
+                    for _ in range(args.storage_jobs):
+                        job_id = http_json("POST", f"{running.base}/v1/jobs", STORAGE_JOB)["id"]
+                        job, _ = wait_for_job(running.base, job_id, {"succeeded"}, 600, 0.05)
+                        seconds[backend].append(parse_time(job["finished_at"]) - parse_time(job["started_at"]))
+                common.log.info("storage %s: median %.2f s per job", backend, common.median(seconds[backend]))
+    local, remote = common.median(seconds["local"]), common.median(seconds["s3"])
+    rows = [["local folder (DISTILL_HOME)", len(seconds["local"]), f"{local:.2f}", ""],
+            ["S3 (moto_server, loopback)", len(seconds["s3"]), f"{remote:.2f}", f"{remote - local:+.2f}"]]
+    caption = ("Storage overhead per job: the same job (digits, cnn -> cnn kd, 2 + 2 epochs, 8 heatmaps), "
+               "`distill serve --workers 1`, started_at to finished_at; S3 adds the checkpoint pushes at every "
+               f"epoch end and the artifact upload; {args.storage_repeats} alternating repeat(s)")
+    return [(caption, ["storage", "jobs", "median s per job", "overhead s"], rows)], {"seconds": seconds}
+
+
+STORAGE_JOB: dict[str, Any] = {
+    **TINY_JOB, "name": "bench-storage", "teacher": {"arch": "cnn", "epochs": 2},
+    "training": {"epochs": 2, "batch_size": 128}, "report": {"heatmaps": 8, "latency_runs": 1},
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke test: 5 clients x 3 s, 2 queue jobs, tiny jobs")
-    parser.add_argument("--parts", nargs="+", default=["load", "training", "queue", "scale"],
-                        choices=["load", "training", "queue", "scale"])
+    parser.add_argument("--parts", nargs="+", default=["load", "training", "queue", "scale", "sweep", "storage"],
+                        choices=["load", "training", "queue", "scale", "sweep", "storage"])
     parser.add_argument("--baseline", default=BASELINE_COMMIT, help="the 'before' commit of the load/training parts")
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=30.0, help="measured seconds per paced row")
@@ -676,18 +772,22 @@ def main() -> None:
     parser.add_argument("--queue-jobs", type=int, default=10)
     parser.add_argument("--queue-idle-s", type=float, default=2.0, help="idle time before each timed submission")
     parser.add_argument("--scale-epochs", type=int, default=4)
-    parser.add_argument("--scale-repeats", type=int, default=1)
+    parser.add_argument("--scale-repeats", type=int, default=1, help="repeats of the scale and sweep parts")
+    parser.add_argument("--storage-jobs", type=int, default=3, help="timed jobs per storage backend and repeat")
+    parser.add_argument("--storage-repeats", type=int, default=2)
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
     if args.quick:
         args.clients, args.seconds, args.closed_seconds, args.warmup, args.seed_jobs = 5, 3.0, 3.0, 1.0, 5
         args.one_client_requests, args.one_client_rounds = 50, 2
         args.queue_jobs, args.queue_idle_s, args.scale_epochs = 2, 0.5, 1
+        args.storage_jobs, args.storage_repeats = 1, 1
     common.setup_logging(args.verbose)
     if not Path(DISTILL).exists():
         raise SystemExit(f"{DISTILL} not found: install the project (pip install -e .) into this environment")
 
-    parts = {"load": part_load, "training": part_training, "queue": part_queue, "scale": part_scale}
+    parts = {"load": part_load, "training": part_training, "queue": part_queue, "scale": part_scale,
+             "sweep": part_sweep, "storage": part_storage}
     tables, data = [], {}
     for part in args.parts:
         part_tables, part_data = parts[part](args)
@@ -697,6 +797,7 @@ def main() -> None:
         "parts": args.parts, "baseline": args.baseline, "clients": args.clients, "seconds_per_row": args.seconds,
         "closed_seconds": args.closed_seconds, "think_ms": args.think_ms,
         "queue_jobs": args.queue_jobs, "scale_epochs": args.scale_epochs, "scale_repeats": args.scale_repeats,
+        "storage_jobs": args.storage_jobs, "storage_repeats": args.storage_repeats,
     }
     notes = [
         "The load client runs on the same 2 cores as the server (loopback), so throughput is a lower bound.",
@@ -704,7 +805,7 @@ def main() -> None:
         "paced rows show the latency at a polling-like load.",
     ]
     notes += [f"Shutdown problem seen: {text}" for text in ORPHANS]
-    everything = ["load", "training", "queue", "scale"]
+    everything = ["load", "training", "queue", "scale", "sweep", "storage"]
     suffix = "_quick" if args.quick else ("" if args.parts == everything else "_" + "_".join(args.parts))
     common.write_results("service_speed" + suffix, "Service speed and scale (loopback)", settings, tables, data, notes)
 

@@ -10,6 +10,7 @@
 
 and the client verbs (cli.jobs, cli.uploads), which speak only HTTP through client/:
     distill submit SPEC.json [--wait] | jobs | show | cancel | logs | download | upload-model | upload-dataset
+    distill sweep SWEEP.json [--wait] | sweeps | sweep-cancel
 
 Settings come from the environment (store.settings); see the README.
 """
@@ -28,6 +29,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from cli import jobs as job_verbs
+from cli import sweeps as sweep_verbs
 from cli import uploads as upload_verbs
 from cli.connection import run_verb
 
@@ -64,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("migrate", help="upgrade the database schema to the latest revision")
 
     # Client verbs: one module per group, each registers its own subcommands.
-    for verbs in (job_verbs, upload_verbs):
+    for verbs in (job_verbs, upload_verbs, sweep_verbs):
         verbs.register(commands)
     return parser
 

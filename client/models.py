@@ -146,3 +146,60 @@ class Dataset:
                    num_test=int(document.get("num_test", 0)), size_bytes=int(document.get("size_bytes", 0)),
                    created_at=_time(document.get("created_at")), raw=document,
                    test_split=document.get("test_split"))
+
+
+SWEEP_ENDED = frozenset({"succeeded", "failed", "cancelled"})
+
+
+@dataclass(frozen=True)
+class SweepJob:
+    """One job of a sweep: a child (its grid `overrides`) or a shared teacher (`kind` 'teacher')."""
+
+    id: str
+    kind: str
+    status: str
+    stage: str | None
+    fraction: float | None
+    overrides: dict[str, Any] | None
+    metrics: dict[str, Any] | None
+    error_code: str | None
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> SweepJob:
+        return cls(id=document["id"], kind=document.get("kind", "distill"), status=document["status"],
+                   stage=document.get("stage"), fraction=document.get("fraction"),
+                   overrides=document.get("overrides"), metrics=document.get("metrics"),
+                   error_code=document.get("error_code"))
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A sweep: its children and shared teachers (in full documents), and the leaderboard rows as sent."""
+
+    id: str
+    name: str
+    status: str
+    rank_by: str
+    counts: dict[str, int]
+    children: int
+    jobs: list[SweepJob]
+    teacher_jobs: list[SweepJob]
+    leaderboard: list[dict[str, Any]]
+    raw: dict[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def finished(self) -> bool:
+        return self.status in SWEEP_ENDED
+
+    @property
+    def done_children(self) -> int:
+        return sum(count for status, count in self.counts.items() if status in TERMINAL_STATUSES)
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> Sweep:
+        return cls(id=document["id"], name=document.get("name", ""), status=document["status"],
+                   rank_by=document.get("rank_by", ""), counts=dict(document.get("counts") or {}),
+                   children=int(document.get("children", 0)),
+                   jobs=[SweepJob.from_json(job) for job in document.get("jobs") or []],
+                   teacher_jobs=[SweepJob.from_json(job) for job in document.get("teacher_jobs") or []],
+                   leaderboard=list(document.get("leaderboard") or []), raw=document)

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 
 from client.errors import ApiError, ClientError, ConnectionFailed
-from client.models import Dataset, Job, Model
+from client.models import Dataset, Job, Model, Sweep
 from client.sse import parse_events
 from client.uploads import ProgressCallback, ProgressReader
 
@@ -242,6 +242,59 @@ class DistillClient:
     def artifact_bytes(self, job_id: str, name: str) -> bytes:
         """One small artifact in memory (metrics.json, a heatmap)."""
         return self._request("GET", f"/v1/jobs/{job_id}/artifacts/{name}", follow_redirects=True).content
+
+    # --- sweeps -------------------------------------------------------------------------------------------
+
+    def submit_sweep(self, document: dict[str, Any], idempotency_key: str | None = None) -> Sweep:
+        """POST {"base", "grid", "rank_by"}: one child job per combination, validated as a whole first.
+        Retried once after a dropped connection, safely (Idempotency-Key)."""
+        key = idempotency_key or f"client-{uuid.uuid4()}"
+        for attempt in (1, 2):
+            try:
+                response = self._request("POST", "/v1/sweeps", json=document, headers={"Idempotency-Key": key})
+            except ConnectionFailed:
+                if attempt == 2:
+                    raise
+                time.sleep(1.0)
+                continue
+            return Sweep.from_json(response.json())
+        raise AssertionError("unreachable")
+
+    def get_sweep(self, sweep_id: str) -> Sweep:
+        return Sweep.from_json(self._request("GET", f"/v1/sweeps/{sweep_id}").json())
+
+    def sweeps_page(self, limit: int = 20, cursor: str | None = None) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of sweep summaries (newest first) and the next cursor."""
+        params: dict[str, Any] = {"limit": limit, **({"cursor": cursor} if cursor else {})}
+        page = self._request("GET", "/v1/sweeps", params=params).json()
+        return list(page["items"]), page.get("next_cursor")
+
+    def cancel_sweep(self, sweep_id: str) -> Sweep:
+        return Sweep.from_json(self._request("POST", f"/v1/sweeps/{sweep_id}/cancel").json())
+
+    def leaderboard_csv(self, sweep_id: str) -> str:
+        return self._request("GET", f"/v1/sweeps/{sweep_id}/leaderboard.csv").text
+
+    def watch_sweep(self, sweep_id: str, interval_s: float = 1.0, reconnect_for_s: float = 300.0) -> Iterator[Sweep]:
+        """The sweep every `interval_s` until it ends (one GET per tick, whatever the number of children);
+        an unreachable server is retried for up to `reconnect_for_s`."""
+        down_since: float | None = None
+        while True:
+            try:
+                sweep = self.get_sweep(sweep_id)
+                down_since = None
+            except (ConnectionFailed, ApiError) as exc:
+                if isinstance(exc, ApiError) and exc.status_code not in _RETRYABLE_STATUS:
+                    raise
+                down_since = down_since or time.monotonic()
+                if time.monotonic() - down_since > reconnect_for_s:
+                    raise
+                time.sleep(interval_s)
+                continue
+            yield sweep
+            if sweep.finished:
+                return
+            time.sleep(interval_s)
 
     # --- uploads ------------------------------------------------------------------------------------------
 
