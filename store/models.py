@@ -89,6 +89,8 @@ class Sweep(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True, nullable=True)
     rank_by: Mapped[str] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Fingerprint (HMAC) of the API key that created it (its jobs carry the same); None without keys.
+    owner: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
 
     jobs: Mapped[list[Job]] = relationship(back_populates="sweep", order_by="Job.sweep_index")
 

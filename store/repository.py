@@ -655,7 +655,7 @@ def _register_teacher(session: Session, teacher: Job) -> str | None:
         id=model_id, name=teacher.name, arch=teacher.spec["teacher"]["arch"],
         num_classes=int(metrics["num_classes"]), in_channels=int(metrics["in_channels"]),
         relpath=artifact.relpath, size_bytes=artifact.size_bytes, sha256=str(metrics["weights_sha256"]),
-        created_at=utcnow(),
+        created_at=utcnow(), owner=teacher.owner,
     ))  # fmt: skip
     return model_id
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, or_, select, true
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
@@ -42,28 +42,28 @@ class SweepPlan:
     children: Sequence[Child]
 
 
-def _job(sweep_id: str, name: str, spec: dict[str, Any], status: JobStatus, now: datetime, **values: Any) -> Job:
+def _job(sweep: Sweep, name: str, spec: dict[str, Any], status: JobStatus, now: datetime, **values: Any) -> Job:
     return Job(
         id=repository.new_job_id(), name=name[:200], status=status.value, spec=spec,
         spec_sha256=repository.spec_sha256(spec), attempts=0, version=0, created_at=now, updated_at=now,
-        artifacts=[], sweep_id=sweep_id, **values,
+        artifacts=[], sweep_id=sweep.id, owner=sweep.owner, **values,
     )  # fmt: skip
 
 
-def _jobs_for(sweep_id: str, plan: SweepPlan) -> list[Job]:
+def _jobs_for(sweep: Sweep, plan: SweepPlan) -> list[Job]:
     """Teacher jobs first (queued), then the children (waiting on their teacher, or queued)."""
     now, jobs, teacher_of = utcnow(), [], {}
     for number, group in enumerate(teacher_groups(plan.children).values()):
         suffix = f"-{number}" if number else ""
         spec = {**group[0].spec, "name": f"{plan.name}-teacher{suffix}"[:200]}
-        teacher = _job(sweep_id, spec["name"], spec, JobStatus.queued, now, kind=JobKind.teacher.value,
+        teacher = _job(sweep, spec["name"], spec, JobStatus.queued, now, kind=JobKind.teacher.value,
                        sweep_index=-1 - number)
         jobs.append(teacher)
         teacher_of.update({child.index: teacher.id for child in group})
     for child in plan.children:
         depends_on = teacher_of.get(child.index)
         jobs.append(_job(
-            sweep_id, f"{plan.name}-{child.index}", child.spec,
+            sweep, f"{plan.name}-{child.index}", child.spec,
             JobStatus.waiting if depends_on else JobStatus.queued, now,
             kind=JobKind.distill.value, sweep_index=child.index, overrides=child.overrides, depends_on=depends_on,
         ))  # fmt: skip
@@ -80,18 +80,22 @@ def _replay(existing: Sweep, digest: str, key: str) -> tuple[Sweep, bool, list[s
     return existing, False, []
 
 
-def create_sweep(session: Session, plan: SweepPlan, idempotency_key: str | None) -> tuple[Sweep, bool, list[str]]:
-    """Insert the sweep and all its jobs in one commit; returns (sweep, created, job ids to enqueue now).
-    Same key + same request -> (existing, False, []); same key + other request -> IdempotencyConflict."""
+def create_sweep(
+    session: Session, plan: SweepPlan, idempotency_key: str | None, owner: str | None = None
+) -> tuple[Sweep, bool, list[str]]:
+    """Insert the sweep and all its jobs, owned by `owner`, in one commit; returns (sweep, created, job ids
+    to enqueue now). Same key + same request -> (existing, False, []); same key + other request ->
+    IdempotencyConflict. Keys are per owner, as for jobs."""
     digest = repository.spec_sha256(plan.request)
+    idempotency_key = repository.owned_idempotency_key(idempotency_key, owner)
     if idempotency_key is not None:
         existing = _find_by_key(session, idempotency_key)
         session.commit()
         if existing is not None:
             return _replay(existing, digest, idempotency_key)
     sweep = Sweep(id=new_sweep_id(), name=plan.name, request=plan.request, request_sha256=digest,
-                  idempotency_key=idempotency_key, rank_by=plan.rank_by, created_at=utcnow())
-    jobs = _jobs_for(sweep.id, plan)
+                  idempotency_key=idempotency_key, rank_by=plan.rank_by, created_at=utcnow(), owner=owner)
+    jobs = _jobs_for(sweep, plan)
     session.add(sweep)
     session.flush()
     session.add_all(jobs)
@@ -109,10 +113,15 @@ def create_sweep(session: Session, plan: SweepPlan, idempotency_key: str | None)
     return sweep, True, queued
 
 
-def get_sweep(session: Session, sweep_id: str) -> Sweep:
-    """The sweep with its jobs (teachers first, then children in grid order); NotFound if absent."""
+def _owned(owner: str | None) -> Any:
+    return Sweep.owner == owner if owner is not None else true()
+
+
+def get_sweep(session: Session, sweep_id: str, owner: str | None = None) -> Sweep:
+    """The sweep with its jobs (teachers first, then children in grid order); NotFound if absent or
+    another key's."""
     sweep = session.scalars(
-        select(Sweep).where(Sweep.id == sweep_id)
+        select(Sweep).where(Sweep.id == sweep_id, _owned(owner))
         .options(selectinload(Sweep.jobs).selectinload(Job.artifacts))
         .execution_options(populate_existing=True)
     ).one_or_none()  # fmt: skip
@@ -135,9 +144,13 @@ def _decode(cursor: str) -> tuple[datetime, str]:
         raise ValueError("malformed cursor") from error
 
 
-def list_sweeps(session: Session, limit: int, cursor: str | None) -> tuple[list[Sweep], str | None]:
-    """Newest first, keyset-paged like list_jobs; ValueError for a malformed cursor."""
-    statement = select(Sweep).options(selectinload(Sweep.jobs)).execution_options(populate_existing=True)
+def list_sweeps(
+    session: Session, limit: int, cursor: str | None, owner: str | None = None
+) -> tuple[list[Sweep], str | None]:
+    """Newest first, keyset-paged like list_jobs (only `owner`'s unless None); ValueError for a bad cursor."""
+    statement = (
+        select(Sweep).where(_owned(owner)).options(selectinload(Sweep.jobs)).execution_options(populate_existing=True)
+    )
     if cursor is not None:
         created, sweep_id = _decode(cursor)
         statement = statement.where(or_(Sweep.created_at < created,
@@ -148,9 +161,9 @@ def list_sweeps(session: Session, limit: int, cursor: str | None) -> tuple[list[
     return page, (_cursor(page[-1]) if len(rows) > limit else None)
 
 
-def cancel_sweep(session: Session, sweep_id: str) -> Sweep:
+def cancel_sweep(session: Session, sweep_id: str, owner: str | None = None) -> Sweep:
     """Every unfinished job of the sweep (teachers included) is cancelled through the state machine."""
-    sweep = get_sweep(session, sweep_id)
+    sweep = get_sweep(session, sweep_id, owner)
     for job in sweep.jobs:
         if JobStatus(job.status) not in TERMINAL_STATUSES:
             try:
@@ -158,7 +171,7 @@ def cancel_sweep(session: Session, sweep_id: str) -> Sweep:
             except repository.IllegalTransition:  # it finished meanwhile
                 pass
     logger.info("sweep %s: cancel requested", sweep_id)
-    return get_sweep(session, sweep_id)
+    return get_sweep(session, sweep_id, owner)
 
 
 def sweep_status(jobs: Sequence[Job]) -> str:

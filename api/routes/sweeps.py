@@ -12,9 +12,10 @@ from fastapi.responses import HTMLResponse, PlainTextResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sqlalchemy.orm import Session
 
-from api.deps import CeleryDep, SessionDep, SessionMakerDep, SettingsDep
+from api.deps import CallerDep, CeleryDep, SessionDep, SessionMakerDep, SettingsDep
 from api.errors import ApiError
 from api.events import EventStreamConfig
+from api.ratelimit import rate_limit
 from api.routes import API_V1
 from api.routes.jobs import check_spec_against_server
 from api.schemas import ERROR_RESPONSES, WRITE_ERROR_RESPONSES, ErrorResponse, as_json_errors
@@ -38,14 +39,17 @@ SweepId = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9
 _NOT_FOUND = {404: {"model": ErrorResponse, "description": "No sweep with that id (`sweep_not_found`)."}}
 
 
-def load_sweep(session: Session, sweep_id: str) -> Sweep:
+def load_sweep(session: Session, sweep_id: str, owner: str | None) -> Sweep:
+    """The sweep if `owner` may see it (None: any); another key's sweep is a 404 like a missing one."""
     try:
-        return get_sweep(session, sweep_id)
+        return get_sweep(session, sweep_id, owner)
     except repository.NotFound:
         raise ApiError(404, "sweep_not_found", f"no sweep with id '{sweep_id}'", "sweep_id") from None
 
 
-def _check_children_against_server(children: list[Child], session: Session, settings: Settings) -> None:
+def _check_children_against_server(
+    children: list[Child], session: Session, settings: Settings, owner: str | None
+) -> None:
     """Datasets and teacher weights exist here, for every distinct child (named by its combination)."""
     seen: set[str] = set()
     for child in children:
@@ -54,7 +58,7 @@ def _check_children_against_server(children: list[Child], session: Session, sett
             continue
         seen.add(key)
         try:
-            check_spec_against_server(JobSpec.model_validate(child.spec), session, settings)
+            check_spec_against_server(JobSpec.model_validate(child.spec), session, settings, owner)
         except ApiError as error:
             combination = json.dumps(child.overrides, sort_keys=True)
             field = error.field or ""
@@ -63,7 +67,7 @@ def _check_children_against_server(children: list[Child], session: Session, sett
                            blamed) from None
 
 
-def _plan(request: SweepRequest, session: Session, settings: Settings) -> SweepPlan:
+def _plan(request: SweepRequest, session: Session, settings: Settings, owner: str | None) -> SweepPlan:
     document = request.model_dump(mode="json")
     if (field := control_character_field(document)) is not None:
         raise ApiError(422, "validation_error", f"{field}: text must not contain control characters", field)
@@ -72,7 +76,7 @@ def _plan(request: SweepRequest, session: Session, settings: Settings) -> SweepP
     except SweepError as error:
         code = "too_many_children" if "limit is" in error.message else "invalid_sweep"
         raise ApiError(422, code, error.message, error.field) from None
-    _check_children_against_server(children, session, settings)
+    _check_children_against_server(children, session, settings, owner)
     name = request.name or str(request.base.get("name") or "sweep")
     return SweepPlan(name=name, request=request_document(request.base, request.grid, request.rank_by),
                      rank_by=request.rank_by, children=children)
@@ -81,6 +85,7 @@ def _plan(request: SweepRequest, session: Session, settings: Settings) -> SweepP
 @router.post(
     "",
     status_code=201,
+    dependencies=[Depends(rate_limit)],
     summary="Start a sweep: one child job per grid combination",
     description="Every combination is validated before anything is created; a bad value is named by its grid "
     "path and combination. When the children train their teacher, it is trained once per sweep (a teacher job) "
@@ -91,12 +96,13 @@ def _plan(request: SweepRequest, session: Session, settings: Settings) -> SweepP
 )
 def create(
     request: SweepRequest, session: SessionDep, settings: SettingsDep, celery: CeleryDep, response: Response,
+    caller: CallerDep,
     idempotency_key: Annotated[
         str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[\x20-\x7e]+$")
     ] = None,
 ) -> SweepOut:
-    plan = _plan(request, session, settings)
-    sweep, created, queued = create_sweep(session, plan, idempotency_key)
+    plan = _plan(request, session, settings, caller.scope)
+    sweep, created, queued = create_sweep(session, plan, idempotency_key, owner=caller.owner)
     if not created:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
@@ -105,17 +111,18 @@ def create(
             enqueue_job(job_id, celery)
         except Exception:  # the rows are committed: the sweeper re-sends queued jobs nobody claimed
             log.exception("sweep %s: job %s committed but not enqueued; the sweeper will re-send it", sweep.id, job_id)
-    return SweepOut.from_sweep(load_sweep(session, sweep.id))
+    return SweepOut.from_sweep(load_sweep(session, sweep.id, None))
 
 
 @router.get("", summary="List sweeps, newest first", responses=ERROR_RESPONSES)
 def list_(
     session: SessionDep,
+    caller: CallerDep,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=500)] = None,
 ) -> SweepPage:
     try:
-        sweeps, next_cursor = list_sweeps(session, limit, cursor)
+        sweeps, next_cursor = list_sweeps(session, limit, cursor, caller.scope)
     except ValueError:
         raise ApiError(422, "invalid_cursor", "the cursor is not one this API returned", "cursor") from None
     return SweepPage(items=[SweepSummary.from_sweep(sweep) for sweep in sweeps], next_cursor=next_cursor)
@@ -123,23 +130,23 @@ def list_(
 
 @router.get("/{sweep_id}", summary="A sweep: children with status, and the leaderboard",
             responses={**_NOT_FOUND, **ERROR_RESPONSES})
-def read(sweep_id: SweepId, session: SessionDep) -> SweepOut:
-    return SweepOut.from_sweep(load_sweep(session, sweep_id))
+def read(sweep_id: SweepId, session: SessionDep, caller: CallerDep) -> SweepOut:
+    return SweepOut.from_sweep(load_sweep(session, sweep_id, caller.scope))
 
 
 @router.post("/{sweep_id}/cancel", status_code=202, summary="Cancel every unfinished child (and teacher)",
-             responses={**_NOT_FOUND, **ERROR_RESPONSES})
-def cancel(sweep_id: SweepId, session: SessionDep) -> SweepOut:
-    load_sweep(session, sweep_id)
-    return SweepOut.from_sweep(cancel_sweep(session, sweep_id))
+             dependencies=[Depends(rate_limit)], responses={**_NOT_FOUND, **WRITE_ERROR_RESPONSES})
+def cancel(sweep_id: SweepId, session: SessionDep, caller: CallerDep) -> SweepOut:
+    load_sweep(session, sweep_id, caller.scope)
+    return SweepOut.from_sweep(cancel_sweep(session, sweep_id, caller.scope))
 
 
 @router.get("/{sweep_id}/leaderboard.csv", response_class=PlainTextResponse,
             summary="The leaderboard as CSV (mean and std over seeds)",
             responses={200: {"content": {"text/csv": {"example": LEADERBOARD_CSV_EXAMPLE}}},
                        **as_json_errors({**_NOT_FOUND, **ERROR_RESPONSES})})
-def leaderboard_csv_file(sweep_id: SweepId, session: SessionDep) -> Response:
-    sweep = load_sweep(session, sweep_id)
+def leaderboard_csv_file(sweep_id: SweepId, session: SessionDep, caller: CallerDep) -> Response:
+    sweep = load_sweep(session, sweep_id, caller.scope)
     return Response(leaderboard_csv(sweep_leaderboard(sweep)), media_type="text/csv",
                     headers={"Content-Disposition": f'inline; filename="{sweep.id}-leaderboard.csv"'})
 
@@ -147,8 +154,8 @@ def leaderboard_csv_file(sweep_id: SweepId, session: SessionDep) -> Response:
 @router.get("/{sweep_id}/report", response_class=HTMLResponse, summary="The sweep report page (self-contained HTML)",
             responses={200: {"content": {"text/html": {"example": "<!doctype html><html>...leaderboard...</html>"}}},
                        **as_json_errors({**_NOT_FOUND, **ERROR_RESPONSES})})
-def report(sweep_id: SweepId, session: SessionDep) -> HTMLResponse:
-    return HTMLResponse(render_report(SweepOut.from_sweep(load_sweep(session, sweep_id))))
+def report(sweep_id: SweepId, session: SessionDep, caller: CallerDep) -> HTMLResponse:
+    return HTMLResponse(render_report(SweepOut.from_sweep(load_sweep(session, sweep_id, caller.scope))))
 
 
 _EVENTS_EXAMPLE = (
@@ -157,8 +164,8 @@ _EVENTS_EXAMPLE = (
 )
 
 
-def _existing_sweep_id(sweep_id: SweepId, session: SessionDep) -> str:
-    load_sweep(session, sweep_id)
+def _existing_sweep_id(sweep_id: SweepId, session: SessionDep, caller: CallerDep) -> str:
+    load_sweep(session, sweep_id, caller.scope)
     return sweep_id
 
 

@@ -1,4 +1,4 @@
-"""Sweeps: the sweeps table; jobs gain kind, sweep membership, grid overrides and a dependency.
+"""Sweeps: the sweeps table (owned like jobs); jobs gain kind, sweep membership, grid overrides and a dependency.
 
 Revision ID: 0005
 Revises: 0004
@@ -28,10 +28,12 @@ def upgrade() -> None:
         sa.Column("idempotency_key", sa.String(length=200), nullable=True),
         sa.Column("rank_by", sa.String(length=40), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("owner", sa.String(length=64), nullable=True),
         sa.PrimaryKeyConstraint("id", name="pk_sweeps"),
         sa.UniqueConstraint("idempotency_key", name="uq_sweeps_idempotency_key"),
     )
     op.create_index("ix_sweeps_created", "sweeps", ["created_at", "id"])
+    op.create_index("ix_sweeps_owner", "sweeps", ["owner"])
     with op.batch_alter_table("jobs") as batch:
         batch.add_column(sa.Column("kind", sa.String(length=20), server_default="distill", nullable=False))
         batch.add_column(sa.Column("sweep_id", sa.String(length=40), nullable=True))
@@ -50,5 +52,6 @@ def downgrade() -> None:
         batch.drop_constraint("fk_jobs_sweep_id_sweeps", type_="foreignkey")
         for column in ("depends_on", "overrides", "sweep_index", "sweep_id", "kind"):
             batch.drop_column(column)
+    op.drop_index("ix_sweeps_owner", table_name="sweeps")
     op.drop_index("ix_sweeps_created", table_name="sweeps")
     op.drop_table("sweeps")

@@ -185,3 +185,20 @@ def test_sweeps_page_newest_first_and_unknown_ids_are_404(client: TestClient) ->
     assert second["next_cursor"] is None and first["items"][0]["children"] == 4
     assert client.get("/v1/sweeps/swp_nope").json()["error"]["code"] == "sweep_not_found"
     assert client.get("/v1/sweeps", params={"cursor": "zzz"}).json()["error"]["code"] == "invalid_cursor"
+
+
+def test_a_sweep_and_its_jobs_belong_to_the_key_that_created_it(make_client: Callable[..., TestClient]) -> None:
+    alice, bob = {"Authorization": "Bearer alice-key"}, {"Authorization": "Bearer bob-key"}
+    client = make_client(DISTILL_API_KEYS="alice-key,bob-key", DISTILL_KEY_HASH_SECRET="test-secret")
+    sweep = client.post("/v1/sweeps", json=sweep_body(), headers={**alice, "Idempotency-Key": "k"}).json()
+
+    assert client.get(f"/v1/sweeps/{sweep['id']}", headers=alice).status_code == 200
+    for path in ("", "/leaderboard.csv", "/report", "/events"):
+        response = client.get(f"/v1/sweeps/{sweep['id']}{path}", headers=bob)
+        assert response.status_code == 404 and response.json()["error"]["code"] == "sweep_not_found", path
+    assert client.post(f"/v1/sweeps/{sweep['id']}/cancel", headers=bob).status_code == 404
+    assert client.get("/v1/sweeps", headers=bob).json()["items"] == []
+    assert client.get(sweep["jobs"][0]["url"], headers=bob).status_code == 404  # the children are hers too
+    assert client.get(sweep["teacher_jobs"][0]["url"], headers=alice).status_code == 200
+    # Idempotency keys are per owner: Bob's "k" makes his own sweep.
+    assert client.post("/v1/sweeps", json=sweep_body(), headers={**bob, "Idempotency-Key": "k"}).status_code == 201
