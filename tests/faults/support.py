@@ -16,6 +16,13 @@ from safetensors.torch import load as load_safetensors
 
 from store.settings import Settings
 from tests.e2e.conftest import FAST_ENV, Stack, clean_env
+from tests.worker.jobspecs import tiny_spec
+
+
+def small_spec(name: str) -> dict[str, Any]:
+    """About a second of work: 8 px digits, 5 shots per class, one epoch each, plain KD, one heatmap."""
+    return tiny_spec(name=name, shots_per_class=5, dataset={"image_size": 8}, method="kd",
+                     report={"heatmaps": 1, "latency_runs": 1})
 
 
 def assert_artifacts_complete(client: httpx.Client, job: dict[str, Any]) -> int:
@@ -41,8 +48,8 @@ def assert_artifacts_complete(client: httpx.Client, job: dict[str, Any]) -> int:
 def private_stack(home: Path, database_url: str, broker_url: str, **extra_env: str) -> Stack:
     """A Stack on a broker and database the test owns (to stop and start them)."""
     home.mkdir(parents=True, exist_ok=True)
-    env = clean_env(DISTILL_HOME=str(home), DATABASE_URL=database_url, BROKER_URL=broker_url,
-                    **{**FAST_ENV, **extra_env})
+    env = clean_env(**{"DISTILL_HOME": str(home), "DATABASE_URL": database_url, "BROKER_URL": broker_url,
+                       **FAST_ENV, **extra_env})
     return Stack(home=home, database_url=database_url, broker_url=broker_url, env=env)
 
 

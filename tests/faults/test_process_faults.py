@@ -16,7 +16,7 @@ import pytest
 
 from store.db import upgrade_database
 from tests.e2e.conftest import TERMINAL, Stack, wait_until
-from tests.faults.support import LoadThread, assert_artifacts_complete, private_stack
+from tests.faults.support import LoadThread, assert_artifacts_complete, private_stack, small_spec
 from tests.services import PostgresServer, RestartableRedis, postgres_server
 from tests.worker.jobspecs import tiny_spec
 
@@ -102,9 +102,9 @@ def test_redis_restart_with_ten_jobs_queued_and_one_running(
     stack = private_stack(tmp_path / "home", sqlite_url, restartable_redis.url())
     try:
         stack.start()
-        running = stack.post_job(tiny_spec(student_epochs=3, shots_per_class=20))["id"]
+        running = stack.post_job(tiny_spec(student_epochs=2, shots_per_class=10))["id"]
         wait_until(lambda: stack.get_job(running)["status"] == "running", 120, "the first job to run")
-        queued = [stack.post_job(tiny_spec(name=f"queued-{i}"))["id"] for i in range(10)]
+        queued = [stack.post_job(small_spec(f"queued-{i}"))["id"] for i in range(10)]
 
         restartable_redis.stop()  # every queued message is lost with it (no persistence)
         time.sleep(5.0)
@@ -133,7 +133,7 @@ def test_redis_gone_for_a_minute_jobs_are_stored_and_run_when_it_is_back(
         submitted = []
         while time.monotonic() - outage_started < outage_s:
             began = time.monotonic()
-            response = stack.client.post("/v1/jobs", json=tiny_spec(name=f"during-outage-{len(submitted)}"))
+            response = stack.client.post("/v1/jobs", json=small_spec(f"during-outage-{len(submitted)}"))
             assert response.status_code == 201, response.text  # stored now, enqueued when the broker is back
             assert time.monotonic() - began < 10, "POST /v1/jobs hung on the missing broker"
             submitted.append(response.json()["id"])
