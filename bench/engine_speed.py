@@ -4,6 +4,7 @@
     python bench/engine_speed.py --quick           # smoke test: tiny data, 1 round, 1 thread
     python bench/engine_speed.py --profile e2kd    # torch.profiler's top entries for one method
     python bench/engine_speed.py --against COMMIT  # e2kd and kd: this engine vs the one at COMMIT, side by side
+    python bench/engine_speed.py --data-path       # data-path table: uint8 in memory vs streamed JPEG
 
 Every method runs in its own fresh process (so its peak RSS is its own), one warm-up epoch
 then `--epochs` timed epochs; a round runs every method once, in turn, and the rounds are
@@ -263,6 +264,205 @@ def child(args: argparse.Namespace) -> None:
     }))
 
 
+# --- the data-path table: uint8 in memory vs streamed from JPEG files -------------------------------------
+
+
+@dataclass(frozen=True)
+class DataRow:
+    """One data-path row: which images, at what size, through which path, and whether models train on them."""
+
+    name: str
+    images: int
+    image_size: int
+    streamed: bool
+    train: bool = False  # False: a data epoch (every batch produced and moved to the device, no model)
+    teacher: str = "torchvision/resnet18"
+    student: str = "torchvision/mobilenet_v3_small"
+
+
+def data_rows(args: argparse.Namespace) -> list[DataRow]:
+    paths = ((False, "uint8 in memory"), (True, "streamed JPEG"))
+    rows = [DataRow(f"CIFAR-10 32px, {args.data_images:,} images, {label}, data epoch", args.data_images, 32, s)
+            for s, label in paths]
+    rows += [DataRow(f"224px, {args.data_images_224:,} images, {label}, data epoch", args.data_images_224, 224, s)
+             for s, label in paths]
+    rows += [DataRow(f"224px, {args.train_images_224} images, {label}, kd epoch resnet18 -> mobilenet_v3_small",
+                     args.train_images_224, 224, s, train=True) for s, label in paths]
+    return rows
+
+
+class RssSampler:
+    """Peak memory of this process plus its children (DataLoader workers), sampled every 50 ms.
+
+    Proportional set size (PSS): pages a forked worker shares with its parent count once,
+    split between them, so the sum is the memory the job really holds (plain RSS would count
+    the parent's copy-on-write pages again for every worker).
+    """
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _rss_kib(pid: int) -> int:
+        try:
+            for line in open(f"/proc/{pid}/smaps_rollup"):
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+        except OSError:
+            pass
+        return 0
+
+    @staticmethod
+    def _children(pid: int) -> list[int]:
+        found: list[int] = []
+        try:
+            for task in os.listdir(f"/proc/{pid}/task"):
+                found += [int(c) for c in open(f"/proc/{pid}/task/{task}/children").read().split()]
+        except OSError:
+            pass
+        return found
+
+    def total_kib(self) -> int:
+        pids, seen = [os.getpid()], set()
+        while pids:
+            pid = pids.pop()
+            if pid not in seen:
+                seen.add(pid)
+                pids += self._children(pid)
+        return sum(self._rss_kib(pid) for pid in seen)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak_kib = max(self.peak_kib, self.total_kib())
+
+    def __enter__(self) -> RssSampler:
+        self.peak_kib = self.total_kib()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def cifar_files(count: int) -> tuple[list[Path], list[int]]:
+    """The first `count` / 10 training JPEGs of each CIFAR-10 class (sorted names): a fixed, balanced set."""
+    names = sorted(p.name for p in (common.CIFAR_TREE / "train").iterdir() if p.is_dir())
+    files, labels = [], []
+    for label, name in enumerate(names):
+        chosen = sorted((common.CIFAR_TREE / "train" / name).glob("*.jpg"))[: max(1, count // len(names))]
+        files += chosen
+        labels += [label] * len(chosen)
+    return files, labels
+
+
+def data_child(args: argparse.Namespace) -> None:
+    import torch
+
+    from core.data import MemoryImages, StreamImages
+    from core.data.sources import decode_images
+
+    common.set_threads(args.threads)
+    row = next(r for r in data_rows(args) if r.name == args.data_child)
+    files, labels = cifar_files(row.images)
+    label_tensor = torch.tensor(labels)
+    mean, std = [0.49, 0.48, 0.45], [0.25, 0.24, 0.26]
+    with RssSampler() as sampler:
+        started = time.perf_counter()
+        if row.streamed:
+            images = StreamImages(files, label_tensor, "RGB", row.image_size, mean, std, workers=args.data_workers)
+        else:
+            images = MemoryImages(torch.from_numpy(decode_images(files, "RGB", row.image_size)), label_tensor, mean,
+                                  std)
+        load_seconds = time.perf_counter() - started
+        if row.train:
+            epoch_seconds = _kd_epoch(row, images, args.batch_size)
+        else:
+            started = time.perf_counter()
+            order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
+            for _x, _y, _index in images.batches(order, args.batch_size, torch.device("cpu"), False,
+                                                 torch.Generator().manual_seed(0)):
+                pass
+            epoch_seconds = time.perf_counter() - started
+    print(json.dumps({
+        "row": row.name, "epoch_seconds": epoch_seconds, "load_seconds": load_seconds,
+        "peak_pss_mb": sampler.peak_kib / 1024, "pixels_mb": len(files) * 3 * row.image_size**2 / 2**20,
+    }))
+
+
+def _kd_epoch(row: DataRow, images, batch_size: int) -> float:  # noqa: ANN001
+    import torch
+
+    from core.models import build_model
+    from core.spec import JobSpec
+    from core.terms import build_terms
+    from core.trainer import DistillationObjective, OptimConfig, train
+
+    torch.manual_seed(0)
+    teacher = build_model(row.teacher, 10, 3, image_size=row.image_size)
+    student = build_model(row.student, 10, 3, image_size=row.image_size)
+    spec = JobSpec.model_validate({"dataset": {"name": "digits"}, "method": "kd",
+                                   "training": {"epochs": 1, "batch_size": batch_size, "seed": 0}})
+    objective = DistillationObjective(student, build_terms(spec.loss, 1, 1), _DataStub(images, row.image_size),  # type: ignore[arg-type]
+                                      torch.device("cpu"), teacher=teacher)
+    history = train(student, objective, images, None, OptimConfig.from_training(spec.training, 1),
+                    stage="distilling", device=torch.device("cpu"))
+    objective.close()
+    return float(history[0]["seconds"])
+
+
+class _DataStub:
+    """The DataBundle fields the kd objective reads: the train set, and a one-image held-out split (timing only)."""
+
+    def __init__(self, train, image_size: int) -> None:  # noqa: ANN001
+        import torch
+
+        from core.data import TensorImages
+
+        self.train = train
+        self.test = TensorImages(torch.zeros(1, 3, image_size, image_size), torch.zeros(1, dtype=torch.long))
+        self.test_x, self.test_y = self.test.x, self.test.labels
+
+
+def data_path_table(args: argparse.Namespace) -> None:
+    if not (common.CIFAR_TREE / "train").is_dir():
+        raise SystemExit("extract cifar10-jpeg.tar.gz into var/datasets/ first (see bench/README.md)")
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    results = []
+    for row in data_rows(args):
+        command = [sys.executable, __file__, "--data-child", row.name, "--threads", str(args.threads),
+                   "--batch-size", str(args.batch_size), "--data-images", str(args.data_images),
+                   "--data-images-224", str(args.data_images_224), "--train-images-224", str(args.train_images_224),
+                   "--data-workers", str(args.data_workers)]
+        done = subprocess.run(command, env=env, capture_output=True, text=True, check=False, cwd=common.REPO_ROOT)
+        if done.returncode != 0:
+            raise SystemExit(f"{row.name} failed:\n{done.stderr[-4000:]}")
+        results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        common.log.info("%-55s %.1f s/epoch, peak PSS %.0f MB", row.name, results[-1]["epoch_seconds"],
+                        results[-1]["peak_pss_mb"])
+    rows = [[r["row"], f"{r['epoch_seconds']:.1f}", f"{r['load_seconds']:.1f}", f"{r['pixels_mb']:.0f}",
+             f"{r['peak_pss_mb']:.0f}"] for r in results]
+    common.write_results(
+        "engine_data_path",
+        "Engine data path: uint8 in memory vs streamed JPEG (one epoch per row, fresh process each)",
+        {"cifar_images_32px": args.data_images, "data_epoch_images_224px": args.data_images_224,
+         "kd_epoch_images_224px": args.train_images_224, "batch_size": args.batch_size, "torch_threads": args.threads,
+         "dataloader_workers": args.data_workers, "device": "cpu"},
+        [("Data epoch = every batch produced and moved to the device (no model); kd epoch = the engine's train() "
+          "with a kd objective. Peak memory = PSS of the process and its DataLoader workers, sampled every 50 ms",
+          ["row", "s/epoch", "load s", "uint8 pixels MB", "peak PSS MB"], rows)],
+        {"rows": results},
+        notes=["In memory, memory grows with the pixel bytes (images x 3 x size^2: 10,000 images at 224px are "
+               "1,435 MB of uint8, 5,742 MB as float32); streamed, it stays at the models' working set plus "
+               "workers x prefetch x batch decoded images, whatever the set's size.",
+               "'load s' is decoding into memory (in-memory rows) or building the file list (streamed rows)."],
+    )
+
+
 # --- the parent: rounds of fresh processes ----------------------------------------------------------------
 
 
@@ -362,13 +562,25 @@ def main() -> None:
     parser.add_argument("--against", default=None, metavar="COMMIT",
                         help="compare this engine with the one at COMMIT (e2kd and kd rows, or --methods)")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--data-path", action="store_true", help="the data-path table (needs the CIFAR JPEG tree)")
+    parser.add_argument("--data-images", type=int, default=10_000, help="CIFAR images of the 32px data-path rows")
+    parser.add_argument("--data-images-224", type=int, default=2000, help="images of the 224px data-epoch rows")
+    parser.add_argument("--train-images-224", type=int, default=64, help="images of the 224px kd-epoch rows")
+    parser.add_argument("--data-workers", type=int, default=2, help="DataLoader worker processes when streaming")
+    parser.add_argument("--data-child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.data_child:
+        data_child(args)
+        return
     if args.quick:
         args.rounds, args.epochs, args.shots, args.test_size, args.threads = 1, 1, 20, 50, 1
     if args.child:
         child(args)
         return
     common.setup_logging()
+    if args.data_path:
+        data_path_table(args)
+        return
     if args.profile:
         profile(args)
         return
