@@ -281,7 +281,11 @@ class DataRow:
 
 
 def data_rows(args: argparse.Namespace) -> list[DataRow]:
+    """The rows of the data-path table; image counts are whole per-class shares of CIFAR-10's 10 classes."""
     paths = ((False, "uint8 in memory"), (True, "streamed JPEG"))
+    per_class = lambda count: max(1, count // 10) * 10  # noqa: E731 - what cifar_files really takes
+    args.data_images, args.data_images_224, args.train_images_224 = (
+        per_class(args.data_images), per_class(args.data_images_224), per_class(args.train_images_224))
     rows = [DataRow(f"CIFAR-10 32px, {args.data_images:,} images, {label}, data epoch", args.data_images, 32, s)
             for s, label in paths]
     rows += [DataRow(f"224px, {args.data_images_224:,} images, {label}, data epoch", args.data_images_224, 224, s)
