@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     max_attempts: int = Field(3, alias="DISTILL_MAX_ATTEMPTS", ge=1)
     progress_interval_s: float = Field(1.0, alias="DISTILL_PROGRESS_INTERVAL_S", ge=0)
     torch_threads: int = Field(0, alias="DISTILL_TORCH_THREADS", ge=0, description="0 = torch default.")
+    # Read by the engine itself (core.data) from the environment, so `distill run` honours them too;
+    # declared here so they are validated and documented with the rest.
+    data_memory_mb: float = Field(2048, alias="DISTILL_DATA_MEMORY_MB", gt=0,
+                                  description="Image sets above this (uint8 pixels) are streamed from their files.")
+    data_workers: int | None = Field(None, alias="DISTILL_DATA_WORKERS", ge=0,
+                                     description="DataLoader processes of a streamed set; unset = up to 4.")
     log_level: str = Field("INFO", alias="DISTILL_LOG_LEVEL")
     storage_url: str | None = Field(
         None, alias="DISTILL_STORAGE_URL", description="Unset: files under DISTILL_HOME; s3://bucket/prefix: S3."
