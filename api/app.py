@@ -20,6 +20,7 @@ from api.auth import ApiKeyMiddleware
 from api.dashboard import mount_dashboard
 from api.deps import require_api_key
 from api.errors import install_error_handlers
+from api.documents import DocumentCache
 from api.events import EventHub, EventStreamConfig
 from api.limits import BodyLimitMiddleware
 from api.metrics import ApiMetrics, MetricsMiddleware
@@ -91,6 +92,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     app.state.event_stream = EventStreamConfig()
     app.state.event_hub = EventHub(database.reader, lambda: app.state.event_stream)
+    app.state.documents = DocumentCache()
 
     install_error_handlers(app)
     # Added last, so it runs first: an oversized or too deep body is refused before anything reads it.

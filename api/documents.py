@@ -17,7 +17,9 @@ Two views:
 from __future__ import annotations
 
 import logging
+import threading
 from enum import Enum
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -29,7 +31,6 @@ from store.models import Artifact, Job
 from store.repository import JOB_FULL_COLUMNS
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
 
     from sqlalchemy.engine import Row
 
@@ -121,11 +122,30 @@ def job_document(job: JobLike, view: JobView = JobView.full, artifacts: Sequence
     return document
 
 
-def page_document(jobs: Sequence[JobLike], next_cursor: str | None, view: JobView = JobView.full,
-                  artifacts: dict[str, Sequence[ArtifactLike]] | None = None) -> dict[str, Any]:
-    """A page of jobs; `artifacts` by job id for the full view."""
-    found = artifacts or {}
-    full = view is JobView.full
-    items = [job_document(job, view, found.get(job[0] if not isinstance(job, Job) else job.id, ()) if full else None)
-             for job in jobs]
-    return {"items": items, "next_cursor": next_cursor}
+class DocumentCache:
+    """Encoded job documents by (job id, version, view): a version names one content, so an entry never goes stale.
+
+    A dashboard re-reads the same jobs every second and most of them have not changed: with
+    the version from a one-column lookup, their bytes come from here instead of reading,
+    decoding and encoding the row again. Bounded; the oldest entries go first. Each API
+    process has its own (the version comes from the shared database, so they never disagree).
+    """
+
+    def __init__(self, max_entries: int = 4096) -> None:
+        self.max_entries = max_entries
+        self._entries: dict[tuple[str, int, str], bytes] = {}
+        self._lock = threading.Lock()
+
+    def get(self, job_id: str, version: int, view: JobView) -> bytes | None:
+        return self._entries.get((job_id, version, view.value))
+
+    def put(self, job_id: str, version: int, view: JobView, body: bytes) -> None:
+        with self._lock:
+            if len(self._entries) >= self.max_entries:
+                del self._entries[next(iter(self._entries))]
+            self._entries[(job_id, version, view.value)] = body
+
+
+def page_body(items: Sequence[bytes], next_cursor: str | None) -> bytes:
+    """A page `{"items": [...], "next_cursor": ...}` from already-encoded job documents."""
+    return b'{"items":[' + b",".join(items) + b'],"next_cursor":' + encode(next_cursor) + b"}"

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from api.conditional import etag_matches, job_etag, json_response, not_modified, page_etag
 from api.deps import CallerDep, CeleryDep, SessionDep, SettingsDep, StorageDep, run_read
-from api.documents import JobView, encode, job_document, page_document
+from api.documents import DocumentCache, JobView, encode, job_document, page_body
 from api.downloads import stream_artifact
 from api.errors import ApiError
 from api.events import EventHub, job_events
@@ -155,41 +155,55 @@ def _job_response(job: Job, view: JobView = JobView.full, status_code: int = 200
     return json_response(encode(job_document(job, view)), etag, status_code)
 
 
-def _read_job(reader: Engine, job_id: str, view: JobView, if_none_match: str | None, owner: str | None) -> Response:
-    """One thread-pool trip; a conditional poll of an unchanged job costs one primary-key lookup and no body."""
+def _read_job(reader: Engine, cache: DocumentCache, job_id: str, view: JobView, if_none_match: str | None,
+              owner: str | None) -> Response:
+    """One primary-key lookup of the version; the row itself is read only when this version is not cached."""
     full = view is JobView.full
     with reader.connect() as connection:
         try:
-            if if_none_match:
-                etag = job_etag(job_id, repository.job_stamp(connection, job_id, owner).version, view.value)
-                if etag_matches(if_none_match, etag):
-                    return not_modified(etag)
+            version = repository.job_stamp(connection, job_id, owner).version
+            etag = job_etag(job_id, version, view.value)
+            if etag_matches(if_none_match, etag):
+                return not_modified(etag)
+            body = cache.get(job_id, version, view)
+            if body is not None:
+                return json_response(body, etag)
             row = repository.read_job_row(connection, job_id, full=full, owner=owner)
         except repository.NotFound:
             raise _job_not_found(job_id) from None
         artifacts = repository.read_artifact_rows(connection, job_id) if full else None
+    version = row[JOB_VERSION_AT] or 0  # it may have moved since the lookup: the body names what it holds
     body = encode(job_document(row, view, artifacts))
-    return json_response(body, job_etag(job_id, row[JOB_VERSION_AT] or 0, view.value))
+    cache.put(job_id, version, view, body)
+    return json_response(body, job_etag(job_id, version, view.value))
 
 
-def _read_page(reader: Engine, status: JobStatus | None, limit: int, cursor: str | None,
+def _read_page(reader: Engine, cache: DocumentCache, status: JobStatus | None, limit: int, cursor: str | None,
                view: JobView, if_none_match: str | None, owner: str | None) -> Response:
-    """A conditional poll of an unchanged page reads (id, version) of its rows only and sends no body."""
+    """(id, version) of the page first: 304 when unchanged, cached items when every version is cached."""
     full = view is JobView.full
     with reader.connect() as connection:
         try:
-            if if_none_match:
-                stamps, next_cursor = repository.list_job_stamps(connection, status, limit, cursor, owner)
-                etag = page_etag([(stamp.id, stamp.version) for stamp in stamps], next_cursor, view.value)
-                if etag_matches(if_none_match, etag):
-                    return not_modified(etag)
+            stamps, next_cursor = repository.list_job_stamps(connection, status, limit, cursor, owner)
+            etag = page_etag([(stamp.id, stamp.version) for stamp in stamps], next_cursor, view.value)
+            if etag_matches(if_none_match, etag):
+                return not_modified(etag)
+            cached = [cache.get(stamp.id, stamp.version, view) for stamp in stamps]
+            if all(body is not None for body in cached):
+                return json_response(page_body(cached, next_cursor), etag)  # type: ignore[arg-type]
             rows, artifacts, next_cursor = repository.list_job_rows(
                 connection, status, limit, cursor, full=full, owner=owner
             )
         except ValueError:
             raise ApiError(422, "invalid_cursor", "the cursor is not one this API returned", "cursor") from None
+    found = artifacts or {}
+    items = []
+    for row in rows:
+        body = encode(job_document(row, view, found.get(row[JOB_ID_AT], ()) if full else None))
+        cache.put(row[JOB_ID_AT], row[JOB_VERSION_AT] or 0, view, body)
+        items.append(body)
     etag = page_etag([(row[JOB_ID_AT], row[JOB_VERSION_AT] or 0) for row in rows], next_cursor, view.value)
-    return json_response(encode(page_document(rows, next_cursor, view, artifacts)), etag)
+    return json_response(page_body(items, next_cursor), etag)
 
 
 @router.get("", summary="List jobs, newest first", response_model=JobPage,
@@ -205,7 +219,8 @@ async def list_jobs(
 ) -> Response:
     """The page carries an `ETag` (from its jobs' ids and versions); `If-None-Match` with it answers 304
     until a job on the page changes or the page's membership does."""
-    return await run_read(request, _read_page, request.app.state.database.reader, status, limit, cursor, view,
+    state = request.app.state
+    return await run_read(request, _read_page, state.database.reader, state.documents, status, limit, cursor, view,
                           if_none_match, caller.scope)
 
 
@@ -214,7 +229,8 @@ async def list_jobs(
 async def get_job(request: Request, job_id: JobId, caller: CallerDep, view: ViewQuery = JobView.full,
                   if_none_match: IfNoneMatch = None) -> Response:
     """`ETag` is the job's version: poll with `If-None-Match` and get 304 (no body) until the job changes."""
-    return await run_read(request, _read_job, request.app.state.database.reader, job_id, view, if_none_match,
+    state = request.app.state
+    return await run_read(request, _read_job, state.database.reader, state.documents, job_id, view, if_none_match,
                           caller.scope)
 
 

@@ -130,3 +130,19 @@ def test_unknown_view_is_a_422_naming_the_parameter(client: TestClient) -> None:
 
     assert response.status_code == 422
     assert response.json()["error"]["field"] == "view"
+
+
+def test_repeated_reads_never_serve_a_stale_document_after_a_change(client: TestClient, db: Database) -> None:
+    job_id = _running_job(client, db)
+    _report_progress(db, job_id, epoch=1)
+    for _ in range(2):  # the second read of each comes from the encoded-document cache
+        assert client.get(f"/v1/jobs/{job_id}").json()["progress"]["epoch"] == 1
+        assert client.get("/v1/jobs?view=summary").json()["items"][0]["progress"]["epoch"] == 1
+    first = client.get("/v1/jobs").json()
+    assert client.get("/v1/jobs").json() == first
+
+    _report_progress(db, job_id, epoch=4)
+
+    assert client.get(f"/v1/jobs/{job_id}").json()["progress"]["epoch"] == 4
+    assert client.get("/v1/jobs?view=summary").json()["items"][0]["progress"]["epoch"] == 4
+    assert client.get("/v1/jobs").json()["items"][0]["version"] > first["items"][0]["version"]
