@@ -128,4 +128,7 @@ def evaluate(
         "compression_ratio": teacher_params / student_params,
     }
     log.info("evaluated on %d test images: %s", len(test_y), {k: round(v, 4) for k, v in metrics.items()})
+    from core.diagnostics import diagnostics  # imports this module: late, to avoid a cycle
+
+    metrics.update(diagnostics(student_logits, teacher_logits, test_y, data.num_classes))
     return metrics

@@ -1,4 +1,4 @@
-"""Heatmap PNGs: input | teacher Grad-CAM | student Grad-CAM, one row per test image.
+"""Heatmap PNGs: input | teacher Grad-CAM | student Grad-CAM, one tile per test image, and a grid of them.
 
 The metrics say how far the explanations agree on average; these pictures let a
 person see where and how they differ. Maps come from captum (as for the
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,10 @@ from core.models import explained_layer_path
 log = logging.getLogger(__name__)
 
 MIN_PANEL_PX = 128  # panels are upscaled by a whole factor until at least this wide: 32x32 -> 4x
-PANEL_GAP_PX = 4  # white space between panels, and between rows of the grid
+PANEL_GAP_PX = 4  # white space between the panels of a tile
+GRID_COLUMNS = 4  # tiles per line of grid.png
+GRID_GAP_PX = 12  # white space between tiles of the grid
+FRAME_PX = 3  # red frame around a tile the student got wrong (white otherwise)
 CAPTION_PX = 18  # one line of text under the panels
 HEAT_ALPHA = 0.5  # weight of the colormap in the overlay; the rest is the input image
 TEXT_RGB = (20, 20, 20)
@@ -80,15 +83,47 @@ class Caption:
         return self.prefix + name + self.suffix
 
 
+@dataclass
+class HeatmapTile:
+    """One rendered test image: its file, its classes and the cosine of its two maps."""
+
+    file: str  # relative to the out folder, e.g. "heatmaps/0003.png"
+    index: int  # position in the test set
+    true: str
+    teacher: str
+    student: str
+    cosine: float
+
+    @property
+    def misclassified(self) -> bool:
+        return self.student != self.true
+
+    def as_dict(self) -> dict[str, object]:
+        return {**asdict(self), "misclassified": self.misclassified}
+
+
 def render_heatmaps(
     student: nn.Module, teacher: nn.Module, data: DataBundle, out_dir: Path, count: int, device: torch.device
 ) -> list[Path]:
-    """Write `out_dir/heatmaps/NNNN.png` for `count` test images and `grid.png` stacking them all.
+    """Write `out_dir/heatmaps/NNNN.png` for `count` test images and `grid.png` showing them all.
+
+    Returns the per-image paths in order, then the grid's path; `count` 0 writes nothing.
+    """
+    tiles = render_gallery(student, teacher, data, out_dir, count, device)
+    if not tiles:
+        return []
+    return [out_dir / tile.file for tile in tiles] + [out_dir / "heatmaps" / "grid.png"]
+
+
+def render_gallery(
+    student: nn.Module, teacher: nn.Module, data: DataBundle, out_dir: Path, count: int, device: torch.device
+) -> list[HeatmapTile]:
+    """Render `count` test images (input | teacher Grad-CAM | student Grad-CAM) and the grid.
 
     The images are evenly spaced over the test set (the same ones on every run). Both maps
     explain the teacher's top-1 class, as in the explanation-cosine metric, whose per-image
-    value each caption shows. Returns the per-image paths in order, then the grid's path;
-    `count` 0 writes nothing and returns [].
+    value each caption shows. The grid puts the student's mistakes first, in `GRID_COLUMNS`
+    columns. Returns the tiles in test-set order; `count` 0 writes nothing and returns [].
     """
     count = min(count, len(data.test_y))
     if count <= 0:
@@ -115,8 +150,8 @@ def render_heatmaps(
     provenance.add_text("teacher_layer", explained_layer_path(teacher))
     provenance.add_text("student_layer", explained_layer_path(student))
     names = data.class_names
+    tiles: list[HeatmapTile] = []
     rows: list[Image.Image] = []
-    paths: list[Path] = []
     for row, index in enumerate(indices.tolist()):
         rgb = _to_rgb(images[row])
         true, taught, learnt = int(labels[row]), int(teacher_top1[row]), int(student_top1[row])
@@ -128,17 +163,24 @@ def render_heatmaps(
         ]
         panels = [rgb, _overlay(rgb, teacher_heat[row]), _overlay(rgb, student_heat[row])]
         image = _row_image(panels, captions, scale)
-        path = folder / f"{row:04d}.png"
-        with atomic_path(path) as tmp:
+        with atomic_path(folder / f"{row:04d}.png") as tmp:
             image.save(tmp, format="PNG", pnginfo=provenance)
         rows.append(image)
-        paths.append(path)
+        tiles.append(HeatmapTile(f"heatmaps/{row:04d}.png", index, names[true], names[taught], names[learnt],
+                                 float(cosines[row])))
 
-    grid_path = folder / "grid.png"
-    with atomic_path(grid_path) as tmp:
-        _stack(rows).save(tmp, format="PNG", pnginfo=provenance)
-    log.info("wrote %d heatmap rows and %s", count, grid_path.name)
-    return [*paths, grid_path]
+    order = misclassified_first(tiles)
+    with atomic_path(folder / "grid.png") as tmp:
+        _grid([rows[i] for i in order], [tiles[i].misclassified for i in order]).save(
+            tmp, format="PNG", pnginfo=provenance
+        )
+    log.info("wrote %d heatmap rows and grid.png", count)
+    return tiles
+
+
+def misclassified_first(tiles: list[HeatmapTile]) -> list[int]:
+    """Positions of `tiles` with the student's mistakes first, each group in test-set order."""
+    return sorted(range(len(tiles)), key=lambda i: not tiles[i].misclassified)
 
 
 def colormap(values: np.ndarray) -> np.ndarray:
@@ -187,12 +229,19 @@ def _row_image(panels: list[np.ndarray], captions: list[Caption], scale: int) ->
 
 
 
-def _stack(rows: list[Image.Image]) -> Image.Image:
-    width = max(row.width for row in rows)
-    height = sum(row.height for row in rows) + (len(rows) - 1) * PANEL_GAP_PX
-    grid = Image.new("RGB", (width, height), "white")
-    top = 0
-    for row in rows:
-        grid.paste(row, (0, top))
-        top += row.height + PANEL_GAP_PX
+def _grid(rows: list[Image.Image], flagged: list[bool]) -> Image.Image:
+    """Tiles in `GRID_COLUMNS` columns, row-major; a flagged tile (a student mistake) gets a red frame."""
+    columns = min(GRID_COLUMNS, len(rows))
+    lines = math.ceil(len(rows) / columns)
+    tile_w, tile_h = max(row.width for row in rows), max(row.height for row in rows)
+    cell_w, cell_h = tile_w + 2 * FRAME_PX, tile_h + 2 * FRAME_PX
+    grid = Image.new("RGB", (columns * cell_w + (columns - 1) * GRID_GAP_PX,
+                             lines * cell_h + (lines - 1) * GRID_GAP_PX), "white")
+    draw = ImageDraw.Draw(grid)
+    for position, (row, flag) in enumerate(zip(rows, flagged, strict=True)):
+        left = (position % columns) * (cell_w + GRID_GAP_PX)
+        top = (position // columns) * (cell_h + GRID_GAP_PX)
+        if flag:
+            draw.rectangle([left, top, left + cell_w - 1, top + cell_h - 1], outline=WRONG_RGB, width=FRAME_PX)
+        grid.paste(row, (left + FRAME_PX, top + FRAME_PX))
     return grid

@@ -33,6 +33,7 @@ from core.callbacks import STAGES, NullCallbacks, RunCallbacks
 from core.checkpoint import load_checkpoint
 from core.compat import DatasetShape, check_weights_file
 from core.data import DataBundle, load_dataset
+from core.deploy import cpu_batch1_ms, deployment
 from core.errors import DistillError, JobCancelled, SpecError
 from core.evaluate import evaluate, predict_logits
 from core.explain import FeatureTap
@@ -46,10 +47,13 @@ from core.models import (
     pick_device,
     save_weights,
 )
-from core.report import render_heatmaps
-from core.spec import JobSpec
+from core.model_card import write_model_card
+from core.report import HeatmapTile, render_gallery
+from core.report_html import write_report
+from core.spec import ExportSpec, JobSpec, public_spec
 from core.terms import build_terms, cross_entropy_only, term_weights
 from core.terms.registry import identity_loss
+from core.tracking import TrackingConfig, track_job, tracking_from_env
 from core.trainer import DistillationObjective, OptimConfig, train
 from core.xdistill import ExplainerAutoencoder, explainer_objective
 
@@ -63,10 +67,12 @@ def spec_sha256(spec: JobSpec) -> str:
     """The identity of a spec: canonical JSON of every field after preset merging and defaults.
 
     Loss units added later leave the identity while at their defaults (core.terms.registry.identity_loss),
-    so an out folder written before a unit existed keeps its identity and still resumes.
+    and so does the `export` block, so an out folder written before a unit existed keeps its identity and still resumes.
     """
     document = spec.model_dump(mode="json")
     document["loss"] = identity_loss(document["loss"])
+    if document.get("export") == ExportSpec().model_dump(mode="json"):
+        del document["export"]  # the export block came later too: at its default it is not part of the identity
     canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -278,8 +284,8 @@ def _student(
 
 
 def _metrics_document(
-    job: _Job, metrics: dict[str, Any], history: dict[str, Any], heatmaps: list[Path],
-    models: tuple[nn.Module, nn.Module],
+    job: _Job, metrics: dict[str, Any], history: dict[str, Any], tiles: list[HeatmapTile],
+    models: tuple[nn.Module, nn.Module], class_names: list[str], warnings: list[dict[str, str]],
 ) -> dict[str, Any]:
     """What metrics.json holds: the evaluation, each stage's history and how the run was set up."""
     spec, (teacher, student) = job.spec, models
@@ -289,13 +295,44 @@ def _metrics_document(
         "method": spec.method,
         "loss_terms": term_weights(spec.loss),
         "oracle_gamma": spec.loss.oracle_gamma,
-        "heatmaps": [str(path.relative_to(job.out_dir)) for path in heatmaps],
+        "heatmaps": [tile.file for tile in tiles] + (["heatmaps/grid.png"] if tiles else []),
+        "gallery": [tile.as_dict() for tile in tiles],
+        "class_names": class_names,
         "explained_layers": {"teacher": explained_layer_path(teacher), "student": explained_layer_path(student)},
         "seconds": dict(job.seconds),
         "device": str(job.device),
         "spec_sha256": job.state.sha256,
-        "spec": spec.model_dump(mode="json"),
+        "spec": public_spec(spec),
+        "warnings": warnings,
     }
+
+
+def _deployment(
+    job: _Job, data: DataBundle, student: nn.Module, teacher: nn.Module
+) -> tuple[dict[str, Any], list[dict[str, str]]]:
+    """student.onnx (checked), the latency table and file sizes; the headline latencies come from the table."""
+    spec = job.spec
+    trained = job.out_dir / "teacher.safetensors"
+    teacher_weights = Path(spec.teacher.weights) if spec.teacher.weights is not None else trained
+    shipped, warnings = deployment(
+        student, teacher, data, job.out_dir, onnx=spec.export.onnx, latency_runs=spec.report.latency_runs,
+        teacher_weights=teacher_weights,
+    )
+    for model in ("student", "teacher"):
+        shipped[f"{model}_latency_ms"] = cpu_batch1_ms(shipped["latency"], model)
+    return shipped, warnings
+
+
+def _publish(out_dir: Path, result: dict[str, Any], tracking: TrackingConfig | None) -> None:
+    """The human-facing outputs (report.html, the README.md model card), then the MLflow run if asked."""
+    write_report(out_dir, result)
+    write_model_card(out_dir, result)
+    if tracking is None:
+        return
+    run_id, warnings = track_job(tracking, out_dir, result)
+    result["mlflow_run_id"] = run_id
+    result["warnings"] = [*result["warnings"], *warnings]
+    _write_json(out_dir / "metrics.json", result)
 
 
 def run_job(
@@ -305,11 +342,13 @@ def run_job(
     *,
     named_datasets: Mapping[str, Path] | None = None,
     reported_spec: Mapping[str, Any] | None = None,
+    tracking: TrackingConfig | None = None,
 ) -> dict[str, Any]:
     """Run (or resume) `spec` into `out_dir`; returns what metrics.json holds.
 
     `reported_spec` is the spec as metrics.json shows it (default: `spec`). A service passes
     the spec its client sent (dataset and weights by id), so no server path reaches an artifact.
+    With `tracking`, the finished job is also logged as an MLflow run (a failure there is a warning).
 
     Raises DistillError subclasses for problems the user can fix, JobCancelled when the
     callbacks ask to stop (checkpoints are kept, so rerunning continues the run).
@@ -336,18 +375,20 @@ def run_job(
 
     with job.stage("evaluating"):
         metrics = evaluate(student, teacher, data, job.device, latency_runs=spec.report.latency_runs)
-    heatmaps: list[Path] = []
+        shipped, warnings = _deployment(job, data, student, teacher)
+        metrics.update(shipped)
     with job.stage("rendering"):
-        if spec.report.heatmaps > 0:
-            heatmaps = render_heatmaps(student, teacher, data, out_dir, spec.report.heatmaps, job.device)
-
+        tiles = render_gallery(student, teacher, data, out_dir, spec.report.heatmaps, job.device)
     history = {"teacher": teacher_history, "student": student_history}
     if explainer_history is not None:
         history["explainer"] = explainer_history
-    result = _metrics_document(job, metrics, history, heatmaps, (teacher, student))
+    result = _metrics_document(
+        job, metrics, history, tiles, (teacher, student), list(data.class_names), warnings
+    )
     if reported_spec is not None:
         result["spec"] = dict(reported_spec)
     _write_json(metrics_path, result)
+    _publish(out_dir, result, tracking)
     job.state.complete("rendering", job.seconds["rendering"])
     shutil.rmtree(job.checkpoints, ignore_errors=True)  # the run is final: nothing left to resume
     log.info(
@@ -457,7 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     callbacks = terminal_callbacks()
     try:
-        result = run_job(spec, args.out, callbacks, named_datasets=named)
+        result = run_job(spec, args.out, callbacks, named_datasets=named, tracking=tracking_from_env())
     except DistillError as exc:
         where = f" ({exc.field})" if exc.field else ""
         print(f"error [{exc.code}]{where}: {exc.message}", file=sys.stderr)

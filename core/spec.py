@@ -144,7 +144,17 @@ class TrainingSpec(_Strict):
 
 class ReportSpec(_Strict):
     heatmaps: int = Field(16, ge=0, le=256, description="Test images rendered as input|teacher|student PNGs.")
-    latency_runs: int = Field(20, ge=1, le=1000, description="Batch-1 CPU forward passes timed for latency.")
+    latency_runs: int = Field(20, ge=1, le=1000, description="Timed forward passes per latency table row.")
+
+
+class ExportSpec(_Strict):
+    """Deployment outputs besides the safetensors weights."""
+
+    onnx: bool = Field(
+        True,
+        description="Write student.onnx (dynamic batch axis), kept only when onnxruntime matches PyTorch on the "
+        "test images; a model that cannot be exported gives a warning, not a failed job.",
+    )
 
 
 class JobSpec(_Strict):
@@ -156,6 +166,7 @@ class JobSpec(_Strict):
     loss: LossSpec = Field(default_factory=LossSpec)  # type: ignore[valid-type]
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     report: ReportSpec = Field(default_factory=ReportSpec)
+    export: ExportSpec = Field(default_factory=ExportSpec)
 
     _plain_name = field_validator("name")(classmethod(lambda cls, v: check_plain_text(v)))
 
@@ -198,7 +209,18 @@ class JobSpec(_Strict):
 
 
 __all__ = [
-    "PRESETS", "DatasetSpec", "ExplanationSpec", "JobSpec", "LossSpec", "Method", "ReportSpec", "StudentSpec",
+    "PRESETS", "DatasetSpec", "ExplanationSpec", "ExportSpec", "JobSpec", "LossSpec", "Method", "ReportSpec", "StudentSpec",
     "TeacherSpec", "TrainingSpec", "XDistillSpec", "check_plain_text", "control_character_field",
-    "has_control_characters",
+    "has_control_characters", "public_spec",
 ]
+
+def public_spec(spec: JobSpec) -> dict[str, Any]:
+    """The spec as artifacts and metrics show it: a server path (`dataset.path`, `teacher.weights`,
+    which the worker resolves from upload ids) is reduced to its file name, so no artifact reveals
+    where the server keeps its files."""
+    document = spec.model_dump(mode="json")
+    for section, key in (("dataset", "path"), ("teacher", "weights")):
+        value = document[section].get(key)
+        if isinstance(value, str) and ("/" in value or "\\" in value):
+            document[section][key] = value.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+    return document

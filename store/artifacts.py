@@ -7,7 +7,8 @@ name nor a tampered row can reach another file on the server.
 
 - `job_dir(settings, job_id) -> Path`: DISTILL_HOME/jobs/<job_id>/ (the engine's --out folder).
 - `record_job_outputs(session, settings, job_id, folder=None) -> list[Artifact]`: walks the job's
-  working folder for student.safetensors, teacher.safetensors, metrics.json, report.md, heatmaps/*.png
+  working folder for student.safetensors, student.onnx, teacher.safetensors, metrics.json, report.html,
+  README.md (the model card), heatmaps/*.png
   and records each through repository.add_artifact under its storage key `jobs/<id>/<name>`
   (checkpoints are not artifacts). With the S3 backend the folder is a scratch copy whose files the
   worker has already pushed to those keys.
@@ -31,13 +32,18 @@ from store.settings import Settings
 logger = logging.getLogger(__name__)
 
 # What a job publishes, in the order clients see it; anything else in the folder (checkpoints) stays private.
-ARTIFACT_PATTERNS = ("student.safetensors", "teacher.safetensors", "metrics.json", "report.md", "heatmaps/*.png")
+ARTIFACT_PATTERNS = (
+    "student.safetensors", "student.onnx", "teacher.safetensors", "metrics.json", "report.html", "README.md",
+    "report.md", "heatmaps/*.png",
+)
 
 CONTENT_TYPES = {
     ".safetensors": "application/octet-stream",
     ".json": "application/json",
     ".png": "image/png",
     ".md": "text/markdown",
+    ".html": "text/html",
+    ".onnx": "application/octet-stream",
 }
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,40}$")

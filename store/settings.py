@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     )
     sweep_max_children: int = Field(64, alias="DISTILL_SWEEP_MAX_CHILDREN", ge=1, description="Jobs per sweep.")
     presign_expires_s: int = Field(300, alias="DISTILL_PRESIGN_EXPIRES_S", ge=1, le=7 * 24 * 3600)
+    mlflow_tracking_uri: str = Field(
+        "", alias="MLFLOW_TRACKING_URI", description="Log each finished job as an MLflow run; empty = off."
+    )
+    mlflow_experiment: str = Field("distill", alias="MLFLOW_EXPERIMENT_NAME", description="MLflow experiment name.")
 
     @field_validator("distill_home")
     @classmethod

@@ -24,12 +24,14 @@ from core.errors import DistillError, JobCancelled, is_storage_full
 from core.run import run_job as run_engine
 from core.spec import JobSpec
 from core.run import run_teacher
+from core.tracking import DEFAULT_EXPERIMENT, TrackingConfig
 from store import repository
 from store.artifacts import record_job_outputs, redact_paths
 from store.models import JobKind, JobStatus
 from store.queue import enqueue_job
 from store.repository import JobError
 from store.storage import FolderSync, get_storage, pull_prefix, working_folder
+from store.settings import Settings
 from worker.callbacks import WorkerCallbacks, json_safe
 from worker.heartbeat import HeartbeatThread
 from worker.logsetup import job_context
@@ -122,7 +124,8 @@ def _execute(
             metrics = run_teacher(spec, sync.folder, callbacks, named_datasets=settings.dataset_roots)
         else:  # metrics.json shows the spec as stored (ids, never the server paths resolve_spec put in).
             metrics = run_engine(
-                spec, sync.folder, callbacks, named_datasets=settings.dataset_roots, reported_spec=stored_spec
+                spec, sync.folder, callbacks, named_datasets=settings.dataset_roots, reported_spec=stored_spec,
+                tracking=_tracking(settings, job_id),
             )
         sync.push(mirror=True)
         with_database_retry("record the artifacts", lambda: _record(runtime, job_id, sync.folder))
@@ -174,6 +177,14 @@ def _release_dependents(runtime: WorkerRuntime, job_id: str) -> None:
             log.info("teacher ready: queued %d waiting jobs", len(queued))
     except Exception:  # noqa: BLE001 - the sweeper settles waiting jobs too
         log.exception("could not release the jobs waiting for this teacher; the sweeper will")
+
+
+def _tracking(settings: Settings, job_id: str) -> TrackingConfig | None:
+    """The service's MLflow setting for this job (the run is tagged with the job id); None when off."""
+    uri = settings.mlflow_tracking_uri.strip()
+    if not uri:
+        return None
+    return TrackingConfig(uri, settings.mlflow_experiment or DEFAULT_EXPERIMENT, {"distill.job_id": job_id})
 
 
 def _release(runtime: WorkerRuntime, job_id: str) -> None:

@@ -291,16 +291,27 @@ async def stream_job_events(
         yield event
 
 
+# Artifacts are served from the API's origin, and report.html is a page: it may show images and inline
+# styles, but no script runs, nothing is fetched from elsewhere, and only the dashboard may frame it.
+ARTIFACT_POLICY = (
+    "default-src 'none'; script-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'self'"
+)
+ARTIFACT_HEADERS = {"Content-Security-Policy": ARTIFACT_POLICY, "X-Content-Type-Options": "nosniff"}
+
+
 @router.get(
     "/{job_id}/artifacts/{name:path}",
     response_class=FileResponse,
     summary="Download one artifact by its recorded name",
-    description="Names come from the job's `artifacts` list (e.g. `student.safetensors`, `heatmaps/0003.png`); "
-    "only recorded names are served.",
+    description="Names come from the job's `artifacts` list (e.g. `student.safetensors`, `student.onnx`, "
+    "`report.html`, `README.md`, `heatmaps/0003.png`); only recorded names are served. Every response carries a "
+    "Content-Security-Policy that forbids scripts, so `report.html` opens as a static page.",
     responses={
         200: {"content": {"application/octet-stream": {"example": "<safetensors bytes>"},
                           "application/json": {"example": {"student_accuracy": 0.97, "agreement": 0.98}},
-                          "image/png": {"example": "<png bytes>"}}},
+                          "image/png": {"example": "<png bytes>"},
+                          "text/html": {"example": "<!DOCTYPE html>..."}}},
         404: {"model": ErrorResponse, "description": "`job_not_found` or `artifact_not_found`."},
         **ERROR_RESPONSES,
     },
@@ -338,4 +349,5 @@ def download_artifact(
         media_type=artifact.content_type,
         filename=PurePosixPath(artifact.name).name,
         content_disposition_type="inline" if inline else "attachment",
+        headers=ARTIFACT_HEADERS,
     )

@@ -110,3 +110,28 @@ def test_artifact_of_an_unknown_job_is_404_job_not_found(client: TestClient) -> 
 
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "job_not_found"
+
+
+def test_report_html_is_served_as_a_page_that_may_run_no_script(
+    client: TestClient, db: Database, app_settings: Settings, job_with_outputs: str
+) -> None:
+    folder = job_dir(app_settings, job_with_outputs)
+    page = "<!DOCTYPE html><html><body><h1>report</h1></body></html>"
+    (folder / "report.html").write_text(page)
+    (folder / "README.md").write_text("---\nlibrary_name: pytorch\n---\n# card\n")
+    (folder / "student.onnx").write_bytes(b"onnx-bytes")
+    with db.session() as session:
+        record_job_outputs(session, app_settings, job_with_outputs)
+
+    response = client.get(f"/v1/jobs/{job_with_outputs}/artifacts/report.html")
+    assert response.status_code == 200 and response.text == page
+    assert response.headers["content-type"].startswith("text/html")
+    assert "attachment" not in response.headers.get("content-disposition", "")
+    policy = dict(part.strip().split(" ", 1) for part in response.headers["content-security-policy"].split(";"))
+    assert policy["script-src"] == "'none'" and policy["default-src"] == "'none'"
+    assert "http" not in policy["img-src"]
+    assert response.headers["x-content-type-options"] == "nosniff"
+    card = client.get(f"/v1/jobs/{job_with_outputs}/artifacts/README.md")
+    assert card.headers["content-type"].startswith("text/markdown") and card.text.startswith("---")
+    onnx = client.get(f"/v1/jobs/{job_with_outputs}/artifacts/student.onnx")
+    assert onnx.content == b"onnx-bytes" and "attachment" in onnx.headers["content-disposition"]

@@ -135,5 +135,6 @@ def test_evaluate_reports_sizes_latency_and_compression(digits: DataBundle) -> N
     expected_keys = {
         "student_accuracy", "teacher_accuracy", "agreement", "explanation_cosine", "ece", "student_params",
         "teacher_params", "student_latency_ms", "teacher_latency_ms", "compression_ratio",
+        "per_class_accuracy", "reliability", "teacher_ece",
     }
     assert set(metrics) == expected_keys

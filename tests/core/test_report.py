@@ -11,7 +11,10 @@ from PIL import Image
 
 from core.data import DataBundle, load_dataset
 from core.models import build_model
-from core.report import CAPTION_PX, MIN_PANEL_PX, PANEL_GAP_PX, colormap, render_heatmaps
+from core.report import (
+    CAPTION_PX, FRAME_PX, GRID_COLUMNS, GRID_GAP_PX, MIN_PANEL_PX, PANEL_GAP_PX, WRONG_RGB, colormap,
+    misclassified_first, render_gallery, render_heatmaps,
+)
 from core.spec import DatasetSpec
 
 torch.set_num_threads(1)
@@ -46,8 +49,27 @@ def test_render_writes_one_png_per_image_and_a_grid(digits: DataBundle, models, 
             image.load()
             assert image.format == "PNG" and image.mode == "RGB"
             assert image.size == (row_width, row_height)
-    with Image.open(paths[-1]) as grid:
-        assert grid.size == (row_width, 5 * row_height + 4 * PANEL_GAP_PX)
+    cell_w, cell_h = row_width + 2 * FRAME_PX, row_height + 2 * FRAME_PX
+    with Image.open(paths[-1]) as grid:  # 5 tiles in GRID_COLUMNS (4) columns: two lines
+        assert GRID_COLUMNS == 4
+        assert grid.size == (4 * cell_w + 3 * GRID_GAP_PX, 2 * cell_h + GRID_GAP_PX)
+
+
+def test_gallery_records_classes_and_cosines_and_the_grid_shows_mistakes_first(
+    digits: DataBundle, models, tmp_path: Path
+) -> None:
+    student, teacher = models  # untrained: the student gets most images wrong
+    tiles = render_gallery(student, teacher, digits, tmp_path, 6, CPU)
+    assert [tile.file for tile in tiles] == [f"heatmaps/{i:04d}.png" for i in range(6)]
+    assert all(tile.true in digits.class_names and -1.0 <= tile.cosine <= 1.0 for tile in tiles)
+    assert [tile.index for tile in tiles] == sorted(tile.index for tile in tiles)
+    order = misclassified_first(tiles)
+    flags = [tiles[i].misclassified for i in order]
+    assert flags == sorted(flags, reverse=True) and any(flags)
+    # The first grid cell is framed in red exactly when the student got that tile wrong.
+    with Image.open(tmp_path / "heatmaps" / "grid.png") as grid:
+        corner = grid.convert("RGB").getpixel((0, 0))
+    assert (corner == WRONG_RGB) == flags[0]
 
 
 def test_first_panel_shows_the_denormalised_input_in_gray(digits: DataBundle, models, tmp_path: Path) -> None:

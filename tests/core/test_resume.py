@@ -52,6 +52,7 @@ def _spec(method: str, loss: dict[str, Any]) -> JobSpec:
         "loss": loss,
         "training": {"epochs": 3, "batch_size": 32, "seed": 3},
         "report": {"heatmaps": 1, "latency_runs": 1},
+        "export": {"onnx": False},
     })
 
 

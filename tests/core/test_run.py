@@ -34,6 +34,7 @@ def tiny_spec(method: str | None = "kd", **overrides: Any) -> dict[str, Any]:
         "method": method,
         "training": {"epochs": 2, "batch_size": 32, "lr": 0.05, "seed": 0},
         "report": {"heatmaps": 2, "latency_runs": 2},
+        "export": {"onnx": False},  # export has its own tests (test_export, test_job_outputs)
     }
     for key, value in overrides.items():
         spec[key] = {**spec[key], **value} if isinstance(value, dict) and key in spec else value

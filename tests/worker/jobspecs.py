@@ -15,6 +15,7 @@ def tiny_spec(*, teacher_epochs: int = 1, student_epochs: int = 1, shots_per_cla
         "method": "e2kd",
         "training": {"epochs": student_epochs, "batch_size": 32, "lr": 0.05, "seed": 0, "device": "cpu"},
         "report": {"heatmaps": 2, "latency_runs": 2},
+        "export": {"onnx": False},  # ONNX export is tested in tests/core; here it would only cost time
     }
     for key, value in top.items():
         spec[key] = {**spec[key], **value} if isinstance(value, dict) and isinstance(spec.get(key), dict) else value

@@ -1,0 +1,142 @@
+"""`README.md` next to the weights: a Hugging Face style model card written from the job's own numbers.
+
+The front matter uses the Hub's model-card fields (`library_name`, `tags`, `datasets`,
+`metrics`, `base_model` = the teacher) so the folder can be pushed as is; the body says
+what the student is for, how it was trained (the spec), how well it does, and where it
+falls short, every sentence computed from metrics.json rather than written by hand.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+MODEL_CARD = "README.md"
+WEAK_CLASS_MARGIN = 0.10  # a class the student gets this much worse than the teacher is called out
+
+
+def _yaml_list(key: str, values: list[str]) -> list[str]:
+    return [f"{key}:"] + [f"- {json.dumps(value)}" for value in values]
+
+
+def front_matter(result: dict[str, Any]) -> str:
+    spec = result.get("spec", {})
+    dataset = spec.get("dataset", {})
+    dataset_name = dataset.get("name") or dataset.get("id") or "custom-imagefolder"
+    teacher = spec.get("teacher", {})
+    base_model = teacher.get("weights") if teacher.get("weights") and not dataset.get("path") else teacher.get("arch")
+    if teacher.get("weights") and "/" in str(teacher.get("weights")):
+        base_model = teacher.get("arch")  # a CLI file path is no model name, and must not leak a path
+    tags = ["knowledge-distillation", "image-classification", "pytorch", "safetensors"]
+    if result.get("method"):
+        tags.append(str(result["method"]))
+    if (spec.get("loss", {}).get("explanation") or {}).get("weight", 0) > 0:
+        tags.append("explanation-guided")
+    if result.get("onnx"):
+        tags.append("onnx")
+    lines = ["---", "library_name: pytorch", "pipeline_tag: image-classification"]
+    lines += _yaml_list("tags", tags)
+    lines += _yaml_list("datasets", [dataset_name])
+    lines += _yaml_list("metrics", ["accuracy", "agreement", "explanation_cosine", "ece"])
+    lines += [f"base_model: {json.dumps(str(base_model))}", "---"]
+    return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f} %"
+
+
+def _limitations(result: dict[str, Any]) -> list[str]:
+    """Shortcomings stated with the job's numbers: accuracy gap, weak classes, calibration, test size, export."""
+    notes = []
+    gap = (result.get("teacher_accuracy") or 0) - (result.get("student_accuracy") or 0)
+    notes.append(f"The student is {100 * gap:.1f} points {'below' if gap >= 0 else 'above'} the teacher's top-1 "
+                 f"accuracy and agrees with the teacher on {_pct(result.get('agreement'))} of test images.")
+    names = result.get("class_names") or []
+    per_class = result.get("per_class_accuracy") or {}
+    weak = [
+        f"{names[i] if i < len(names) else i} ({_pct(s)} vs teacher {_pct(t)})"
+        for i, (t, s) in enumerate(zip(per_class.get("teacher", []), per_class.get("student", []), strict=False))
+        if t is not None and s is not None and t - s >= WEAK_CLASS_MARGIN
+    ]
+    if weak:
+        notes.append("Classes where the student trails the teacher by 10 points or more: " + ", ".join(weak) + ".")
+    ece = result.get("ece")
+    if ece is not None:
+        quality = "well calibrated" if ece < 0.05 else "not well calibrated; do not read its softmax as a probability"
+        notes.append(f"Expected calibration error is {ece:.3f} (15 bins): {quality}.")
+    shots = (result.get("spec", {}).get("dataset") or {}).get("shots_per_class")
+    tested = (result.get("onnx") or {}).get("images")
+    if shots:
+        notes.append(f"Trained on {shots} images per class (limited-data regime).")
+    if tested:
+        notes.append(f"All numbers come from {tested} held-out test images of the same dataset; they say nothing "
+                     "about images from another distribution.")
+    if not result.get("onnx"):
+        notes.append("No ONNX file: the export was off or did not reproduce PyTorch within tolerance.")
+    return notes
+
+
+def _metrics_table(result: dict[str, Any]) -> list[str]:
+    sizes = result.get("sizes") or {}
+    rows = [
+        ("top-1 accuracy", _pct(result.get("teacher_accuracy")), _pct(result.get("student_accuracy"))),
+        ("agreement with the teacher", "", _pct(result.get("agreement"))),
+        ("explanation cosine (Grad-CAM)", "", f"{result.get('explanation_cosine', 0):.3f}"),
+        ("ECE", f"{result.get('teacher_ece', 0):.3f}", f"{result.get('ece', 0):.3f}"),
+        ("parameters", f"{result.get('teacher_params', 0):,}", f"{result.get('student_params', 0):,}"),
+        ("safetensors bytes", f"{sizes.get('teacher_safetensors_bytes') or 0:,}",
+         f"{sizes.get('student_safetensors_bytes') or 0:,}"),
+        ("CPU latency, batch 1 (ms)", f"{result.get('teacher_latency_ms') or 0:.2f}",
+         f"{result.get('student_latency_ms') or 0:.2f}"),
+    ]
+    return ["| metric | teacher | student |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows]
+
+
+def write_model_card(out_dir: Path, result: dict[str, Any]) -> Path:
+    spec = result.get("spec", {})
+    student, teacher = spec.get("student", {}).get("arch"), spec.get("teacher", {}).get("arch")
+    onnx = result.get("onnx")
+    files = ["- `student.safetensors`: the weights (load with `safetensors`, no pickle)."]
+    if onnx:
+        files.append(f"- `student.onnx`: the same network for onnxruntime (dynamic batch axis, opset {onnx['opset']}); "
+                     f"logits within {onnx['max_abs_diff']:.2g} of PyTorch on every test image.")
+    files += ["- `metrics.json`: every number below, the per-epoch history and the latency table.",
+              "- `report.html`: curves, calibration, per-class accuracy and the heatmap gallery."]
+    body = [
+        front_matter(result),
+        "",
+        f"# {spec.get('name', 'student')}: {student} distilled from {teacher}",
+        "",
+        "## Intended use",
+        "",
+        f"A small {student} image classifier for the {len(result.get('class_names') or [])} classes of its "
+        f"training data ({', '.join(result.get('class_names') or [])}), distilled from a {teacher} teacher with the "
+        f"`{result.get('method') or 'custom'}` method, so that it decides like the teacher and, where an explanation "
+        "term was used, looks at the same evidence (Grad-CAM). Inputs are "
+        f"{spec.get('dataset', {}).get('image_size')} px images normalised as in training. It is not meant for "
+        "images unlike its training data, nor for decisions about people.",
+        "",
+        "## Files",
+        "",
+        *files,
+        "",
+        "## Metrics (held-out test split)",
+        "",
+        *_metrics_table(result),
+        "",
+        "## Limitations",
+        "",
+        *[f"- {note}" for note in _limitations(result)],
+        "",
+        "## Training spec",
+        "",
+        "```json",
+        json.dumps(spec, indent=2),
+        "```",
+        "",
+    ]
+    path = out_dir / MODEL_CARD
+    path.write_text("\n".join(body), encoding="utf-8")
+    return path
