@@ -30,11 +30,13 @@ QUICK_OVERRIDES = {
 }
 
 
-def demo_job(quick: bool) -> tuple[Path, dict[str, Any]]:
+def demo_job(quick: bool, folder: Path | None) -> tuple[Path, dict[str, Any]]:
     """Run (or reuse) the demo job; returns its folder and metrics."""
     from core.run import run_job
     from core.spec import JobSpec
 
+    if folder is not None:  # a finished run of the demo spec, e.g. `distill run examples/digits-e2kd.json --out DIR`
+        return folder, json.loads((folder / "metrics.json").read_text())
     document = json.loads(EXAMPLE.read_text())
     if quick:
         document.update(QUICK_OVERRIDES)
@@ -103,13 +105,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--runs", type=int, default=30, help="timed passes per row per round")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--job", type=Path, help="use this finished demo job folder instead of running the job")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args()
     common.setup_logging(args.verbose)
     common.set_threads(args.threads)
     rounds, runs = (1, 3) if args.quick else (args.rounds, args.runs)
 
-    out, metrics = demo_job(args.quick)
+    out, metrics = demo_job(args.quick, args.job)
     built, files, images = models(out, metrics)
     timings = time_rounds(built, files, images, rounds, runs)
     params = {"teacher": metrics["teacher_params"], "student": metrics["student_params"]}

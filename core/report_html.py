@@ -30,7 +30,7 @@ table{border-collapse:collapse;margin:6px 0}th,td{border:1px solid #ddd;padding:
 th:first-child,td:first-child{text-align:left}thead th{background:#f4f4f6}
 .charts{display:flex;flex-wrap:wrap;gap:12px}.chart text{font-size:10px;fill:#333}
 .chart .title{font-size:12px;font-weight:600}.chart .gridline{stroke:#eee}.chart .axes{fill:none;stroke:#999}
-.gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(330px,1fr));gap:12px}
+.gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(400px,1fr));gap:12px}
 .gallery figure{margin:0;border:3px solid #fff;background:#fafafa}.gallery figure.wrong{border-color:#c81e1e}
 .gallery img{width:100%;image-rendering:pixelated;display:block}
 .gallery figcaption{font-size:12px;padding:2px 6px}.bad{color:#c81e1e;font-weight:600}
