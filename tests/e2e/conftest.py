@@ -32,7 +32,7 @@ from store.settings import Settings
 from tests.services import free_port
 
 TERMINAL = {status.value for status in TERMINAL_STATUSES}
-START_TIMEOUT_S = 90
+START_TIMEOUT_S = 180  # a process importing torch on a loaded 2-core box can take over a minute
 # The values the brief fixes for end-to-end runs: fast heartbeats, quick stale detection, one thread.
 FAST_ENV = {
     "DISTILL_HEARTBEAT_S": "0.5",

@@ -28,7 +28,7 @@ def test_a_worker_killed_while_writing_artifacts_leaves_only_whole_files(
 ) -> None:
     stack = stacks(sqlite_url)
     first = stack.start()
-    job_id = stack.post_job(tiny_spec(report={"heatmaps": 128, "latency_runs": 2}))["id"]
+    job_id = stack.post_job(tiny_spec(report={"heatmaps": 64, "latency_runs": 2}))["id"]
     wait_until(lambda: stack.get_job(job_id)["stage"] == "rendering", 180, "the rendering stage", interval_s=0.02)
 
     first.stop(signal.SIGKILL)
@@ -38,7 +38,7 @@ def test_a_worker_killed_while_writing_artifacts_leaves_only_whole_files(
     assert final["status"] == "succeeded", f"{final}\n{stack.logs()}"
     assert final["attempts"] == 2
     count = assert_artifacts_complete(stack.client, final)
-    assert count >= 3 + 128
+    assert count >= 3 + 64
     leftovers = [path.name for path in (stack.home / "jobs" / job_id).rglob("*.tmp")]
     assert all(not name.startswith(("student", "metrics")) for name in leftovers), leftovers
 
