@@ -65,3 +65,15 @@ def assert_event_stream_of_a_successful_job(events: list[tuple[str, dict[str, An
     assert running_stages and running_stages <= set(STAGES), running_stages
     fractions = [document["progress"]["fraction"] for _, document in events if document.get("progress")]
     assert fractions and all(0.0 <= fraction <= 1.0 for fraction in fractions)
+
+
+def assert_shipped_outputs_are_served(client: httpx.Client, job: dict[str, Any]) -> None:
+    """A service job publishes the checked ONNX student, the report page (no script) and the model card."""
+    assert job["metrics"]["onnx"]["top1_agreement"] == 1.0, job["metrics"].get("warnings")
+    assert download(client, job, "student.onnx")
+    urls = {artifact["name"]: artifact["url"] for artifact in job["artifacts"]}
+    page = client.get(urls["report.html"])
+    assert page.headers["content-type"].startswith("text/html")
+    assert "script-src 'none'" in page.headers["content-security-policy"]
+    assert "Student vs teacher" in page.text and "data:image/png;base64," in page.text
+    assert download(client, job, "README.md").startswith(b"---\nlibrary_name:")

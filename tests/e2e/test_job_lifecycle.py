@@ -10,7 +10,12 @@ import httpx
 import pytest
 
 from store.queue import enqueue_job, make_celery
-from tests.e2e.checks import assert_downloads_reproduce_metrics, assert_event_stream_of_a_successful_job, squeeze
+from tests.e2e.checks import (
+    assert_downloads_reproduce_metrics,
+    assert_event_stream_of_a_successful_job,
+    assert_shipped_outputs_are_served,
+    squeeze,
+)
 from tests.e2e.conftest import TERMINAL, EventCollector, Stack, wait_until
 from tests.worker.jobspecs import tiny_spec
 
@@ -36,7 +41,8 @@ def test_job_goes_queued_running_succeeded_and_its_student_reproduces_its_accura
     stack = stacks(db_url)
     stack.start()
 
-    created = stack.post_job(tiny_spec(teacher_epochs=1, student_epochs=2, shots_per_class=20))
+    # The one service job here that ships everything: student.onnx, report.html, the model card.
+    created = stack.post_job(tiny_spec(teacher_epochs=1, student_epochs=2, shots_per_class=20, export={"onnx": True}))
     assert created["status"] == "queued"
     with httpx.Client(base_url=stack.client.base_url) as stream_client:
         collector = EventCollector(stream_client, created["id"])
@@ -49,6 +55,7 @@ def test_job_goes_queued_running_succeeded_and_its_student_reproduces_its_accura
     assert final["attempts"] == 1 and final["error"] is None and final["stage"] is None
     assert_event_stream_of_a_successful_job(events)
     assert_downloads_reproduce_metrics(stack.client, final, tmp_path / "download")
+    assert_shipped_outputs_are_served(stack.client, final)
 
 
 def test_cancelled_job_stops_within_ten_seconds_and_the_worker_takes_the_next_job(
