@@ -138,7 +138,8 @@ class JobOut(BaseModel):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     artifacts: list[ArtifactOut] = Field(default_factory=list)
-    spec: dict[str, Any] = Field(description="The validated job spec, with every default filled in.")
+    spec: dict[str, Any] | None = Field(None, description="The validated job spec, with every default filled in. "
+                                        "Left out by `?view=summary`, with `artifacts`.")
     version: int = Field(0, description="Bumped on every change a client can see; the ETag is built from it.")
 
     @classmethod
