@@ -79,6 +79,20 @@ def test_list_goes_live_to_succeeded_and_the_job_page_shows_heatmaps(served: Ser
     assert console_errors(browser) == []  # no script error, no CSP violation
 
 
+def test_sweeps_page_lists_a_sweep_with_its_children(served: Served, browser: WebDriver) -> None:
+    with DistillClient(served.url) as client:
+        sweep = client.submit_sweep({"base": tiny_demo_spec("browser-sweep"), "grid": {"training.seed": [0, 1]}})
+        try:
+            browser.get(f"{served.url}/ui/#/sweeps")
+            row = eventually(lambda: browser.find_elements(By.CSS_SELECTOR, f'tr[data-sweep-id="{sweep.id}"]'), 30,
+                             "the sweep's row")[0]
+            assert "browser-sweep" in row.text and "/2" in row.text  # ended/total children
+            assert browser.find_element(By.CSS_SELECTOR, '[data-nav="sweeps"]').get_attribute("class") == "active"
+            assert console_errors(browser) == []
+        finally:
+            client.cancel_sweep(sweep.id)  # leave the worker to the other tests
+
+
 def test_cancel_from_the_job_page_asks_first(served: Served, browser: WebDriver) -> None:
     with DistillClient(served.url) as client:
         job = client.submit(tiny_demo_spec("browser-cancel", epochs=30))

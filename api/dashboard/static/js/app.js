@@ -1,14 +1,16 @@
-// The dashboard's router: #/jobs, #/jobs/<id>, #/upload. A view is a function (root, ...args) that renders
+// The dashboard's router: #/jobs, #/jobs/<id>, #/sweeps, #/upload. A view is a function (root, ...args) that renders
 // into root and returns a cleanup function; adding a page is one import and one route below.
 
 import { forgetKey, hasKey } from "./api.js";
 import { jobView } from "./job.js";
 import { jobsView } from "./jobs.js";
+import { sweepsView } from "./sweeps.js";
 import { uploadsView } from "./uploads.js";
 
 const ROUTES = [
   { pattern: /^\/jobs\/([A-Za-z0-9_-]+)$/, nav: "jobs", view: (root, match) => jobView(root, match[1]) },
   { pattern: /^\/jobs$/, nav: "jobs", view: (root, match, query) => jobsView(root, query) },
+  { pattern: /^\/sweeps$/, nav: "sweeps", view: (root) => sweepsView(root) },
   { pattern: /^\/upload$/, nav: "upload", view: (root) => uploadsView(root) },
 ];
 

@@ -23,7 +23,7 @@ export function fill(element, ...children) {
 }
 
 export const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
-export const STATUSES = ["queued", "running", "cancelling", "succeeded", "failed", "cancelled"];
+export const STATUSES = ["waiting", "queued", "running", "cancelling", "succeeded", "failed", "cancelled"];
 
 export function number(value, digits = 3) {
   return typeof value === "number" && Number.isFinite(value) ? value.toFixed(digits) : "–";
