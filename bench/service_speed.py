@@ -203,7 +203,7 @@ def stack(label: str, database_url: str | None, broker_url: str | None, extra_en
             ORPHANS.append(f"{label}: {running.orphaned} worker process(es) outlived their parent after SIGTERM")
 
 
-def wait_healthy(base: str, timeout_s: float = 90) -> None:
+def wait_healthy(base: str, timeout_s: float = 240) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
