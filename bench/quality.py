@@ -4,6 +4,14 @@
     python bench/quality.py --paper-rows --epochs-50 10 --epochs-200 5    # the table (resumable)
     python bench/quality.py --quick                       # smoke test: 2 epochs, 1 seed, 200 test images
     python bench/quality.py --shots 50 --rows kd e2kd dkd "dkd + gradcam cosine" dist --name quality_kd_bases
+    python bench/quality.py --bcos                        # the e2KD paper's B-cos comparison (needs the B-cos teacher)
+
+`--bcos` runs the e2KD paper's headline setting instead: a B-cos teacher (bcos/cifar10_resnet20,
+`bench/.cache/teacher-bcos.safetensors`) distilled into a B-cos student (bcos/cifar10_resnet8) at 50
+shots/class, kd vs e2kd-bcos (KL at T=1 without CE; e2kd-bcos adds 1 - cos of the B-cos contribution
+maps), Adam lr 1e-3 with a cosine schedule as the paper's B-cos runs. Its kd row is the e2kd-bcos preset
+with explanation weight 0 (the paper's coefficient-0 run), so both rows train the B-cos student the same
+way (dynamic weights detached). It writes `quality_bcos.{json,md}` with both explanation cosines.
 
 `--paper-rows` adds, at 50 shots/class, the e2KD paper's own settings (KL at T=1 without CE,
 explanation weight 1 and 5, guidance on every 4th step only) next to kd at the same T.
@@ -33,6 +41,7 @@ import common
 
 TEACHER_WEIGHTS = common.CACHE_DIR / "teacher.safetensors"
 TEACHER_INFO = common.CACHE_DIR / "teacher.json"
+BCOS_TEACHER_WEIGHTS = common.CACHE_DIR / "teacher-bcos.safetensors"
 RUNS_DIR = common.CACHE_DIR / "quality"
 
 
@@ -71,7 +80,12 @@ BASE_ROWS = [
     Row("dkd + gradcam cosine", "dkd", {"explanation": {"weight": 1.0, "explainer": "gradcam", "distance": "cosine"}}),
     Row("dist", "dist"),
 ]
-ALL_ROWS = {row.name: row for row in ROWS + PAPER_ROWS + BASE_ROWS}
+# The e2KD paper's B-cos comparison (`--bcos`): the same preset with and without the explanation term.
+BCOS_ROWS = [
+    Row("kd (B-cos, T=1, no CE)", "e2kd-bcos", {"explanation": {"weight": 0.0}}),
+    Row("e2kd-bcos", "e2kd-bcos"),
+]
+ALL_ROWS = {row.name: row for row in ROWS + PAPER_ROWS + BASE_ROWS + BCOS_ROWS}
 BATCH_SIZE = {50: 32, 200: 64}  # the e2KD paper's few-shot batch sizes
 
 
@@ -82,13 +96,28 @@ def run_spec(row: Row, shots: int, seed: int, args: argparse.Namespace, dataset:
     return {
         "name": f"quality-{common.slug(row.name)}-{shots}shots-seed{seed}",
         "dataset": {"path": str(dataset), "shots_per_class": shots, "split_seed": seed},
-        "teacher": {"arch": "resnet20", "weights": str(args.teacher)},
-        "student": {"arch": "resnet8"},
+        "teacher": {"arch": args.teacher_arch, "weights": str(args.teacher)},
+        "student": {"arch": args.student_arch},
         "method": row.method,
         "loss": row.loss,
-        "training": {"epochs": epochs, "batch_size": BATCH_SIZE.get(shots, 64), "seed": seed, "lr": args.lr},
+        "training": {"epochs": epochs, "batch_size": BATCH_SIZE.get(shots, 64), "seed": seed, "lr": args.lr,
+                     **({"optimizer": args.optimizer, "weight_decay": args.weight_decay} if args.bcos else {})},
         "report": {"heatmaps": 0, "latency_runs": 5},
     }
+
+
+def _apply_setting(args: argparse.Namespace) -> None:
+    """Fill the setting-dependent defaults: the standard resnet20 -> resnet8 table, or the B-cos comparison."""
+    if args.bcos:
+        args.teacher = args.teacher or BCOS_TEACHER_WEIGHTS
+        args.teacher_arch, args.student_arch = "bcos/cifar10_resnet20", "bcos/cifar10_resnet8"
+        args.optimizer, args.weight_decay, args.lr = "adam", 0.0, args.lr or 1e-3
+        if args.shots == [50, 200]:
+            args.shots = [50]
+    else:
+        args.teacher = args.teacher or TEACHER_WEIGHTS
+        args.teacher_arch, args.student_arch = "resnet20", "resnet8"
+        args.optimizer, args.weight_decay, args.lr = "sgd", 5e-4, args.lr or 0.05
 
 
 def run_one(task: tuple[dict[str, Any], str, int]) -> dict[str, Any]:
@@ -109,7 +138,8 @@ def run_one(task: tuple[dict[str, Any], str, int]) -> dict[str, Any]:
     started = time.perf_counter()
     metrics = run_job(JobSpec.model_validate(spec_dict), out)
     minutes = (time.perf_counter() - started) / 60
-    keys = ("student_accuracy", "teacher_accuracy", "agreement", "explanation_cosine", "ece", "seconds")
+    keys = ("student_accuracy", "teacher_accuracy", "agreement", "explanation_cosine", "explanation_cosine_gradcam",
+            "ece", "seconds")
     result = {"spec": spec_dict, "minutes": minutes, "threads": threads, **{k: metrics[k] for k in keys}}
     result_path.write_text(json.dumps(result, indent=2))
     common.log.info("%s: top-1 %.4f, cosine %.3f, %.1f min", spec_dict["name"], metrics["student_accuracy"],
@@ -128,11 +158,12 @@ def main() -> None:
     parser.add_argument("--paper-shots", type=int, nargs="+", default=[50], help="shots that get the paper rows")
     parser.add_argument("--epochs-50", type=int, default=10, help="epochs at 50 shots/class (batch 32)")
     parser.add_argument("--epochs-200", type=int, default=5, help="epochs at 200 shots/class (batch 64)")
-    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--bcos", action="store_true", help="the e2KD paper's B-cos comparison (see above)")
+    parser.add_argument("--lr", type=float, default=None, help="default 0.05 (SGD), 1e-3 with --bcos (Adam)")
     parser.add_argument("--test-size", type=int, default=2000, help="fixed test subset (10000 = the full split)")
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel, one process each")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    parser.add_argument("--teacher", type=Path, default=TEACHER_WEIGHTS)
+    parser.add_argument("--teacher", type=Path, default=None, help="default: the cached teacher of the setting")
     parser.add_argument("--tag", default=None, help="cache folder name (default: from the settings)")
     parser.add_argument("--fresh", action="store_true", help="rerun every run even if a finished one is cached")
     parser.add_argument("--name", default="quality", help="results file name under bench/results/")
@@ -140,6 +171,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.seeds, args.epochs_50, args.epochs_200, args.test_size = args.seeds[:1], 2, 1, 200
+    _apply_setting(args)
     common.setup_logging(args.verbose)
     if not args.teacher.exists():
         raise SystemExit(f"no teacher at {args.teacher}: run python bench/teacher.py first")
@@ -148,11 +180,11 @@ def main() -> None:
 
     common.cifar_npz()
     dataset = common.CIFAR_NPZ if args.test_size >= 10_000 else common.test_subset_npz(args.test_size)
-    rows = [ALL_ROWS[name] for name in args.rows] if args.rows else list(ROWS)
-    paper_rows = [row for row in PAPER_ROWS if row not in rows] if args.paper_rows else []
+    rows = [ALL_ROWS[name] for name in args.rows] if args.rows else list(BCOS_ROWS if args.bcos else ROWS)
+    paper_rows = [row for row in PAPER_ROWS if row not in rows] if args.paper_rows and not args.bcos else []
     if paper_rows and ALL_ROWS["kd"] not in rows:
         rows.insert(0, ALL_ROWS["kd"])
-    tag = args.tag or f"e{args.epochs_50}-{args.epochs_200}-test{args.test_size}-lr{args.lr}" + (
+    tag = args.tag or ("bcos-" if args.bcos else "") + f"e{args.epochs_50}-{args.epochs_200}-test{args.test_size}-lr{args.lr}" + (
         "-quick" if args.quick else "")
     if args.fresh:
         shutil.rmtree(RUNS_DIR / tag, ignore_errors=True)
@@ -182,6 +214,8 @@ def main() -> None:
 
     tables, data = [], {"runs": [{"row": k[0], "shots": k[1], "seed": k[2], **r} for k, r in by_key.items()]}
     headers = ["method", "top-1 %", "agreement %", "expl. cosine", "ECE", "minutes/run"]
+    if args.bcos:
+        headers[3:4] = ["expl. cosine (B-cos maps)", "expl. cosine (Grad-CAM)"]
     for shots in args.shots:
         table_rows = []
         for row in rows_for(shots):
@@ -191,6 +225,7 @@ def main() -> None:
                 common.pm([r["student_accuracy"] for r in runs], 100, 1),
                 common.pm([r["agreement"] for r in runs], 100, 1),
                 common.pm([r["explanation_cosine"] for r in runs], 1, 3),
+                *([common.pm([r["explanation_cosine_gradcam"] for r in runs], 1, 3)] if args.bcos else []),
                 common.pm([r["ece"] for r in runs], 1, 3),
                 f"{common.mean([r['minutes'] for r in runs]):.1f}",
             ])
@@ -200,7 +235,7 @@ def main() -> None:
 
     claim_rows, notes = [], []
     compare = [("e2kd", "kd")] + [(r.name, "kd (T=1, no CE)") for r in PAPER_ROWS if r.name.startswith("e2kd (T=1")]
-    compare += [("e2kd (w=5)", "kd"), ("dkd + gradcam cosine", "dkd"), ("dkd", "kd"), ("dist", "kd")]
+    compare += [("e2kd (w=5)", "kd"), ("dkd + gradcam cosine", "dkd"), ("dkd", "kd"), ("dist", "kd"), ("e2kd-bcos", "kd (B-cos, T=1, no CE)")]
     for shots in args.shots:
         for better, base in compare:
             if (better, shots, args.seeds[0]) not in by_key or (base, shots, args.seeds[0]) not in by_key:
@@ -220,13 +255,17 @@ def main() -> None:
                        claim_rows))
     teacher_acc = [r["teacher_accuracy"] for r in results]
     reused = sum(1 for r in results if r.get("reused"))
+    train_images = teacher_info.get("train_images", 50_000)
     notes += [
-        f"Teacher: {teacher_info.get('arch', 'resnet20')} trained {teacher_info.get('epochs', '?')} epochs on the full "
-        f"50,000-image train set; top-1 {100 * teacher_info.get('test_accuracy', float('nan')):.2f} % on the full test "
-        f"split, {100 * common.mean(teacher_acc):.2f} % on the evaluation images of these runs.",
+        f"Teacher: {teacher_info.get('arch', 'resnet20')} trained {teacher_info.get('epochs', '?')} epochs on "
+        f"{train_images:,} train images ({teacher_info.get('train_minutes', '?')} min); top-1 {100 * teacher_info.get('test_accuracy', float('nan')):.2f} % on "
+        f"{teacher_info.get('test_images', 10_000):,} test images, {100 * common.mean(teacher_acc):.2f} % on the evaluation images of these runs.",
         f"Evaluation: {'the full 10,000-image test split' if args.test_size >= 10_000 else f'a fixed, class-stratified {args.test_size}-image subset of the test split (the same images for every row)'}.",
-        "Student resnet8 (78k parameters); SGD momentum 0.9, lr %.3g, cosine schedule, weight decay 5e-4, no augmentation "
-        "(so teacher maps are cached); presets at their defaults (T=4, explanation weight 1, AT weight 1000, oracle gamma 1)." % args.lr,
+        ("Student bcos/cifar10_resnet8 (78k parameters); Adam lr %.3g, cosine schedule, no weight decay, no augmentation "
+         "(so teacher maps are cached); e2kd-bcos at its defaults (KL at T=1, no CE, B-cos map weight 1); explanation "
+         "cosine of the B-cos contribution maps, Grad-CAM cosine beside it." % args.lr) if args.bcos else
+        ("Student resnet8 (78k parameters); SGD momentum 0.9, lr %.3g, cosine schedule, weight decay 5e-4, no augmentation "
+         "(so teacher maps are cached); presets at their defaults (T=4, explanation weight 1, AT weight 1000, oracle gamma 1)." % args.lr),
         f"Minutes per run: wall time of one run_job at {args.threads} torch thread(s), {args.workers} runs in parallel; "
         f"total wall time {wall_minutes:.1f} min for {len(tasks)} runs, {reused} of them reused from an earlier "
         "invocation (they count their original minutes).",
@@ -236,8 +275,10 @@ def main() -> None:
         "test_images": min(args.test_size, 10_000), "workers": args.workers, "threads_per_run": args.threads,
         "teacher_epochs": teacher_info.get("epochs"), "wall_minutes": round(wall_minutes, 1),
     }
-    name = args.name + ("_quick" if args.quick else "")
-    common.write_results(name, "Quality: explanation-guided distillation on few-shot CIFAR-10 (resnet20 -> resnet8)",
+    name = args.name + ("_bcos" if args.bcos and args.name == "quality" else "") + ("_quick" if args.quick else "")
+    title = ("Quality: e2KD's B-cos setting on few-shot CIFAR-10 (bcos/cifar10_resnet20 -> bcos/cifar10_resnet8)"
+             if args.bcos else "Quality: explanation-guided distillation on few-shot CIFAR-10 (resnet20 -> resnet8)")
+    common.write_results(name, title,
                          settings, tables, data, notes)
 
 

@@ -1,6 +1,8 @@
 """Train the quality benchmark's teacher once, on the full CIFAR-10 train set, within a time budget.
 
     python bench/teacher.py --minutes 25 --threads 2
+    python bench/teacher.py --minutes 25 --arch bcos/cifar10_resnet20 --optimizer adam --lr 1e-3 \
+        --out bench/.cache/teacher-bcos.safetensors      # the B-cos teacher of the e2kd-bcos rows
 
 The number of epochs is chosen from the measured speed of the first steps, so the
 one-cycle schedule (linear warm-up, cosine decay to zero) ends exactly when the
@@ -31,7 +33,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=0.1)
-    parser.add_argument("--train-limit", type=int, default=None, help="Smoke test: use only this many images.")
+    parser.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd",
+                        help="sgd: Nesterov momentum 0.9, wd 5e-4; adam: no weight decay (the bcos package's B-cos recipe)")
+    parser.add_argument("--train-limit", type=int, default=None, help="Use only this many (seeded) training images.")
+    parser.add_argument("--eval-limit", type=int, default=None,
+                        help="Score each epoch on this many seeded test images instead of all 10,000.")
+    parser.add_argument("--warmup-steps", type=int, default=200, help="Linear warm-up (at most one epoch).")
     parser.add_argument("--out", default=str(TEACHER_WEIGHTS))
     args = parser.parse_args()
     common.setup_logging(verbose=True)
@@ -42,7 +49,7 @@ def main() -> None:
 
     from core.data import load_dataset
     from core.evaluate import predict_logits
-    from core.models import build_model, save_weights
+    from core.models import build_model, save_weights, set_input_normalisation
     from core.spec import DatasetSpec
 
     torch.manual_seed(0)
@@ -51,10 +58,19 @@ def main() -> None:
     if args.train_limit:
         keep = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(0))[: args.train_limit]
         train_x, train_y = train_x[keep], train_y[keep]
-    model = build_model(args.arch, data.num_classes, data.in_channels).to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    model = build_model(args.arch, data.num_classes, data.in_channels)
+    set_input_normalisation(model, data.mean, data.std)  # B-cos models turn the input back into pixels
+    model = model.to(memory_format=torch.channels_last)
+    if args.optimizer == "adam":
+        optimizer: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=5e-4)
     steps_per_epoch = math.ceil(len(train_x) / args.batch_size)
-    warmup_steps = min(200, steps_per_epoch)
+    warmup_steps = min(args.warmup_steps, steps_per_epoch)
+    test_x, test_y = data.test_x, data.test_y
+    if args.eval_limit:
+        keep = torch.randperm(len(test_x), generator=torch.Generator().manual_seed(0))[: args.eval_limit]
+        test_x, test_y = test_x[keep], test_y[keep]
     generator = torch.Generator().manual_seed(0)
 
     def lr_at(step: int, total_steps: int) -> float:
@@ -96,7 +112,7 @@ def main() -> None:
                 common.log.info("%.3f s/step -> %d epochs fit %.0f minutes", per_step, epochs, args.minutes)
         epoch += 1
         seconds = time.perf_counter() - epoch_start
-        accuracy = test_accuracy(data.test_x, data.test_y)
+        accuracy = test_accuracy(test_x, test_y)
         history.append({"epoch": epoch, "seconds": round(seconds, 1), "loss": loss_sum / steps_per_epoch,
                         "test_accuracy": accuracy})
         common.log.info("epoch %d/%d: %.0f s, loss %.3f, test top-1 %.4f", epoch, epochs, seconds,
@@ -107,17 +123,20 @@ def main() -> None:
     model = model.to(memory_format=torch.contiguous_format)
     save_weights(model, common.Path(args.out))
     subset = load_dataset(DatasetSpec(path=str(common.test_subset_npz(2000))), seed=0)
+    set_input_normalisation(model, subset.mean, subset.std)  # as a job on the subset would
     info = {
         "arch": args.arch,
         "weights": common.Path(args.out).name,
         "epochs": epochs,
         "batch_size": args.batch_size,
         "lr": args.lr,
+        "optimizer": args.optimizer,
         "augment": "horizontal flips",
         "threads": args.threads,
         "train_images": len(train_x),
         "train_minutes": round((time.perf_counter() - started) / 60, 1),
         "test_accuracy": history[-1]["test_accuracy"],
+        "test_images": len(test_y),
         "test_accuracy_subset2000": test_accuracy(subset.test_x, subset.test_y),
         "history": history,
         "machine": common.machine_info(),

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from captum.attr import InputXGradient, LayerGradCam, Saliency
+from captum.attr import InputXGradient, LayerGradCam, LayerGradientXActivation, Saliency
 from torch import nn
 
 from core.explain import EXPLAINERS, resize_to_larger
-from core.models import explained_layer
+from core.models import explained_layer, is_bcos_model
 
 def captum_maps(
     model: nn.Module, x: torch.Tensor, target: torch.Tensor, explainer: str = "gradcam", batch_size: int = 128
@@ -29,6 +29,10 @@ def captum_maps(
       channels -> `(N, 1, H, W)`.
     - `input_x_gradient`: captum `InputXGradient`, `x * dY_t/dx` (signed), then SUMMED over the
       input channels -> `(N, 1, H, W)`.
+    - `bcos` (B-cos models only): captum `LayerGradientXActivation` on the model's input encoder,
+      `e * dY_t/de` of the encoded input e = [p, 1 - p], with the model in explanation mode (dynamic
+      weights detached, so dY_t/de = W(x)), SUMMED over the encoded channels -> `(N, 1, H, W)`: the
+      contribution map W(x)·x, whose pixels sum to the logit minus the logit layer's constant bias.
 
     The model runs in eval mode (its previous mode is restored afterwards) on its own device,
     `batch_size` inputs at a time, with gradients enabled even inside a caller's `no_grad`.
@@ -65,12 +69,18 @@ def _explain_batch(
     model: nn.Module, explainer: str, x: torch.Tensor, target: torch.Tensor, device: torch.device
 ) -> torch.Tensor:
     # A private copy that requires grad: captum would otherwise set that flag on the caller's tensor (and warn).
-    inputs = x.detach().to(device).clone().requires_grad_(explainer != "gradcam")
+    inputs = x.detach().to(device).clone().requires_grad_(explainer not in ("gradcam", "bcos"))
     target = target.to(device)
     if explainer == "gradcam":
         attribution = LayerGradCam(model, explained_layer(model)).attribute(
             inputs, target=target, relu_attributions=True
         )
+    elif explainer == "bcos":
+        if not is_bcos_model(model):
+            raise ValueError("the bcos explainer explains only B-cos models (bcos/<name>)")
+        with model.explanation_mode():
+            attribution = LayerGradientXActivation(model, model.encoder).attribute(inputs, target=target)
+        attribution = attribution.sum(dim=1, keepdim=True)
     elif explainer == "input_gradient":
         attribution = Saliency(model).attribute(inputs, target=target, abs=True).sum(dim=1, keepdim=True)
     else:

@@ -11,16 +11,22 @@ Channel reduction (the same as core.attribution, so training and evaluation expl
 alike): `input_gradient` = sum over input channels of |dY_t/dx| (captum Saliency with
 abs=True, then summed); `input_x_gradient` = sum over input channels of x * dY_t/dx,
 signed (captum InputXGradient, then summed).
+`bcos` = sum over the ENCODED input's channels of e * dY_t/de, the B-cos contribution
+map W(x)·x (captum LayerGradientXActivation on the model's input encoder, then summed),
+from a forward in explanation mode (dynamic weights detached).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from core.models import is_bcos_arch, is_bcos_model
 
 
 
@@ -103,10 +109,34 @@ class Explainer:
     name: str
     reads: str
     maps: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], torch.Tensor]
+    # The module whose output "activations" means, when not the explained layer (B-cos: the input encoder).
+    source: Callable[[nn.Module], nn.Module] | None = None
 
     @property
     def needs_input_grad(self) -> bool:
         return self.reads == "inputs"
+
+
+def bcos_maps(
+    logits: torch.Tensor, encoded: torch.Tensor, target: torch.Tensor, create_graph: bool = False
+) -> torch.Tensor:
+    """B-cos contribution maps (Böhle et al., 2024): sum_c W(x)_c * e_c, (N, 1, H, W).
+
+    `encoded` is the model's encoded input e = [p, 1 - p] (tapped from its encoder) and
+    `logits` must come from a forward in explanation mode (`explaining_forwards`), where the
+    dynamic weights are detached so that dY_t/de = W(x). Summed over all pixels, the map of
+    class t equals logit t minus the logit layer's constant bias. With `create_graph` the map
+    is differentiable in the model's parameters (the student's side of e2KD).
+    """
+    (weights,) = torch.autograd.grad(_target_score(logits, target), encoded, create_graph=create_graph,
+                                     retain_graph=True)
+    return (weights.float() * encoded.float()).sum(dim=1, keepdim=True)
+
+
+def _bcos_encoder(model: nn.Module) -> nn.Module:
+    if not is_bcos_model(model):
+        raise ValueError("the bcos explainer explains only B-cos models (bcos/<name>)")
+    return model.encoder
 
 
 # The one lookup of explainers: adding one is one entry here (plus its captum reference in core.attribution).
@@ -114,6 +144,7 @@ EXPLAINERS: dict[str, Explainer] = {
     "gradcam": Explainer("gradcam", "activations", gradcam_maps),
     "input_gradient": Explainer("input_gradient", "inputs", input_gradient_maps),
     "input_x_gradient": Explainer("input_x_gradient", "inputs", input_x_gradient_maps),
+    "bcos": Explainer("bcos", "activations", bcos_maps, source=_bcos_encoder),
 }
 
 
@@ -126,12 +157,43 @@ def get_explainer(name: str) -> Explainer:
 def explainer_problem(explainer: str, arch: str) -> str | None:
     """Why `explainer` cannot explain a model of architecture `arch`, or None when it fits.
 
-    The one rule of which explainer fits which model; every built-in explainer fits every
-    architecture (each has an explained layer and a differentiable forward).
+    The one rule of which explainer fits which model: `bcos` reads the dynamic linear map
+    W(x) that only B-cos networks have; the others fit every architecture (each has an
+    explained layer and a differentiable forward), B-cos ones included.
     """
     if explainer not in EXPLAINERS:
         return f"unknown explainer '{explainer}'; known: {', '.join(EXPLAINERS)}"
+    if explainer == "bcos" and not is_bcos_arch(arch):
+        return f"the bcos explainer explains only B-cos models (bcos/<name>), not '{arch}'"
     return None
+
+
+def map_source(model: nn.Module, explainer: str) -> nn.Module | None:
+    """The module an explainer reads when it is not the explained layer (the B-cos input encoder), else None."""
+    source = get_explainer(explainer).source
+    return source(model) if source is not None else None
+
+
+def explanation_context(model: nn.Module, explainer: str | None) -> AbstractContextManager[None]:
+    """What a forward needs for `explainer`: B-cos models in explanation mode for `bcos`, else nothing."""
+    if explainer == "bcos" and is_bcos_model(model):
+        return model.explanation_mode()
+    return nullcontext()
+
+
+@contextmanager
+def explaining_forwards(explainer: str | None, *models: nn.Module) -> Iterator[None]:
+    """Distillation with the `bcos` explainer: its B-cos models run every forward in explanation mode.
+
+    As in the e2KD code, the B-cos student trains with its dynamic weights detached on every
+    step, guided or not (and whatever the explanation weight, so a kd baseline with
+    `explainer: bcos` and weight 0 trains the same way), and the frozen teacher's maps are
+    its W(x)·x. Other explainers leave the models as they are.
+    """
+    with ExitStack() as stack:
+        for model in models:
+            stack.enter_context(explanation_context(model, explainer))
+        yield
 
 
 def explanation_maps(

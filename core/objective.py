@@ -16,7 +16,7 @@ from torch import nn
 
 from core.data import DataBundle
 from core.evaluate import predict_logits
-from core.explain import FeatureTap, explanation_maps, get_explainer
+from core.explain import FeatureTap, explanation_maps, get_explainer, map_source
 from core.models import explained_layer
 from core.signals import Batch, TeacherSignals, build_signals
 from core.terms import BatchContext, ExplanationSpec, WeightedSum
@@ -81,6 +81,9 @@ class DistillationObjective:
         if needs and self.teacher is None:
             raise ValueError(f"terms {sorted(needs)} need a teacher")
         self.student_tap = FeatureTap(explained_layer(self.student))
+        # An explainer that reads another module than the explained layer (B-cos: the input encoder) taps it too.
+        source = map_source(self.student, self.explanation.explainer) if self.explanation is not None else None
+        self.student_map_tap = FeatureTap(source) if source is not None else None
         if self.teacher is not None:
             self.signals = build_signals(
                 self.teacher, explained_layer(self.teacher),
@@ -92,6 +95,8 @@ class DistillationObjective:
     def close(self) -> None:
         """Remove the forward hooks, leaving the models as they were."""
         self.student_tap.remove()
+        if self.student_map_tap is not None:
+            self.student_map_tap.remove()
         if self.signals is not None:
             self.signals.close()
 
@@ -118,11 +123,12 @@ class DistillationObjective:
         student_inputs = batch.x.detach().requires_grad_() if input_maps else batch.x
         student_logits = self.student(student_inputs)
         student_features = self.student_tap.take()
+        explained = self.student_map_tap.take() if self.student_map_tap is not None else student_features
         student_maps = None
         if explaining:
             assert self.explanation is not None
             student_maps = explanation_maps(
-                self.explanation.explainer, student_logits, student_features, student_inputs,
+                self.explanation.explainer, student_logits, explained, student_inputs,
                 teacher[TARGET_CLASSES], True,
             )
         context = BatchContext(

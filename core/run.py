@@ -36,7 +36,7 @@ from core.data import DataBundle, load_dataset
 from core.deploy import cpu_batch1_ms, deployment
 from core.errors import DistillError, JobCancelled, SpecError
 from core.evaluate import evaluate, predict_logits
-from core.explain import FeatureTap
+from core.explain import FeatureTap, explaining_forwards
 from core.models import (
     LayerNotFound,
     build_model,
@@ -46,6 +46,7 @@ from core.models import (
     load_weights,
     pick_device,
     save_weights,
+    set_input_normalisation,
 )
 from core.model_card import write_model_card
 from core.report import HeatmapTile, render_gallery
@@ -179,12 +180,14 @@ def build_role_model(spec: JobSpec, role: str, data: DataBundle) -> nn.Module:
     """The teacher's or student's network for this dataset, its explained layer set from `<role>.layer`."""
     model_spec = spec.teacher if role == "teacher" else spec.student
     try:
-        return build_model(
+        model = build_model(
             model_spec.arch, data.num_classes, data.in_channels, image_size=spec.dataset.image_size,
             layer=model_spec.layer,
         )
     except LayerNotFound as exc:
         raise SpecError(f"{role}.layer: {exc}", field=f"{role}.layer") from exc
+    set_input_normalisation(model, data.mean, data.std)  # a model that encodes its own input (B-cos) needs it
+    return model
 
 
 def _load_teacher_file(path: Path, arch: str, model: nn.Module, data: DataBundle) -> nn.Module:
@@ -193,17 +196,26 @@ def _load_teacher_file(path: Path, arch: str, model: nn.Module, data: DataBundle
     return load_state(model, state, field="teacher.weights")
 
 
+def _load(model: nn.Module, path: Path, data: DataBundle) -> nn.Module:
+    """Weights from `path`; the job's own normalisation wins over the one saved with them (its data are the input)."""
+    load_weights(model, path)
+    set_input_normalisation(model, data.mean, data.std)
+    return model
+
+
 def _teacher(job: _Job, data: DataBundle) -> tuple[nn.Module, list[dict[str, Any]]]:
     spec = job.spec
     job.seed("training_teacher")
     teacher = build_role_model(spec, "teacher", data)
     if spec.teacher.weights is not None:
         path = Path(spec.teacher.weights)
-        return _load_teacher_file(path, spec.teacher.arch, teacher, data).to(job.device), []
+        _load_teacher_file(path, spec.teacher.arch, teacher, data)
+        set_input_normalisation(teacher, data.mean, data.std)  # the job's data are the input
+        return teacher.to(job.device), []
     weights_path = job.out_dir / "teacher.safetensors"
     if job.state.done("training_teacher") and weights_path.exists():
         log.info("job %s: teacher already trained, loading %s", spec.name, weights_path)
-        return load_weights(teacher, weights_path).to(job.device), job.state.history("training_teacher")
+        return _load(teacher, weights_path, data).to(job.device), job.state.history("training_teacher")
     with job.stage("training_teacher"):
         objective = DistillationObjective(teacher, cross_entropy_only(), data, job.device)
         try:
@@ -255,7 +267,7 @@ def _student(
     student = build_role_model(spec, "student", data).to(job.device)
     weights_path = job.out_dir / "student.safetensors"
     if job.state.done("distilling") and weights_path.exists():
-        return load_weights(student, weights_path).to(job.device), job.state.history("distilling")
+        return _load(student, weights_path, data).to(job.device), job.state.history("distilling")
     with job.stage("distilling"):
         teacher.to(job.device)
         terms = build_terms(
@@ -270,12 +282,13 @@ def _student(
             cache_maps=not spec.dataset.augment,
         )
         try:
-            history = train(
-                student, objective, data.train, None, job.config(spec.training.epochs),
-                stage="distilling", device=job.device, callbacks=job.callbacks,
-                checkpoint_path=job.checkpoints / "distilling.pt", augment=spec.dataset.augment,
-                span=job.spans["distilling"],
-            )
+            with explaining_forwards(spec.loss.explanation.explainer, student, teacher):
+                history = train(
+                    student, objective, data.train, None, job.config(spec.training.epochs),
+                    stage="distilling", device=job.device, callbacks=job.callbacks,
+                    checkpoint_path=job.checkpoints / "distilling.pt", augment=spec.dataset.augment,
+                    span=job.spans["distilling"],
+                )
         finally:
             objective.close()
         save_weights(student, weights_path)
@@ -374,7 +387,8 @@ def run_job(
     student, student_history = _student(job, data, teacher, autoencoder)
 
     with job.stage("evaluating"):
-        metrics = evaluate(student, teacher, data, job.device, latency_runs=spec.report.latency_runs)
+        metrics = evaluate(student, teacher, data, job.device, latency_runs=spec.report.latency_runs,
+                           explainer=spec.loss.explanation.explainer)
         shipped, warnings = _deployment(job, data, student, teacher)
         metrics.update(shipped)
     with job.stage("rendering"):

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from core.explain import explainer_problem
 from core.models import UnknownArchitecture, check_arch
@@ -92,7 +93,8 @@ class DatasetSpec(_Strict):
 
 ARCH_DESCRIPTION = (
     "'timm/<name>' or 'torchvision/<name>' (any classifier of those libraries, never pretrained), or a short "
-    "name: resnet8/14/20/32/56/110 (x4 for 4x width), cnn, and the aliases resnet18, resnet34, mobilenet_v3_small."
+    "name: resnet8/14/20/32/56/110 (x4 for 4x width), cnn, and the aliases resnet18, resnet34, mobilenet_v3_small; "
+    "or 'bcos/<name>', a B-cos network of the bcos package (e.g. bcos/cifar10_resnet20, bcos/resnet18)."
 )
 LAYER_DESCRIPTION = (
     "Module path of the explained layer (Grad-CAM, AT, FitNet), e.g. 'layer4' or 'stages.3'; "
@@ -199,12 +201,20 @@ class JobSpec(_Strict):
 
     @model_validator(mode="after")
     def _explainer_fits(self) -> JobSpec:
-        """The explanation term explains both networks: its explainer must fit both architectures."""
-        explanation = self.loss.explanation  # type: ignore[attr-defined]
-        if explanation.weight > 0:
-            for arch in (self.teacher.arch, self.student.arch):
-                if (problem := explainer_problem(explanation.explainer, arch)) is not None:
-                    raise ValueError(f"loss.explanation.explainer: {problem}")
+        """The explainer explains both networks (in training and in the evaluation, whatever its weight).
+
+        The error names `loss.explanation.explainer` (its pydantic location), so the API's 422 and
+        the CLI both point at the field to change.
+        """
+        explainer = self.loss.explanation.explainer  # type: ignore[attr-defined]
+        for role, arch in (("teacher", self.teacher.arch), ("student", self.student.arch)):
+            if (problem := explainer_problem(explainer, arch)) is not None:
+                detail = InitErrorDetails(
+                    type=PydanticCustomError("value_error", "{problem} ({role}.arch)", {"problem": problem, "role": role}),
+                    loc=("loss", "explanation", "explainer"),
+                    input=explainer,
+                )
+                raise ValidationError.from_exception_data("JobSpec", [detail])
         return self
 
 

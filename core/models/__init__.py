@@ -1,8 +1,15 @@
-"""Models by family (cifar, torchvision, timm), the explained layer of each, and weights I/O.
+"""Models by family (cifar, torchvision, timm, bcos), the explained layer of each, and weights I/O.
 
 Import from here: `from core.models import build_model, explained_layer, load_weights`.
 """
 
+from core.models.bcos_family import (
+    BcosClassifier,
+    explainer_mismatch,
+    is_bcos_arch,
+    is_bcos_model,
+    set_input_normalisation,
+)
 from core.models.cifar import BUILDERS as CIFAR_BUILDERS
 from core.models.cifar import CifarResNet, SmallCNN
 from core.models.device import pick_device
@@ -38,7 +45,8 @@ from core.models.weights import (
 ARCHITECTURES: dict[str, str] = {**{name: f"cifar/{name}" for name in CIFAR_BUILDERS}, **ALIASES}
 
 __all__ = [
-    "ALIASES", "ARCHITECTURES", "FAMILIES", "CifarResNet", "LayerNotFound", "LayerView", "SmallCNN",
+    "ALIASES", "ARCHITECTURES", "BcosClassifier", "explainer_mismatch", "is_bcos_arch", "is_bcos_model",
+    "set_input_normalisation", "FAMILIES", "CifarResNet", "LayerNotFound", "LayerView", "SmallCNN",
     "UnknownArchitecture", "automatic_layer_path", "build_model", "check_arch", "close_matches", "count_params",
     "explained_layer", "explained_layer_path", "is_safetensors", "load_state", "load_weights", "pick_device", "read_state_dict",
     "save_state", "save_weights", "set_explained_layer", "split_arch", "weights_dims",

@@ -5,6 +5,7 @@ through forward hooks, so models stay unmodified. `explained_layer(model)`
 returns that module, always with a 4-D `(N, C, h, w)` output:
 
 - CIFAR ResNet: `layer3`; the small CNN: `features.2` (the last conv stage).
+- B-cos networks: their last conv stage (`net.layer4`/`net.layer3`, `net.features`).
 - Vision transformers (timm `vit_*`/`deit_*`, torchvision `vit_*`): the last block's
   patch tokens as they enter its attention (its first LayerNorm, `blocks.11.norm1`),
   reshaped to the patch grid; class and distillation tokens are dropped. Not the block's
@@ -34,6 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.models.bcos_family import explained_layer_path as bcos_layer_path
+from core.models.bcos_family import is_bcos_model
 from core.models.cifar import CifarResNet, SmallCNN
 
 PROBE_IMAGE_SIZE = 96  # the shape-finding forward: large enough for every torchvision classifier's stem
@@ -108,6 +111,8 @@ def automatic_layer_path(model: nn.Module) -> str:
         return "layer3"
     if isinstance(model, SmallCNN):
         return f"features.{len(model.features) - 1}"
+    if is_bcos_model(model):
+        return bcos_layer_path(model)
     tokens = _transformer_blocks(model)
     if tokens is not None:
         return tokens[0]

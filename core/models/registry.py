@@ -20,6 +20,7 @@ FAMILIES: dict[str, str] = {
     "cifar": "core.models.cifar",
     "torchvision": "core.models.torchvision_family",
     "timm": "core.models.timm_family",
+    "bcos": "core.models.bcos_family",
 }
 DEFAULT_FAMILY = "cifar"  # a short name without a prefix
 ALIASES: dict[str, str] = {
@@ -59,7 +60,7 @@ def check_arch(arch: str) -> str:
     suggestions = close_matches(arch)
     hint = f"; did you mean: {', '.join(suggestions)}" if suggestions else ""
     raise UnknownArchitecture(f"unknown architecture '{arch}'{hint} (names: 'timm/<name>', 'torchvision/<name>', "
-                              f"or a short name such as resnet20)")
+                              f"'bcos/<name>', or a short name such as resnet20)")
 
 
 def close_matches(arch: str) -> list[str]:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.explain import map_source
 from core.signals.base import GRAPH, NO_PASS, PASS, Batch, Provider, TeacherForward, TeacherPass
 from core.signals.maps import AutoencoderMaps, CachedTeacherMaps, LiveTeacherMaps, MapCache
 from core.signals.teacher import OracleTeacherLogits, TeacherFeatures, TeacherLogits
@@ -90,7 +91,8 @@ def build_signals(
     only when the teacher sees the same input every epoch (no augmentation). The oracle
     turns it off as well (maps are computed from the same forward as x* anyway).
     """
-    forward = TeacherForward(teacher.eval().requires_grad_(False), layer)
+    source = map_source(teacher, explanation.explainer) if explanation is not None else None
+    forward = TeacherForward(teacher.eval().requires_grad_(False), layer, source)
     logits = OracleTeacherLogits(forward, oracle_gamma) if oracle_gamma is not None else TeacherLogits()
     providers: dict[str, Provider] = {TEACHER_LOGITS: logits, TEACHER_FEATURES: TeacherFeatures()}
     if explanation is not None:

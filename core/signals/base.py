@@ -46,14 +46,24 @@ class TeacherPass:
     features: torch.Tensor  # the explained layer's output
     classes: torch.Tensor  # teacher top-1 on x, no graph: the class every map explains
     graph: bool
+    mapped: torch.Tensor | None = None  # what the explainer reads when not `features` (B-cos: the encoded input)
+
+    @property
+    def explained(self) -> torch.Tensor:
+        """The tensor the explainer's maps are computed from."""
+        return self.mapped if self.mapped is not None else self.features
 
 
 class TeacherForward:
     """Runs the frozen teacher on a batch, tapping its explained layer (a forward hook; the model stays as is)."""
 
-    def __init__(self, teacher: nn.Module, layer: nn.Module) -> None:
+    def __init__(self, teacher: nn.Module, layer: nn.Module, map_source: nn.Module | None = None) -> None:
         self.teacher = teacher
         self.tap = FeatureTap(layer)
+        self.map_tap = FeatureTap(map_source) if map_source is not None else None  # the B-cos input encoder
+
+    def _mapped(self) -> torch.Tensor | None:
+        return self.map_tap.take() if self.map_tap is not None else None
 
     def run(self, x: torch.Tensor, graph: bool) -> TeacherPass:
         if graph:
@@ -61,21 +71,24 @@ class TeacherForward:
                 inputs = x.detach().requires_grad_()
                 logits = self.teacher(inputs)
                 features = self.tap.take()
-            return TeacherPass(inputs, logits, features, logits.detach().argmax(dim=1), True)
+            return TeacherPass(inputs, logits, features, logits.detach().argmax(dim=1), True, self._mapped())
         with torch.no_grad():
             logits = self.teacher(x)
             features = self.tap.take()
-        return TeacherPass(x, logits, features, logits.argmax(dim=1), False)
+        return TeacherPass(x, logits, features, logits.argmax(dim=1), False, self._mapped())
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits alone, no graph (e.g. on the oracle input x*)."""
         with torch.no_grad():
             logits = self.teacher(x)
             self.tap.take()
+            self._mapped()
         return logits
 
     def close(self) -> None:
         self.tap.remove()
+        if self.map_tap is not None:
+            self.map_tap.remove()
 
 
 class Provider:

@@ -29,7 +29,7 @@ class LiveTeacherMaps(Provider):
 
     def compute(self, batch: Batch, teacher: TeacherPass | None) -> dict[str, torch.Tensor]:
         assert teacher is not None and teacher.graph
-        maps = explanation_maps(self.explainer, teacher.logits, teacher.features, teacher.inputs, teacher.classes)
+        maps = explanation_maps(self.explainer, teacher.logits, teacher.explained, teacher.inputs, teacher.classes)
         return {TARGET_MAPS: maps.detach(), TARGET_CLASSES: teacher.classes}
 
 

@@ -82,6 +82,12 @@ UNIT = register(TermUnit(
         "e2kd": {"ce": 1.0, "kd": 1.0, "explanation": dict(_GRADCAM_COSINE)},
         "xai-mse": {"ce": 1.0, "kd": 1.0, "explanation": {**_GRADCAM_COSINE, "distance": "mse"}},
         "xdistill": {"ce": 1.0, "kd": 1.0, "explanation": {**_GRADCAM_COSINE, "target": "autoencoder"}},
+        # e2KD's own setting (Parchami-Araghi et al., ECCV 2024, B-cos ImageNet runs): KL at T=1 without CE,
+        # 1 - cos of the B-cos contribution maps of the teacher's top-1 class, weight 1 (their configs'
+        # default explanation coefficient). Their B-cos students train with Adam (lr 1e-3) and a cosine
+        # schedule, which the spec's `training` must set: presets only hold loss settings.
+        "e2kd-bcos": {"ce": 0.0, "kd": 1.0, "temperature": 1.0,
+                      "explanation": {"weight": 1.0, "explainer": "bcos", "distance": "cosine"}},
     },
     new=False,  # part of the spec before the registry: always in a spec's identity
 ))

@@ -62,6 +62,13 @@ def test_malformed_json_is_422_invalid_json(client: TestClient, app_settings: Se
         ({"method": "magic"}, "method"),
         ({"dataset": {"name": "digits", "id": "ds_x"}}, "dataset"),
         ({"colour": "blue"}, "colour"),
+        ({"student": {"arch": "bcos/resnet9"}}, "student.arch"),
+        # the B-cos explainer on models that are not B-cos networks (one side or both)
+        ({"loss": {"explanation": {"weight": 1.0, "explainer": "bcos"}}}, "loss.explanation.explainer"),
+        ({"method": "e2kd-bcos"}, "loss.explanation.explainer"),
+        ({"method": "e2kd-bcos", "teacher": {"arch": "bcos/cifar10_resnet20", "epochs": 1}},
+         "loss.explanation.explainer"),
+        ({"method": "e2kd-bcos", "student": {"arch": "bcos/cifar10_resnet8"}}, "loss.explanation.explainer"),
     ],
 )
 def test_invalid_spec_fields_are_named(client: TestClient, app_settings: Settings, changes: dict, field: str) -> None:

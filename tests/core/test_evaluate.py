@@ -136,5 +136,7 @@ def test_evaluate_reports_sizes_latency_and_compression(digits: DataBundle) -> N
         "student_accuracy", "teacher_accuracy", "agreement", "explanation_cosine", "ece", "student_params",
         "teacher_params", "student_latency_ms", "teacher_latency_ms", "compression_ratio",
         "per_class_accuracy", "reliability", "teacher_ece",
+        "explanation_cosine_gradcam", "explainer",
     }
     assert set(metrics) == expected_keys
+    assert metrics["explainer"] == "gradcam" and metrics["explanation_cosine_gradcam"] == metrics["explanation_cosine"]
