@@ -91,7 +91,9 @@ def test_a_unit_may_not_redefine_a_registered_field_or_preset() -> None:
 
 def test_every_preset_and_the_method_choices_come_from_the_units() -> None:
     assert list(PRESETS) == [name for unit in registry.units() for name in unit.presets]
-    assert {"scratch", "kd", "e2kd", "xai-mse", "oracle", "xdistill", "at", "fitnet", "dkd", "dist"} == set(PRESETS)
+    assert {"scratch", "kd", "e2kd", "e2kd-bcos", "xai-mse", "oracle", "xdistill", "at", "fitnet", "dkd", "dist"} == set(PRESETS)
     for method in PRESETS:
-        spec = JobSpec.model_validate({"dataset": {"name": "digits"}, "method": method})
+        models = {"teacher": {"arch": "bcos/cifar10_resnet20"}, "student": {"arch": "bcos/cifar10_resnet8"}}
+        spec = JobSpec.model_validate({"dataset": {"name": "digits"}, "method": method,
+                                       **(models if method == "e2kd-bcos" else {})})
         assert build_terms(spec.loss, 8, 8).names  # every preset builds a loss
