@@ -145,10 +145,7 @@ def render_gallery(
 
     folder = out_dir / "heatmaps"
     folder.mkdir(parents=True, exist_ok=True)
-    provenance = PngInfo()  # which layers the panels explain, readable by any PNG tool
-    provenance.add_text("explainer", "captum LayerGradCam, teacher top-1 class")
-    provenance.add_text("teacher_layer", explained_layer_path(teacher))
-    provenance.add_text("student_layer", explained_layer_path(student))
+    provenance = _provenance(teacher, student)
     names = data.class_names
     tiles: list[HeatmapTile] = []
     rows: list[Image.Image] = []
@@ -176,6 +173,15 @@ def render_gallery(
         )
     log.info("wrote %d heatmap rows and grid.png", count)
     return tiles
+
+
+def _provenance(teacher: nn.Module, student: nn.Module) -> PngInfo:
+    """Which layers the panels explain, as PNG text chunks any image tool can read."""
+    provenance = PngInfo()
+    provenance.add_text("explainer", "captum LayerGradCam, teacher top-1 class")
+    provenance.add_text("teacher_layer", explained_layer_path(teacher))
+    provenance.add_text("student_layer", explained_layer_path(student))
+    return provenance
 
 
 def misclassified_first(tiles: list[HeatmapTile]) -> list[int]:

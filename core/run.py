@@ -348,6 +348,22 @@ def _publish(out_dir: Path, result: dict[str, Any], tracking: TrackingConfig | N
     _write_json(out_dir / "metrics.json", result)
 
 
+def _train_models(job: _Job, data: DataBundle) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
+    """The training stages in order: teacher (trained or loaded), the XDistillation autoencoder
+    when the explanation target asks for it, then the student; with each stage's history."""
+    teacher, teacher_history = _teacher(job, data)
+    teacher.eval().requires_grad_(False)
+    autoencoder, explainer_history = None, None
+    explanation = job.spec.loss.explanation
+    if explanation.weight > 0 and explanation.target == "autoencoder":
+        autoencoder, explainer_history = _explainer(job, data, teacher)
+    student, student_history = _student(job, data, teacher, autoencoder)
+    history: dict[str, Any] = {"teacher": teacher_history, "student": student_history}
+    if explainer_history is not None:
+        history["explainer"] = explainer_history
+    return teacher, student, history
+
+
 def run_job(
     spec: JobSpec,
     out_dir: Path,
@@ -378,13 +394,7 @@ def run_job(
     torch.manual_seed(seed)
     with job.stage("preparing_data"):
         data = load_dataset(spec.dataset, named=named_datasets)
-    teacher, teacher_history = _teacher(job, data)
-    teacher.eval().requires_grad_(False)
-
-    autoencoder, explainer_history = None, None
-    if spec.loss.explanation.weight > 0 and spec.loss.explanation.target == "autoencoder":
-        autoencoder, explainer_history = _explainer(job, data, teacher)
-    student, student_history = _student(job, data, teacher, autoencoder)
+    teacher, student, history = _train_models(job, data)
 
     with job.stage("evaluating"):
         metrics = evaluate(student, teacher, data, job.device, latency_runs=spec.report.latency_runs,
@@ -393,9 +403,6 @@ def run_job(
         metrics.update(shipped)
     with job.stage("rendering"):
         tiles = render_gallery(student, teacher, data, out_dir, spec.report.heatmaps, job.device)
-    history = {"teacher": teacher_history, "student": student_history}
-    if explainer_history is not None:
-        history["explainer"] = explainer_history
     result = _metrics_document(
         job, metrics, history, tiles, (teacher, student), list(data.class_names), warnings
     )
