@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 logger = logging.getLogger(__name__)
 
@@ -227,6 +228,17 @@ class RestartableRedis:
         self.process = None
 
 
+def _stop(process: subprocess.Popen, log: IO[bytes]) -> None:
+    """Stop a test server politely, then for sure, and close its log."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    log.close()
+
+
 @contextmanager
 def redis_server() -> Iterator[RedisServer]:
     binary = shutil.which("redis-server")
@@ -257,13 +269,7 @@ def redis_server() -> Iterator[RedisServer]:
         try:
             yield RedisServer(port=port)
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-            log.close()
+            _stop(process, log)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
 
@@ -333,11 +339,5 @@ def s3_server() -> Iterator[S3Server]:
         logger.info("S3 test server on 127.0.0.1:%d", port)
         yield S3Server(port=port)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+        _stop(process, log)
         shutil.rmtree(work_dir, ignore_errors=True)
