@@ -18,6 +18,7 @@ from torch import nn
 
 from core.attribution import captum_maps, map_cosine
 from core.data import DataBundle
+from core.explain import shown_explainers
 from core.models import count_params
 
 log = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ def evaluate(
     cosines = {
         name: float(map_cosine(captum_maps(teacher, test_x, teacher_top1, name, batch_size),
                                captum_maps(student, test_x, teacher_top1, name, batch_size)).mean())
-        for name in dict.fromkeys((explainer, "gradcam"))
+        for name in shown_explainers(explainer)
     }
 
     student_params, teacher_params = count_params(student), count_params(teacher)

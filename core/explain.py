@@ -111,6 +111,10 @@ class Explainer:
     maps: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], torch.Tensor]
     # The module whose output "activations" means, when not the explained layer (B-cos: the input encoder).
     source: Callable[[nn.Module], nn.Module] | None = None
+    # How people see it named: heatmap captions, report tables, the model card (e.g. "Grad-CAM").
+    label: str = ""
+    # What makes the maps users see (core.attribution), for the heatmaps' PNG provenance.
+    reference: str = ""
 
     @property
     def needs_input_grad(self) -> bool:
@@ -141,10 +145,15 @@ def _bcos_encoder(model: nn.Module) -> nn.Module:
 
 # The one lookup of explainers: adding one is one entry here (plus its captum reference in core.attribution).
 EXPLAINERS: dict[str, Explainer] = {
-    "gradcam": Explainer("gradcam", "activations", gradcam_maps),
-    "input_gradient": Explainer("input_gradient", "inputs", input_gradient_maps),
-    "input_x_gradient": Explainer("input_x_gradient", "inputs", input_x_gradient_maps),
-    "bcos": Explainer("bcos", "activations", bcos_maps, source=_bcos_encoder),
+    "gradcam": Explainer("gradcam", "activations", gradcam_maps, label="Grad-CAM",
+                         reference="captum LayerGradCam"),
+    "input_gradient": Explainer("input_gradient", "inputs", input_gradient_maps, label="input gradient",
+                                reference="captum Saliency (abs), summed over channels"),
+    "input_x_gradient": Explainer("input_x_gradient", "inputs", input_x_gradient_maps, label="input x gradient",
+                                  reference="captum InputXGradient, summed over channels"),
+    "bcos": Explainer("bcos", "activations", bcos_maps, source=_bcos_encoder, label="B-cos",
+                      reference="captum LayerGradientXActivation on the B-cos input encoder "
+                                "(contribution map W(x)*x), summed over channels"),
 }
 
 
@@ -152,6 +161,15 @@ def get_explainer(name: str) -> Explainer:
     if name not in EXPLAINERS:
         raise ValueError(f"unknown explainer '{name}'; known: {', '.join(EXPLAINERS)}")
     return EXPLAINERS[name]
+
+
+def shown_explainers(explainer: str) -> list[str]:
+    """The explainers a job's heatmaps and explanation metrics show: its own, then Grad-CAM beside it.
+
+    Grad-CAM fits every model here, so it is the common scale on which any two jobs compare,
+    whatever explainer each was taught with; a Grad-CAM job shows Grad-CAM alone.
+    """
+    return list(dict.fromkeys((get_explainer(explainer).name, "gradcam")))
 
 
 def explainer_problem(explainer: str, arch: str) -> str | None:

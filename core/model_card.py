@@ -12,6 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from core.explain import EXPLAINERS
+
 MODEL_CARD = "README.md"
 WEAK_CLASS_MARGIN = 0.10  # a class the student gets this much worse than the teacher is called out
 
@@ -78,12 +80,30 @@ def _limitations(result: dict[str, Any]) -> list[str]:
     return notes
 
 
+def _explainer_label(result: dict[str, Any]) -> str:
+    """The job's explainer as people name it ("Grad-CAM", "B-cos"); an unknown name is kept as it is."""
+    explainer = result.get("explainer") or "gradcam"
+    known = EXPLAINERS.get(explainer)
+    return known.label if known is not None else str(explainer)
+
+
+def _beside(result: dict[str, Any]) -> str:
+    return "" if (result.get("explainer") or "gradcam") == "gradcam" else " | teacher | student Grad-CAM maps"
+
+
+def _cosine_rows(result: dict[str, Any]) -> list[tuple[str, str, str]]:
+    rows = [(f"explanation cosine ({_explainer_label(result)})", "", f"{result.get('explanation_cosine', 0):.3f}")]
+    if (result.get("explainer") or "gradcam") != "gradcam" and result.get("explanation_cosine_gradcam") is not None:
+        rows.append(("explanation cosine (Grad-CAM)", "", f"{result['explanation_cosine_gradcam']:.3f}"))
+    return rows
+
+
 def _metrics_table(result: dict[str, Any]) -> list[str]:
     sizes = result.get("sizes") or {}
     rows = [
         ("top-1 accuracy", _pct(result.get("teacher_accuracy")), _pct(result.get("student_accuracy"))),
         ("agreement with the teacher", "", _pct(result.get("agreement"))),
-        ("explanation cosine (Grad-CAM)", "", f"{result.get('explanation_cosine', 0):.3f}"),
+        *_cosine_rows(result),
         ("ECE", f"{result.get('teacher_ece', 0):.3f}", f"{result.get('ece', 0):.3f}"),
         ("parameters", f"{result.get('teacher_params', 0):,}", f"{result.get('student_params', 0):,}"),
         ("safetensors bytes", f"{sizes.get('teacher_safetensors_bytes') or 0:,}",
@@ -103,7 +123,8 @@ def write_model_card(out_dir: Path, result: dict[str, Any]) -> Path:
         files.append(f"- `student.onnx`: the same network for onnxruntime (dynamic batch axis, opset {onnx['opset']}); "
                      f"logits within {onnx['max_abs_diff']:.2g} of PyTorch on every test image.")
     files += ["- `metrics.json`: every number below, the per-epoch history and the latency table.",
-              "- `report.html`: curves, calibration, per-class accuracy and the heatmap gallery."]
+              "- `report.html`: curves, calibration, per-class accuracy and the heatmap gallery "
+              f"(`heatmaps/*.png`: input | teacher | student {_explainer_label(result)} maps{_beside(result)})."]
     body = [
         front_matter(result),
         "",
@@ -114,7 +135,7 @@ def write_model_card(out_dir: Path, result: dict[str, Any]) -> Path:
         f"A small {student} image classifier for the {len(result.get('class_names') or [])} classes of its "
         f"training data ({', '.join(result.get('class_names') or [])}), distilled from a {teacher} teacher with the "
         f"`{result.get('method') or 'custom'}` method, so that it decides like the teacher and, where an explanation "
-        "term was used, looks at the same evidence (Grad-CAM). Inputs are "
+        f"term was used, looks at the same evidence ({_explainer_label(result)}). Inputs are "
         f"{spec.get('dataset', {}).get('image_size')} px images normalised as in training. It is not meant for "
         "images unlike its training data, nor for decisions about people.",
         "",

@@ -1,16 +1,20 @@
-"""Heatmap PNGs: input | teacher Grad-CAM | student Grad-CAM, one tile per test image, and a grid of them.
+"""Heatmap PNGs: the input, then teacher and student maps side by side, one tile per test image, and a grid.
 
 The metrics say how far the explanations agree on average; these pictures let a
-person see where and how they differ. Maps come from captum (as for the
-metrics); the colormap is a viridis lookup table interpolated in numpy, so no
-plotting library is needed.
+person see where and how they differ. The maps are those of the explainer the job
+was taught with, then Grad-CAM beside them when that explainer is another one
+(`core.explain.shown_explainers`): a Grad-CAM job's tile is
+`input | teacher Grad-CAM | student Grad-CAM`, a B-cos job's is
+`input | teacher B-cos | student B-cos | teacher Grad-CAM | student Grad-CAM`.
+Maps come from captum (as for the metrics); the colormap is a viridis lookup table
+interpolated in numpy, so no plotting library is needed.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +28,7 @@ from core.atomic import atomic_path
 from core.attribution import captum_maps, map_cosine
 from core.data import DataBundle
 from core.evaluate import predict_logits
+from core.explain import get_explainer, shown_explainers
 from core.models import explained_layer_path
 
 log = logging.getLogger(__name__)
@@ -65,12 +70,17 @@ _VIRIDIS = np.array(
 
 @dataclass
 class Caption:
-    """One panel's caption; only the class name is shortened when the line is too long."""
+    """One panel's caption; only the class name is shortened when the line is too long.
+
+    `title` (what the panel shows, e.g. "student B-cos") is a line of its own above the
+    classes; tiles with one explainer have no titles and keep a single caption line.
+    """
 
     prefix: str
     name: str
     suffix: str
     colour: tuple[int, int, int]
+    title: str = ""
 
     def fitted(self, draw: ImageDraw.ImageDraw, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int) -> str:
         name = self.name
@@ -85,7 +95,11 @@ class Caption:
 
 @dataclass
 class HeatmapTile:
-    """One rendered test image: its file, its classes and the cosine of its two maps."""
+    """One rendered test image: its file, its classes and the cosine of its maps.
+
+    `cosine` is that of the job's explainer (as `explanation_cosine`); `cosines` holds the
+    cosine of every explainer shown, by name (e.g. {"bcos": 0.8, "gradcam": 0.4}).
+    """
 
     file: str  # relative to the out folder, e.g. "heatmaps/0003.png"
     index: int  # position in the test set
@@ -93,6 +107,7 @@ class HeatmapTile:
     teacher: str
     student: str
     cosine: float
+    cosines: dict[str, float] = field(default_factory=dict)
 
     @property
     def misclassified(self) -> bool:
@@ -103,26 +118,28 @@ class HeatmapTile:
 
 
 def render_heatmaps(
-    student: nn.Module, teacher: nn.Module, data: DataBundle, out_dir: Path, count: int, device: torch.device
+    student: nn.Module, teacher: nn.Module, data: DataBundle, out_dir: Path, count: int, device: torch.device,
+    explainer: str = "gradcam",
 ) -> list[Path]:
     """Write `out_dir/heatmaps/NNNN.png` for `count` test images and `grid.png` showing them all.
 
     Returns the per-image paths in order, then the grid's path; `count` 0 writes nothing.
     """
-    tiles = render_gallery(student, teacher, data, out_dir, count, device)
+    tiles = render_gallery(student, teacher, data, out_dir, count, device, explainer)
     if not tiles:
         return []
     return [out_dir / tile.file for tile in tiles] + [out_dir / "heatmaps" / "grid.png"]
 
 
 def render_gallery(
-    student: nn.Module, teacher: nn.Module, data: DataBundle, out_dir: Path, count: int, device: torch.device
+    student: nn.Module, teacher: nn.Module, data: DataBundle, out_dir: Path, count: int, device: torch.device,
+    explainer: str = "gradcam",
 ) -> list[HeatmapTile]:
-    """Render `count` test images (input | teacher Grad-CAM | student Grad-CAM) and the grid.
+    """Render `count` test images (input, then teacher | student maps per shown explainer) and the grid.
 
-    The images are evenly spaced over the test set (the same ones on every run). Both maps
-    explain the teacher's top-1 class, as in the explanation-cosine metric, whose per-image
-    value each caption shows. The grid puts the student's mistakes first, in `GRID_COLUMNS`
+    The images are evenly spaced over the test set (the same ones on every run). Every map
+    explains the teacher's top-1 class, as in the explanation-cosine metrics, whose per-image
+    values the captions show. The grid puts the student's mistakes first, in `GRID_COLUMNS`
     columns. Returns the tiles in test-set order; `count` 0 writes nothing and returns [].
     """
     count = min(count, len(data.test_y))
@@ -130,55 +147,91 @@ def render_gallery(
         return []
     indices = torch.tensor([i * len(data.test_y) // count for i in range(count)])
     x, labels = data.test.take(indices), data.test_y[indices]
-
     teacher_top1 = predict_logits(teacher, x, device).argmax(dim=1)
     student_top1 = predict_logits(student, x, device).argmax(dim=1)
-    teacher_maps = captum_maps(teacher, x, teacher_top1, "gradcam").cpu()
-    student_maps = captum_maps(student, x, teacher_top1, "gradcam").cpu()
-    cosines = map_cosine(teacher_maps, student_maps)
-
     images = data.denormalise(x.cpu()).numpy()
-    height, width = images.shape[-2:]
-    teacher_heat = _normalised(_upsample(teacher_maps, (height, width)))
-    student_heat = _normalised(_upsample(student_maps, (height, width)))
-    scale = max(1, math.ceil(MIN_PANEL_PX / max(height, width)))
+    shown = shown_explainers(explainer)
+    heat, cosines = _explained_pairs((teacher, student), x, teacher_top1, shown, images.shape[-2:])
+    scale = max(1, math.ceil(MIN_PANEL_PX / max(images.shape[-2:])))
 
     folder = out_dir / "heatmaps"
     folder.mkdir(parents=True, exist_ok=True)
-    provenance = _provenance(teacher, student)
+    provenance = _provenance(teacher, student, shown)
     names = data.class_names
     tiles: list[HeatmapTile] = []
     rows: list[Image.Image] = []
     for row, index in enumerate(indices.tolist()):
         rgb = _to_rgb(images[row])
-        true, taught, learnt = int(labels[row]), int(teacher_top1[row]), int(student_top1[row])
-        cosine = f"  cos {float(cosines[row]):.2f}"
-        captions = [
-            Caption(f"#{index}  true: ", names[true], "", TEXT_RGB),
-            Caption("teacher: ", names[taught], "", TEXT_RGB if taught == true else WRONG_RGB),
-            Caption("student: ", names[learnt], cosine, TEXT_RGB if learnt == true else WRONG_RGB),
-        ]
-        panels = [rgb, _overlay(rgb, teacher_heat[row]), _overlay(rgb, student_heat[row])]
-        image = _row_image(panels, captions, scale)
+        classes = (int(labels[row]), int(teacher_top1[row]), int(student_top1[row]))
+        row_cosines = {name: float(cosines[name][row]) for name in shown}
+        panels = [rgb] + [_overlay(rgb, heat[name][side][row]) for name in shown for side in (0, 1)]
+        image = _row_image(panels, _captions(index, classes, names, row_cosines), scale)
         with atomic_path(folder / f"{row:04d}.png") as tmp:
             image.save(tmp, format="PNG", pnginfo=provenance)
         rows.append(image)
-        tiles.append(HeatmapTile(f"heatmaps/{row:04d}.png", index, names[true], names[taught], names[learnt],
-                                 float(cosines[row])))
+        tiles.append(HeatmapTile(f"heatmaps/{row:04d}.png", index, *(names[c] for c in classes),
+                                 row_cosines[shown[0]], row_cosines))
 
     order = misclassified_first(tiles)
     with atomic_path(folder / "grid.png") as tmp:
         _grid([rows[i] for i in order], [tiles[i].misclassified for i in order]).save(
             tmp, format="PNG", pnginfo=provenance
         )
-    log.info("wrote %d heatmap rows and grid.png", count)
+    log.info("wrote %d heatmap rows (%s) and grid.png", count, ", ".join(shown))
     return tiles
 
 
-def _provenance(teacher: nn.Module, student: nn.Module) -> PngInfo:
-    """Which layers the panels explain, as PNG text chunks any image tool can read."""
+def _explained_pairs(
+    models: tuple[nn.Module, nn.Module], x: torch.Tensor, target: torch.Tensor, shown: list[str],
+    size: tuple[int, int],
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict[str, torch.Tensor]]:
+    """Per explainer: the (teacher, student) maps upsampled to `size` and min-max scaled, and their cosines."""
+    heat: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    cosines: dict[str, torch.Tensor] = {}
+    for name in shown:
+        teacher_maps, student_maps = (captum_maps(model, x, target, name).cpu() for model in models)
+        cosines[name] = map_cosine(teacher_maps, student_maps)
+        heat[name] = (_normalised(_upsample(teacher_maps, size)), _normalised(_upsample(student_maps, size)))
+    return heat, cosines
+
+
+def _captions(index: int, classes: tuple[int, int, int], names: list[str], cosines: dict[str, float]) -> list[Caption]:
+    """Captions of one tile: the input's, then teacher and student per explainer in `cosines` order.
+
+    One explainer (Grad-CAM jobs): one line per panel, "teacher: cat", "student: dog  cos 0.42".
+    Several: each map panel is titled by model and explainer ("student B-cos"), classes below.
+    """
+    true, taught, learnt = classes
+    teacher_rgb = TEXT_RGB if taught == true else WRONG_RGB
+    student_rgb = TEXT_RGB if learnt == true else WRONG_RGB
+    if len(cosines) == 1:
+        (cosine,) = cosines.values()
+        return [Caption(f"#{index}  true: ", names[true], "", TEXT_RGB),
+                Caption("teacher: ", names[taught], "", teacher_rgb),
+                Caption("student: ", names[learnt], f"  cos {cosine:.2f}", student_rgb)]
+    captions = [Caption(f"#{index}  true: ", names[true], "", TEXT_RGB, title="input")]
+    for name, cosine in cosines.items():
+        label = get_explainer(name).label
+        captions += [Caption("top-1: ", names[taught], "", teacher_rgb, title=f"teacher {label}"),
+                     Caption("top-1: ", names[learnt], f"  cos {cosine:.2f}", student_rgb, title=f"student {label}")]
+    return captions
+
+
+def _provenance(teacher: nn.Module, student: nn.Module, shown: list[str]) -> PngInfo:
+    """What the panels show and how they were made, as PNG text chunks any image tool can read.
+
+    `explainer` describes the job's explainer (for Grad-CAM jobs, as it always has), `panels`
+    names the panels in order, `explainers` lists the explainer names shown; `teacher_layer`
+    and `student_layer` are the layers Grad-CAM explains.
+    """
     provenance = PngInfo()
-    provenance.add_text("explainer", "captum LayerGradCam, teacher top-1 class")
+    provenance.add_text("explainer", f"{get_explainer(shown[0]).reference}, teacher top-1 class")
+    provenance.add_text("explainers", ", ".join(shown))
+    labels = [get_explainer(name).label for name in shown]
+    provenance.add_text("panels", " | ".join(["input"] + [f"{who} {label}" for label in labels
+                                                          for who in ("teacher", "student")]))
+    if len(shown) > 1:
+        provenance.add_text("comparison", f"{get_explainer('gradcam').reference}, teacher top-1 class")
     provenance.add_text("teacher_layer", explained_layer_path(teacher))
     provenance.add_text("student_layer", explained_layer_path(student))
     return provenance
@@ -219,19 +272,24 @@ def _overlay(rgb: np.ndarray, heat: np.ndarray) -> np.ndarray:
 
 
 def _row_image(panels: list[np.ndarray], captions: list[Caption], scale: int) -> Image.Image:
-    """Panels side by side, each upscaled `scale`x (nearest), with its caption underneath."""
+    """Panels side by side, each upscaled `scale`x (nearest), with its caption (and title line) underneath."""
     panel_h, panel_w = panels[0].shape[0] * scale, panels[0].shape[1] * scale
     width = len(panels) * panel_w + (len(panels) - 1) * PANEL_GAP_PX
-    canvas = Image.new("RGB", (width, panel_h + CAPTION_PX), "white")
+    titled = any(caption.title for caption in captions)
+    canvas = Image.new("RGB", (width, panel_h + CAPTION_PX * (2 if titled else 1)), "white")
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default(size=11)
     for i, (panel, caption) in enumerate(zip(panels, captions, strict=True)):
         pixels = (np.clip(panel, 0.0, 1.0) * 255.0).round().astype(np.uint8)
         left = i * (panel_w + PANEL_GAP_PX)
         canvas.paste(Image.fromarray(pixels).resize((panel_w, panel_h), Image.NEAREST), (left, 0))
-        draw.text((left + 2, panel_h + 3), caption.fitted(draw, font, panel_w - 4), fill=caption.colour, font=font)
+        top = panel_h + 3
+        if titled:
+            draw.text((left + 2, top), Caption("", caption.title, "", TEXT_RGB).fitted(draw, font, panel_w - 4),
+                      fill=TEXT_RGB, font=font)
+            top += CAPTION_PX
+        draw.text((left + 2, top), caption.fitted(draw, font, panel_w - 4), fill=caption.colour, font=font)
     return canvas
-
 
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from core.charts import Series, bar_chart, line_chart, reliability_chart
+from core.explain import EXPLAINERS, shown_explainers
 
 REPORT = "report.html"
 # Repeated in the page itself, so a copy opened from disk is as locked down as the served one.
@@ -31,6 +32,7 @@ th:first-child,td:first-child{text-align:left}thead th{background:#f4f4f6}
 .charts{display:flex;flex-wrap:wrap;gap:12px}.chart text{font-size:10px;fill:#333}
 .chart .title{font-size:12px;font-weight:600}.chart .gridline{stroke:#eee}.chart .axes{fill:none;stroke:#999}
 .gallery{display:grid;grid-template-columns:repeat(auto-fill,minmax(400px,1fr));gap:12px}
+.gallery.wide{grid-template-columns:repeat(auto-fill,minmax(640px,1fr))}
 .gallery figure{margin:0;border:3px solid #fff;background:#fafafa}.gallery figure.wrong{border-color:#c81e1e}
 .gallery img{width:100%;image-rendering:pixelated;display:block}
 .gallery figcaption{font-size:12px;padding:2px 6px}.bad{color:#c81e1e;font-weight:600}
@@ -48,7 +50,7 @@ def write_report(out_dir: Path, result: dict[str, Any]) -> Path:
         _curves(result.get("history") or {}),
         _calibration(result),
         _per_class(result),
-        _gallery(out_dir, result.get("gallery") or []),
+        _gallery(out_dir, result.get("gallery") or [], result.get("explainer") or "gradcam"),
         "<h2>Spec</h2><pre>" + escape(json.dumps(result.get("spec", {}), indent=2)) + "</pre>",
     ]
     page = (
@@ -115,7 +117,7 @@ def _summary_table(m: dict[str, Any]) -> str:
     rows = [
         ["top-1 accuracy", _pct(m.get("teacher_accuracy")), _pct(m.get("student_accuracy"))],
         ["agreement with the teacher (top-1)", "&ndash;", _pct(m.get("agreement"))],
-        ["explanation cosine (Grad-CAM, mean)", "&ndash;", _num(m.get("explanation_cosine"))],
+        *_cosine_rows(m),
         ["ECE (15 bins)", _num(m.get("teacher_ece")), _num(m.get("ece"))],
         ["parameters", f"{m.get('teacher_params', 0):,}", f"{m.get('student_params', 0):,}"],
         ["safetensors size", _bytes(sizes.get("teacher_safetensors_bytes")),
@@ -127,6 +129,21 @@ def _summary_table(m: dict[str, Any]) -> str:
          f"{_num(m.get('compression_ratio'), 1)}x / {_num(ratio, 1)}x"],
     ]
     return "<h2>Student vs teacher</h2>" + _table(["test set", "teacher", "student"], rows)
+
+
+def _label(explainer: str) -> str:
+    """The explainer's name for people ("B-cos"); an unknown name (an old report) is shown as it is."""
+    known = EXPLAINERS.get(explainer)
+    return escape(known.label if known is not None else explainer)
+
+
+def _cosine_rows(m: dict[str, Any]) -> list[list[str]]:
+    """Explanation cosine with the job's explainer, then with Grad-CAM when that is another explainer."""
+    explainer = m.get("explainer") or "gradcam"
+    rows = [[f"explanation cosine ({_label(explainer)}, mean)", "&ndash;", _num(m.get("explanation_cosine"))]]
+    if explainer != "gradcam" and m.get("explanation_cosine_gradcam") is not None:
+        rows.append(["explanation cosine (Grad-CAM, mean)", "&ndash;", _num(m.get("explanation_cosine_gradcam"))])
+    return rows
 
 
 def _deployment(m: dict[str, Any]) -> str:
@@ -195,24 +212,32 @@ def _per_class(m: dict[str, Any]) -> str:
             + _table(["class", "teacher", "student"], rows))
 
 
-def _gallery(out_dir: Path, tiles: list[dict[str, Any]]) -> str:
+def _gallery(out_dir: Path, tiles: list[dict[str, Any]], explainer: str = "gradcam") -> str:
     if not tiles:
         return ""
+    shown = shown_explainers(explainer) if explainer in EXPLAINERS else [explainer]
+    panels = "input | " + " | ".join(f"{who} {_label(name)}" for name in shown for who in ("teacher", "student"))
     ordered = sorted(tiles, key=lambda tile: not tile["misclassified"])  # stable: test-set order within groups
     figures = []
     for tile in ordered:
         data = base64.b64encode((out_dir / tile["file"]).read_bytes()).decode("ascii")
         teacher_class = "bad" if tile["teacher"] != tile["true"] else ""
         student_class = "bad" if tile["misclassified"] else ""
+        cosines = tile.get("cosines") or {}
+        if len(cosines) > 1:
+            cosine = " &middot; ".join(f"{_label(name)} cosine {value:.2f}" for name, value in cosines.items())
+        else:
+            cosine = f"cosine {tile['cosine']:.2f}"
         figures.append(
             f'<figure class="{"wrong" if tile["misclassified"] else ""}">'
-            f'<img src="data:image/png;base64,{data}" alt="test image {tile["index"]}: input, teacher and student '
-            f'Grad-CAM"><figcaption>#{tile["index"]} true <b>{escape(tile["true"])}</b> &middot; teacher '
+            f'<img src="data:image/png;base64,{data}" alt="test image {tile["index"]}: {panels}">'
+            f'<figcaption>#{tile["index"]} true <b>{escape(tile["true"])}</b> &middot; teacher '
             f'<span class="{teacher_class}">{escape(tile["teacher"])}</span> &middot; student '
-            f'<span class="{student_class}">{escape(tile["student"])}</span> &middot; cosine {tile["cosine"]:.2f}'
+            f'<span class="{student_class}">{escape(tile["student"])}</span> &middot; {cosine}'
             "</figcaption></figure>"
         )
     wrong = sum(tile["misclassified"] for tile in tiles)
-    intro = (f"<p>Input | teacher Grad-CAM | student Grad-CAM for {len(tiles)} evenly spaced test images, both maps "
+    intro = (f"<p>{panels[0].upper() + panels[1:]} for {len(tiles)} evenly spaced test images, every map "
              f"for the teacher's top-1 class; the student's {wrong} mistakes come first (red frame).</p>")
-    return "<h2>Heatmaps</h2>" + intro + '<div class="gallery">' + "".join(figures) + "</div>"
+    layout = "gallery wide" if len(shown) > 1 else "gallery"  # five panels a tile need wider columns
+    return "<h2>Heatmaps</h2>" + intro + f'<div class="{layout}">' + "".join(figures) + "</div>"

@@ -402,7 +402,8 @@ def run_job(
         shipped, warnings = _deployment(job, data, student, teacher)
         metrics.update(shipped)
     with job.stage("rendering"):
-        tiles = render_gallery(student, teacher, data, out_dir, spec.report.heatmaps, job.device)
+        tiles = render_gallery(student, teacher, data, out_dir, spec.report.heatmaps, job.device,
+                               spec.loss.explanation.explainer)
     result = _metrics_document(
         job, metrics, history, tiles, (teacher, student), list(data.class_names), warnings
     )

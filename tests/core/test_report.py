@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from core.data import DataBundle, load_dataset
-from core.models import build_model
+from core.models import build_model, set_input_normalisation
 from core.report import (
     CAPTION_PX, FRAME_PX, GRID_COLUMNS, GRID_GAP_PX, MIN_PANEL_PX, PANEL_GAP_PX, WRONG_RGB, colormap,
     misclassified_first, render_gallery, render_heatmaps,
@@ -130,3 +130,75 @@ def test_colour_32px_images_are_upscaled_4x_and_count_is_capped_by_the_test_set(
         pixels = np.asarray(image)
     expected = np.round(data.denormalise(data.test_x[:1])[0].permute(1, 2, 0).numpy() * 255.0)
     assert np.abs(pixels[:128:4, :128:4].astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_gradcam_job_keeps_its_three_panel_layout_and_says_so_in_the_png(
+    digits: DataBundle, models, tmp_path: Path
+) -> None:
+    student, teacher = models
+    tiles = render_gallery(student, teacher, digits, tmp_path, 2, CPU, explainer="gradcam")
+
+    with Image.open(tmp_path / tiles[0].file) as image:
+        assert image.size == (3 * 128 + 2 * PANEL_GAP_PX, 128 + CAPTION_PX)  # input | teacher | student, one line
+        text = dict(image.text)
+    assert text["explainer"] == "captum LayerGradCam, teacher top-1 class"
+    assert text["panels"] == "input | teacher Grad-CAM | student Grad-CAM"
+    assert "comparison" not in text
+    assert tiles[0].cosines == {"gradcam": tiles[0].cosine}
+
+
+@pytest.fixture(scope="module")
+def bcos_models(digits: DataBundle) -> tuple[torch.nn.Module, torch.nn.Module]:
+    torch.manual_seed(0)
+    student = build_model("bcos/cifar10_resnet8", 10, 1)
+    teacher = build_model("bcos/cifar10_resnet8", 10, 1)
+    for model in (student, teacher):
+        set_input_normalisation(model, digits.mean, digits.std)
+    return student, teacher
+
+
+def test_bcos_job_shows_its_bcos_maps_then_gradcam_and_names_both(
+    digits: DataBundle, bcos_models, tmp_path: Path
+) -> None:
+    student, teacher = bcos_models
+    tiles = render_gallery(student, teacher, digits, tmp_path, 3, CPU, explainer="bcos")
+
+    five_panels = 5 * 128 + 4 * PANEL_GAP_PX  # input | teacher B-cos | student B-cos | teacher/student Grad-CAM
+    for tile in tiles:
+        with Image.open(tmp_path / tile.file) as image:
+            assert image.size == (five_panels, 128 + 2 * CAPTION_PX)  # a title line above the classes
+            text = dict(image.text)
+        assert set(tile.cosines) == {"bcos", "gradcam"} and tile.cosine == tile.cosines["bcos"]
+    assert text["explainers"] == "bcos, gradcam"
+    assert text["panels"] == "input | teacher B-cos | student B-cos | teacher Grad-CAM | student Grad-CAM"
+    assert "B-cos input encoder" in text["explainer"] and "LayerGradCam" in text["comparison"]
+    with Image.open(tmp_path / "heatmaps" / "grid.png") as grid:
+        assert grid.size[0] == 3 * (five_panels + 2 * FRAME_PX) + 2 * GRID_GAP_PX
+        assert dict(grid.text)["explainers"] == "bcos, gradcam"
+    # The B-cos panels are not the Grad-CAM ones drawn twice: the teacher's two map panels differ.
+    with Image.open(tmp_path / tiles[0].file) as image:
+        pixels = np.asarray(image).astype(int)
+    step = 128 + PANEL_GAP_PX
+    bcos_panel, gradcam_panel = pixels[:128, step : step + 128], pixels[:128, 3 * step : 3 * step + 128]
+    assert np.abs(bcos_panel - gradcam_panel).max() > 10
+
+
+def test_report_page_and_model_card_name_the_jobs_explainer(
+    digits: DataBundle, bcos_models, tmp_path: Path
+) -> None:
+    from core.model_card import write_model_card
+    from core.report_html import write_report
+
+    student, teacher = bcos_models
+    tiles = render_gallery(student, teacher, digits, tmp_path, 2, CPU, explainer="bcos")
+    result = {"explainer": "bcos", "explanation_cosine": 0.5, "explanation_cosine_gradcam": 0.25,
+              "gallery": [tile.as_dict() for tile in tiles], "spec": {"name": "b"}}
+
+    page = write_report(tmp_path, result).read_text()
+    assert "explanation cosine (B-cos, mean)" in page and "explanation cosine (Grad-CAM, mean)" in page
+    assert "Input | teacher B-cos | student B-cos | teacher Grad-CAM | student Grad-CAM" in page
+    assert f"B-cos cosine {tiles[0].cosines['bcos']:.2f}" in page
+    card = write_model_card(tmp_path, result).read_text()
+    assert "| explanation cosine (B-cos) |  | 0.500 |" in card
+    assert "| explanation cosine (Grad-CAM) |  | 0.250 |" in card
+    assert "same evidence (B-cos)" in card
