@@ -16,7 +16,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from core.explain import explainer_problem
-from core.models import UnknownArchitecture, check_arch
+from core.models import UnknownArchitecture, check_arch, input_problem
 from core.strict import StrictModel
 from core.terms import ExplanationSpec, XDistillSpec
 from core.terms import registry as term_registry
@@ -197,6 +197,22 @@ class JobSpec(_Strict):
         # Every run has a teacher, even `scratch`: it is the yardstick for agreement and explanation cosine.
         if self.teacher.weights is None and self.teacher.epochs == 0:
             raise ValueError("teacher.epochs must be >= 1 when teacher.weights is null")
+        return self
+
+    @model_validator(mode="after")
+    def _image_size_fits(self) -> JobSpec:
+        """Both networks take the dataset's image size (a plain B-cos ViT needs whole patches).
+
+        The error names `dataset.image_size`, the field a user changes to make the pairing work.
+        """
+        for role, arch in (("teacher", self.teacher.arch), ("student", self.student.arch)):
+            if (problem := input_problem(arch, self.dataset.image_size)) is not None:
+                detail = InitErrorDetails(
+                    type=PydanticCustomError("value_error", "{problem} ({role}.arch)", {"problem": problem, "role": role}),
+                    loc=("dataset", "image_size"),
+                    input=self.dataset.image_size,
+                )
+                raise ValidationError.from_exception_data("JobSpec", [detail])
         return self
 
     @model_validator(mode="after")

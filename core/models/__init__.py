@@ -5,7 +5,6 @@ Import from here: `from core.models import build_model, explained_layer, load_we
 
 from core.models.bcos_family import (
     BcosClassifier,
-    explainer_mismatch,
     is_bcos_arch,
     is_bcos_model,
     set_input_normalisation,
@@ -29,6 +28,7 @@ from core.models.registry import (
     check_arch,
     close_matches,
     count_params,
+    input_problem,
     split_arch,
 )
 from core.models.weights import (
@@ -45,9 +45,10 @@ from core.models.weights import (
 ARCHITECTURES: dict[str, str] = {**{name: f"cifar/{name}" for name in CIFAR_BUILDERS}, **ALIASES}
 
 __all__ = [
-    "ALIASES", "ARCHITECTURES", "BcosClassifier", "explainer_mismatch", "is_bcos_arch", "is_bcos_model",
+    "ALIASES", "ARCHITECTURES", "BcosClassifier", "is_bcos_arch", "is_bcos_model",
     "set_input_normalisation", "FAMILIES", "CifarResNet", "LayerNotFound", "LayerView", "SmallCNN",
     "UnknownArchitecture", "automatic_layer_path", "build_model", "check_arch", "close_matches", "count_params",
+    "input_problem",
     "explained_layer", "explained_layer_path", "is_safetensors", "load_state", "load_weights", "pick_device", "read_state_dict",
     "save_state", "save_weights", "set_explained_layer", "split_arch", "weights_dims",
 ]

@@ -5,7 +5,9 @@ through forward hooks, so models stay unmodified. `explained_layer(model)`
 returns that module, always with a 4-D `(N, C, h, w)` output:
 
 - CIFAR ResNet: `layer3`; the small CNN: `features.2` (the last conv stage).
-- B-cos networks: their last conv stage (`net.layer4`/`net.layer3`, `net.features`).
+- B-cos networks: their last conv stage (`net.layer4`/`net.layer3`, `net.features`); B-cos
+  ViTs: the last encoder block's output tokens (no class token; the head averages all tokens,
+  so every token's gradient is alive), reshaped to the patch grid.
 - Vision transformers (timm `vit_*`/`deit_*`, torchvision `vit_*`): the last block's
   patch tokens as they enter its attention (its first LayerNorm, `blocks.11.norm1`),
   reshaped to the patch grid; class and distillation tokens are dropped. Not the block's
@@ -37,6 +39,7 @@ from torch import nn
 
 from core.models.bcos_family import explained_layer_path as bcos_layer_path
 from core.models.bcos_family import is_bcos_model
+from core.models.bcos_family import transformer_blocks as bcos_transformer_blocks
 from core.models.cifar import CifarResNet, SmallCNN
 
 PROBE_IMAGE_SIZE = 96  # the shape-finding forward: large enough for every torchvision classifier's stem
@@ -156,6 +159,8 @@ def _view_kind(model: nn.Module, path: str) -> tuple[str, int]:
 
 def _transformer_blocks(model: nn.Module) -> tuple[str, str, int] | None:
     """(last block's path, the blocks' path prefix, prefix tokens) of a ViT-like model, else None."""
+    if is_bcos_model(model):
+        return bcos_transformer_blocks(model)
     blocks = getattr(model, "blocks", None)
     if isinstance(blocks, nn.Sequential) and hasattr(model, "num_prefix_tokens") and hasattr(model, "patch_embed"):
         return f"blocks.{len(blocks) - 1}.norm1", "blocks.", int(model.num_prefix_tokens)

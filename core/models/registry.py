@@ -99,5 +99,18 @@ def build_model(
     return model
 
 
+def input_problem(arch: str, image_size: int) -> str | None:
+    """Why `arch` cannot take `image_size` px square images, or None when it can.
+
+    A family module may define `input_problem(name, image_size)` (B-cos plain ViTs need whole
+    patches); families without one take every size their builder accepts.
+    """
+    family, name = split_arch(arch)
+    if family not in FAMILIES:
+        return None
+    check = getattr(family_module(family), "input_problem", None)
+    return check(name, image_size) if check is not None else None
+
+
 def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -135,35 +135,48 @@ def load_weights(model: nn.Module, path: Path, field: str = "teacher.weights") -
     return load_state(model, read_state_dict(Path(path), field), field)
 
 
-def stem_and_head_keys(model: nn.Module) -> tuple[str | None, str | None]:
-    """The state-dict keys of the first convolution's weight (input channels) and the classifier's (classes).
-
-    Registration order is forward order for every family here; the classifier is the
-    last 2-D weight (timm's `get_classifier()` when the model has one).
-    """
-    state = model.state_dict()
-    stem = next((key for key, value in state.items() if value.dim() == 4), None)
-    head = None
-    get_classifier = getattr(model, "get_classifier", None)
-    if callable(get_classifier):
-        classifier = get_classifier()
-        for key, value in state.items():
-            if isinstance(classifier, nn.Module) and key.endswith(".weight") and value is getattr(
-                classifier, "weight", None
-            ):
-                head = key
-    if head is None:
-        matrices = [key for key, value in state.items() if value.dim() == 2 and key.endswith("weight")]
-        head = matrices[-1] if matrices else None
-    return stem, head
-
-
 def weights_dims(arch: str, state: dict[str, torch.Tensor]) -> tuple[int | None, int | None]:
-    """(num_classes, in_channels) the weights were saved with, read from their stem and head shapes."""
+    """(num_classes, in_channels) the weights were saved with, read from the shapes that depend on them.
+
+    One rule for every family, whatever its head (a linear layer, a 1x1 B-cos convolution with
+    `max_out` units per class, a conv stack, a transformer's head): build `arch` empty (on the
+    meta device when the builder allows it, so nothing is allocated) with 2 and with 3 classes,
+    and with 1 and 2 input channels; a tensor whose shape differs between the two says how
+    its size grows with the count (`size = constant + per_unit * count`), and solving that
+    for the uploaded tensor gives the count. The class count is read from the last such
+    tensor (the classifier), the channels from the first (the stem; B-cos models: the
+    encoder's statistics). None when the state lacks those tensors or does not solve to a
+    whole number.
+    """
+    base = _probe_shapes(arch, 2, 1)
+    num_classes = _solve(state, base, _probe_shapes(arch, 3, 1), 2, last=True)
+    in_channels = _solve(state, base, _probe_shapes(arch, 2, 2), 1, last=False)
+    return num_classes, in_channels
+
+
+def _probe_shapes(arch: str, num_classes: int, in_channels: int) -> dict[str, torch.Size]:
     from core.models.registry import build_model
 
-    probe = build_model(arch, 2, 3, image_size=None)
-    stem, head = stem_and_head_keys(probe)
-    num_classes = int(state[head].shape[0]) if head and head in state and state[head].dim() == 2 else None
-    in_channels = int(state[stem].shape[1]) if stem and stem in state and state[stem].dim() == 4 else None
-    return num_classes, in_channels
+    try:
+        with torch.device("meta"):
+            probe = build_model(arch, num_classes, in_channels, image_size=None)
+    except Exception:  # noqa: BLE001 - some builders read values at init (e.g. `.item()`): build for real
+        probe = build_model(arch, num_classes, in_channels, image_size=None)
+    return {key: value.shape for key, value in probe.state_dict().items()}
+
+
+def _solve(
+    state: dict[str, torch.Tensor], low: dict[str, torch.Size], high: dict[str, torch.Size], count: int, last: bool
+) -> int | None:
+    """The count `state` was saved with, from the tensors whose shape grows from `low` (count) to `high` (count+1)."""
+    keys = [key for key in low if key in high and len(low[key]) == len(high[key]) and low[key] != high[key]]
+    for key in reversed(keys) if last else keys:
+        saved = state.get(key)
+        if saved is None or saved.dim() != len(low[key]):
+            continue
+        dim = next(d for d in range(len(low[key])) if low[key][d] != high[key][d])
+        per_unit = high[key][dim] - low[key][dim]
+        constant = low[key][dim] - count * per_unit
+        units, remainder = divmod(saved.shape[dim] - constant, per_unit)
+        return int(units) if remainder == 0 and units > 0 else None
+    return None

@@ -69,6 +69,9 @@ def test_malformed_json_is_422_invalid_json(client: TestClient, app_settings: Se
         ({"method": "e2kd-bcos", "teacher": {"arch": "bcos/cifar10_resnet20", "epochs": 1}},
          "loss.explanation.explainer"),
         ({"method": "e2kd-bcos", "student": {"arch": "bcos/cifar10_resnet8"}}, "loss.explanation.explainer"),
+        # a plain B-cos ViT cuts images into 16x16 patches: 20 px images do not tile
+        ({"student": {"arch": "bcos/simple_vit_ti_patch16_224"}, "dataset": {"name": "digits", "image_size": 20}},
+         "dataset.image_size"),
     ],
 )
 def test_invalid_spec_fields_are_named(client: TestClient, app_settings: Settings, changes: dict, field: str) -> None:

@@ -227,3 +227,35 @@ def test_unknown_model_is_404(client: TestClient) -> None:
 
     assert response.status_code == 404
     assert response.json()["error"]["code"] == "model_not_found"
+
+
+def test_bcos_weights_tell_their_class_count_and_a_job_whose_dataset_differs_is_refused(
+    client: TestClient, tmp_path: Path
+) -> None:
+    """A B-cos head is a 1x1 B-cos convolution, not a linear layer: the class count still reads from it."""
+    seven = _upload(client, weights_bytes(tmp_path, "bcos/cifar10_resnet8", 7, 1), {"arch": "bcos/cifar10_resnet8"})
+    ten = _upload(client, weights_bytes(tmp_path, "bcos/cifar10_resnet8", 10, 1), {"arch": "bcos/cifar10_resnet8"})
+    assert seven.status_code == 201 and ten.status_code == 201, (seven.text, ten.text)
+    assert (seven.json()["num_classes"], seven.json()["in_channels"]) == (7, 1)
+    assert (ten.json()["num_classes"], ten.json()["in_channels"]) == (10, 1)
+
+    def job(model_id: str):
+        return client.post("/v1/jobs", json=digits_spec(teacher={"arch": "bcos/cifar10_resnet8", "weights": model_id}))
+
+    refused = job(seven.json()["id"])  # digits has 10 classes
+    assert refused.status_code == 422
+    assert refused.json()["error"]["field"] == "teacher.weights"
+    assert "7 classes but the dataset has 10" in refused.json()["error"]["message"]
+    assert job(ten.json()["id"]).status_code == 201
+
+
+def test_bcos_weights_that_contradict_the_forms_class_count_are_refused_naming_file(
+    client: TestClient, app_settings: Settings, tmp_path: Path
+) -> None:
+    response = _upload(client, weights_bytes(tmp_path, "bcos/cifar10_resnet8", 7, 1),
+                       {"arch": "bcos/cifar10_resnet8", "num_classes": "10", "in_channels": "1"})
+
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == "file"
+    assert "it has 7 classes" in response.json()["error"]["message"]
+    assert _leftovers(app_settings) == []

@@ -13,9 +13,10 @@ import torch
 from pydantic import ValidationError
 
 from core.attribution import captum_maps
+from core.compat import DatasetShape, WeightsShape, fit_problems, weights_shape
 from core.data import DataBundle
 from core.explain import FeatureTap, bcos_maps, explaining_forwards, map_source
-from core.models import build_model, explained_layer, set_input_normalisation
+from core.models import build_model, explained_layer, explained_layer_path, input_problem, set_input_normalisation
 from core.spec import JobSpec
 from core.terms import cross_entropy_only
 from core.trainer import DistillationObjective, OptimConfig, train
@@ -52,6 +53,56 @@ def test_imagenet_style_bcos_networks_build_for_small_grey_images() -> None:
 
     assert model(torch.randn(1, 1, 32, 32)).shape == (1, 3)
     assert isinstance(explained_layer(model), torch.nn.Module)
+
+
+def test_imagenet_style_resnet_contributions_sum_to_the_logit_minus_the_bias() -> None:
+    """The exactness property beyond the CIFAR nets: an ImageNet-style stem (7x7/2 conv, pooling), 4 stages."""
+    torch.manual_seed(0)
+    model = build_model("bcos/resnet18", 5, 3).eval()
+    x = torch.rand(3, 3, 16, 16)
+    with torch.no_grad():
+        logits = model(x)
+    linear = logits - model.logit_bias
+    assert linear.abs().max() > 0.1  # the check below is not about near-zero numbers
+
+    for target in range(5):
+        maps = captum_maps(model, x, torch.full((3,), target), "bcos")
+        assert maps.shape == (3, 1, 16, 16)
+        torch.testing.assert_close(maps.flatten(1).sum(dim=1), linear[:, target], atol=1e-4, rtol=0)
+
+
+def test_bcos_vit_builds_for_any_class_count_and_gradcam_explains_its_patch_grid() -> None:
+    torch.manual_seed(0)
+    model = build_model("bcos/simple_vit_ti_patch16_224", 4, 3).eval()  # 32 px: a 2x2 grid of 16 px patches
+    x = torch.rand(2, 3, 32, 32)
+    classes = model(x).argmax(dim=1)
+
+    assert model(x).shape == (2, 4)
+    assert explained_layer_path(model) == "net.0.transformer.encoder_11"  # the last block's output tokens
+    gradcam = captum_maps(model, x, classes, "gradcam")
+    assert gradcam.shape == (2, 1, 2, 2) and float(gradcam.sum()) > 0
+    contributions = captum_maps(model, x, classes, "bcos")
+    assert contributions.shape == (2, 1, 32, 32) and float(contributions.abs().sum()) > 0
+
+
+@pytest.mark.parametrize(("arch", "size", "problem"), [
+    ("bcos/simple_vit_ti_patch16_224", 20, "multiple of 16"),
+    ("bcos/simple_vit_ti_patch16_224", 32, None),
+    ("bcos/vitc_ti_patch1_14", 20, None),  # a conv stem first: any size
+    ("bcos/resnet18", 20, None),
+])
+def test_which_image_sizes_a_bcos_network_takes(arch: str, size: int, problem: str | None) -> None:
+    found = input_problem(arch, size)
+
+    assert (found is None) if problem is None else (problem in found)
+
+
+def test_a_plain_bcos_vit_with_an_image_size_it_cannot_tile_is_refused_naming_the_size() -> None:
+    with pytest.raises(ValidationError) as caught:
+        JobSpec.model_validate({"dataset": {"name": "digits", "image_size": 20},
+                                "student": {"arch": "bcos/simple_vit_ti_patch16_224"}})
+
+    assert caught.value.errors()[0]["loc"] == ("dataset", "image_size")
 
 
 def test_unknown_bcos_name_is_refused() -> None:
@@ -195,3 +246,19 @@ def test_bcos_teacher_to_standard_student_with_gradcam_runs(tmp_path) -> None:
     assert result["explainer"] == "gradcam"
     assert result["explanation_cosine"] == result["explanation_cosine_gradcam"]
     assert result["history"]["student"][0]["losses"]["explanation"] > 0
+
+
+@pytest.mark.parametrize("arch", [
+    "bcos/cifar10_resnet8", "bcos/resnet18", "bcos/cifar10_resnext29_8x64d", "bcos/densenet121",
+    "bcos/cifar10_densenet100", "bcos/convnext_atto", "bcos/vgg11_bnu", "bcos/simple_vit_ti_patch16_224",
+    "bcos/vitc_ti_patch1_14",
+])
+def test_class_count_and_channels_read_from_the_weights_of_every_bcos_family(arch: str) -> None:
+    """Heads here are 1x1 B-cos convolutions, conv stacks (VGG) or B-cos linear layers (ViT): one rule reads all."""
+    with torch.device("meta"):  # shapes only: nothing allocated (VGG-11 alone is 129M parameters)
+        state = build_model(arch, 13, 3).state_dict()
+
+    assert weights_shape(state, arch) == WeightsShape(arch, 13, 3)
+    assert fit_problems(weights_shape(state, arch), dataset=DatasetShape(10, 3)) == [
+        "it has 13 classes but the dataset has 10"
+    ]
