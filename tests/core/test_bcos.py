@@ -231,6 +231,15 @@ def test_bcos_teacher_to_bcos_student_with_e2kd_bcos_runs(tmp_path) -> None:
     assert result["explainer"] == "bcos"
     assert -1.0 <= result["explanation_cosine"] <= 1.0 and 0.0 <= result["explanation_cosine_gradcam"] <= 1.0
     assert result["history"]["student"][0]["losses"]["explanation"] > 0
+    # The job's heatmaps show its B-cos maps, then Grad-CAM beside them (16 px -> 128 px panels).
+    assert set(result["gallery"][0]["cosines"]) == {"bcos", "gradcam"}
+    from PIL import Image
+
+    from core.report import PANEL_GAP_PX
+
+    with Image.open(tmp_path / result["gallery"][0]["file"]) as tile:
+        assert tile.width == 5 * 128 + 4 * PANEL_GAP_PX and tile.text["explainers"] == "bcos, gradcam"
+    assert "teacher B-cos | student B-cos | teacher Grad-CAM" in (tmp_path / "report.html").read_text()
     student = build_model("bcos/cifar10_resnet8", 10, 1)
     from core.models import load_weights
 
