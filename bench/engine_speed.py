@@ -251,12 +251,15 @@ def bare_epochs(args: argparse.Namespace, method: Method) -> list[float]:
 
 
 def child(args: argparse.Namespace) -> None:
+    import core
+
     common.set_threads(args.threads)
     method = BY_NAME[args.child]
     seconds = (bare_epochs if method.bare else engine_epochs)(args, method)
     timed = seconds[1:] or seconds  # epoch 1 is the warm-up (and fills the map cache)
     print(json.dumps({
         "method": method.name,
+        "engine": str(Path(core.__file__).resolve().parent.parent),  # which checkout's core/ ran
         "epoch_seconds": common.median(timed),
         "all_epoch_seconds": seconds,
         "peak_rss_mb": vm_kib("VmHWM") / 1024,
@@ -473,15 +476,19 @@ def data_path_table(args: argparse.Namespace) -> None:
 def run_method(args: argparse.Namespace, method: Method, engine_root: Path | None = None) -> dict[str, Any]:
     """One method in a fresh process; `engine_root` puts another checkout's `core` first on its path."""
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-    if engine_root is not None:
-        env["PYTHONPATH"] = os.pathsep.join([str(engine_root), env.get("PYTHONPATH", "")])
+    if engine_root is not None:  # the repo root after it, so common.py does not put this checkout first
+        env["PYTHONPATH"] = os.pathsep.join([str(engine_root), str(common.REPO_ROOT), env.get("PYTHONPATH", "")])
     command = [sys.executable, __file__, "--child", method.name, "--threads", str(args.threads),
                "--epochs", str(args.epochs), "--shots", str(args.shots), "--test-size", str(args.test_size),
                "--batch-size", str(args.batch_size)] + ([] if args.checkpoints else ["--no-checkpoints"])
     result = subprocess.run(command, env=env, capture_output=True, text=True, check=False, cwd=common.REPO_ROOT)
     if result.returncode != 0:
         raise SystemExit(f"{method.name} failed:\n{result.stderr[-4000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    measured = json.loads(result.stdout.strip().splitlines()[-1])
+    expected = Path(engine_root or common.REPO_ROOT).resolve()
+    if Path(measured["engine"]) != expected:  # a before/after run that timed one engine twice would say nothing
+        raise SystemExit(f"{method.name} ran the engine in {measured['engine']}, not {expected}")
+    return measured
 
 
 def against(args: argparse.Namespace) -> None:

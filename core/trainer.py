@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from core.callbacks import NullCallbacks, Progress, RunCallbacks
-from core.checkpoint import load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from core.checkpoint import CheckpointFile, restore_rng_state, rng_state
 from core.data import ImageSet, TensorImages
 from core.errors import JobCancelled
 from core.objective import DistillationObjective, Objective, StepOutput
@@ -146,8 +146,8 @@ class _Stage:
                  device: torch.device, checkpoint_path: Path | None, callbacks: RunCallbacks,
                  span: tuple[float, float]) -> None:
         self.model, self.objective, self.config, self.samples = model, objective, config, samples
-        self.stage, self.device, self.checkpoint_path, self.callbacks, self.span = (
-            stage, device, checkpoint_path, callbacks, span)
+        self.stage, self.device, self.callbacks, self.span = stage, device, callbacks, span
+        self.checkpoint = CheckpointFile(checkpoint_path) if checkpoint_path is not None else None
         self.amp = Precision(config.precision, device)
         self.amp.prepare_model(model.to(device))
         self.optimizer = make_optimizer(list(model.parameters()) + objective.extra_parameters(), config)
@@ -163,8 +163,7 @@ class _Stage:
 
     def restore(self) -> None:
         """Continue after the checkpoint's last finished epoch, if there is a checkpoint."""
-        state = load_checkpoint(self.checkpoint_path) if self.checkpoint_path else None
-        if state is None:
+        if self.checkpoint is None or (state := self.checkpoint.load()) is None:
             return
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -175,12 +174,12 @@ class _Stage:
         self.history, self.start_epoch = list(state["history"]), int(state["epoch"])
         restore_rng_state(state["rng"])
         log.info("%s: resuming after epoch %d of %d from %s", self.stage, self.start_epoch, self.config.epochs,
-                 self.checkpoint_path)
+                 self.checkpoint.path)
 
     def save(self, epoch: int) -> None:
-        if self.checkpoint_path is None:
+        if self.checkpoint is None:
             return
-        save_checkpoint(self.checkpoint_path, {
+        self.checkpoint.save({
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from core.checkpoint import SIDE_REVISION
 from core.explain import explanation_maps
 from core.signals.base import GRAPH, NO_PASS, PASS, Batch, Provider, TeacherPass
 from core.terms.base import TARGET_CLASSES, TARGET_MAPS
@@ -39,12 +40,16 @@ class MapCache:
     Exact, not an approximation: used only when the teacher sees the same input every epoch
     (no augmentation, no oracle) and is frozen in eval mode. An entry keeps the value first
     computed, so a run's maps do not depend on when the cache filled.
+
+    Its state carries a revision that changes only when entries are added, so a checkpoint
+    stores it in a side file written once it is full (core.checkpoint), not at every epoch end.
     """
 
     def __init__(self, size: int) -> None:
         self.filled = torch.zeros(size, dtype=torch.bool)  # on the CPU: checking it never syncs a GPU
         self.maps: torch.Tensor | None = None
         self.classes: torch.Tensor | None = None
+        self.revision = 0  # how many stores added entries: the content's version
 
     def lookup(self, index: torch.Tensor, device_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         if self.maps is None or self.classes is None or not bool(self.filled[index].all()):
@@ -62,17 +67,21 @@ class MapCache:
         self.maps[device_index[new_device]] = maps[new_device]
         self.classes[device_index[new_device]] = classes[new_device]
         self.filled[index[new]] = True
+        self.revision += 1
 
     def state_dict(self) -> dict[str, Any]:
-        state: dict[str, Any] = {"filled": self.filled.clone()}
+        """The cache's tensors as they are (no copy, like `nn.Module.state_dict`): saving an unchanged
+        revision writes nothing, so it must not cost a device-to-host copy either."""
+        state: dict[str, Any] = {"filled": self.filled, SIDE_REVISION: self.revision}
         if self.maps is not None and self.classes is not None:
-            state.update(maps=self.maps.cpu(), classes=self.classes.cpu())
+            state.update(maps=self.maps, classes=self.classes)
         return state
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
         self.filled = state["filled"].clone()
         if "maps" in state:
             self.maps, self.classes = state["maps"].to(device), state["classes"].to(device)
+        self.revision = int(state.get(SIDE_REVISION, 0))
 
 
 class CachedTeacherMaps(Provider):

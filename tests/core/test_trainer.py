@@ -7,8 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+import core.checkpoint as checkpoint_module
 import core.signals.maps as maps_module
 from core.callbacks import NullCallbacks, Progress
+from core.checkpoint import load_checkpoint
 from core.data import DataBundle
 from core.errors import JobCancelled
 from core.models import build_model
@@ -223,13 +225,33 @@ def test_resuming_from_a_checkpoint_reproduces_the_uninterrupted_run_bit_for_bit
     with pytest.raises(JobCancelled):
         _distill(digits16, trained_teacher, epochs=3, checkpoint=checkpoint,
                  callbacks=Recorder(cancel_after_steps=steps + 1), **extra)
-    cache = torch.load(checkpoint, weights_only=True)["objective"]["signals"]["target_maps"]
+    cache = load_checkpoint(checkpoint)["objective"]["signals"]["target_maps"]
     assert bool(cache["filled"].all()) and cache["maps"].shape[0] == len(digits16.train_x)  # saved by its provider
+    main_file = torch.load(checkpoint, weights_only=True)["objective"]["signals"]["target_maps"]
+    assert "maps" not in main_file  # the cache sits in its side file, not in the per-epoch main file
     resumed, resumed_history, _ = _distill(digits16, trained_teacher, epochs=3, checkpoint=checkpoint, **extra)
     straight, straight_history, _ = _distill(digits16, trained_teacher, epochs=3, **extra)
     for key, value in straight.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
     assert [e["losses"] for e in resumed_history] == [e["losses"] for e in straight_history]
+
+
+def test_the_full_map_cache_is_written_once_not_at_every_epoch_end(
+    digits16: DataBundle, trained_teacher: torch.nn.Module, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    written: list[Path] = []
+    real = checkpoint_module._write
+
+    def recording(path: Path, state: dict) -> None:  # spy: writes through the real function
+        written.append(path)
+        real(path, state)
+
+    monkeypatch.setattr(checkpoint_module, "_write", recording)
+    _distill(digits16, trained_teacher, epochs=3, checkpoint=tmp_path / "distilling.pt")
+    parts = [path for path in written if path.parent.name == "distilling.parts"]
+    assert written.count(tmp_path / "distilling.pt") == 3
+    assert len(parts) == 1  # filled in epoch 1; epochs 2 and 3 changed nothing, so nothing was rewritten
+    assert [path.name for path in (tmp_path / "distilling.parts").iterdir()] == [parts[0].name]
 
 
 @pytest.mark.parametrize(("optimizer", "scheduler"), [("sgd", "cosine"), ("adam", "none"), ("adamw", "cosine")])
