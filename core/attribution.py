@@ -2,20 +2,18 @@
 
 Every map a user sees (heatmaps) and every map an evaluation metric reads comes
 from `captum_maps`, so the numbers are those of a well-known library rather
-than of our own code. Training needs maps that carry a graph; those are written
-by hand elsewhere and are tested equal to the maps made here, which is why the
-channel reduction of each explainer is spelled out below.
+than of our own code. Each explainer's captum call is its entry's `captum` form in
+core.explain's `EXPLAINERS`, next to the hand-written training form it is tested
+equal to; this module runs it in batches, in eval mode, on private input copies.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
-from captum.attr import InputXGradient, LayerGradCam, LayerGradientXActivation, Saliency
 from torch import nn
 
-from core.explain import EXPLAINERS, resize_to_larger
-from core.models import explained_layer, is_bcos_model
+from core.explain import explanation_context, get_explainer, resize_to_larger
+
 
 def captum_maps(
     model: nn.Module, x: torch.Tensor, target: torch.Tensor, explainer: str = "gradcam", batch_size: int = 128
@@ -39,8 +37,7 @@ def captum_maps(
     The maps are detached and returned on `x`'s device. Gradients are taken with
     `torch.autograd.grad`, so no parameter's `.grad` is touched.
     """
-    if explainer not in EXPLAINERS:
-        raise ValueError(f"unknown explainer '{explainer}'; known: {', '.join(EXPLAINERS)}")
+    get_explainer(explainer)  # an unknown name fails before any work
     if x.ndim != 4:
         raise ValueError(f"inputs must be (N, C, H, W), got shape {tuple(x.shape)}")
     target = torch.as_tensor(target, dtype=torch.long).reshape(-1)
@@ -68,24 +65,11 @@ def captum_maps(
 def _explain_batch(
     model: nn.Module, explainer: str, x: torch.Tensor, target: torch.Tensor, device: torch.device
 ) -> torch.Tensor:
+    method = get_explainer(explainer)
     # A private copy that requires grad: captum would otherwise set that flag on the caller's tensor (and warn).
-    inputs = x.detach().to(device).clone().requires_grad_(explainer not in ("gradcam", "bcos"))
-    target = target.to(device)
-    if explainer == "gradcam":
-        attribution = LayerGradCam(model, explained_layer(model)).attribute(
-            inputs, target=target, relu_attributions=True
-        )
-    elif explainer == "bcos":
-        if not is_bcos_model(model):
-            raise ValueError("the bcos explainer explains only B-cos models (bcos/<name>)")
-        with model.explanation_mode():
-            attribution = LayerGradientXActivation(model, model.encoder).attribute(inputs, target=target)
-        attribution = attribution.sum(dim=1, keepdim=True)
-    elif explainer == "input_gradient":
-        attribution = Saliency(model).attribute(inputs, target=target, abs=True).sum(dim=1, keepdim=True)
-    else:
-        attribution = InputXGradient(model).attribute(inputs, target=target).sum(dim=1, keepdim=True)
-    return attribution.detach()
+    inputs = x.detach().to(device).clone().requires_grad_(method.needs_input_grad)
+    with explanation_context(model, explainer):
+        return method.captum(model, inputs, target.to(device)).detach()
 
 
 def map_cosine(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

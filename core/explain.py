@@ -1,14 +1,14 @@
-"""Differentiable explanation maps for training, taken from the forward pass the loss already runs.
+"""The explainers: one registry (`EXPLAINERS`) whose entries know both forms of their map.
 
-captum (core.attribution) makes every map a user sees or a metric reads; it runs its
-own forward and returns detached maps. Training needs the student's map WITH a graph
-(the explanation loss is backpropagated through it) and must not pay a second forward
-for it, so this module reads the last-stage activation through a forward hook during
-the ordinary forward and differentiates the logits already computed. The tests pin
-each map here to captum's on the same model and layer.
+captum makes every map a user sees or a metric reads (an entry's `captum` form, run in
+batches by core.attribution); it runs its own forward and returns detached maps.
+Training needs the student's map WITH a graph (the explanation loss is backpropagated
+through it) and must not pay a second forward for it, so an entry's `maps` form reads
+the last-stage activation through a forward hook during the ordinary forward and
+differentiates the logits already computed. The tests pin the two forms of every entry
+equal on the same model and layer.
 
-Channel reduction (the same as core.attribution, so training and evaluation explain
-alike): `input_gradient` = sum over input channels of |dY_t/dx| (captum Saliency with
+Channel reduction (the same in both forms, so training and evaluation explain alike): `input_gradient` = sum over input channels of |dY_t/dx| (captum Saliency with
 abs=True, then summed); `input_x_gradient` = sum over input channels of x * dY_t/dx,
 signed (captum InputXGradient, then summed).
 `bcos` = sum over the ENCODED input's channels of e * dY_t/de, the B-cos contribution
@@ -26,8 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.models import is_bcos_arch, is_bcos_model
-
+from core.models import explained_layer, is_bcos_arch, is_bcos_model
 
 
 class FeatureTap:
@@ -99,18 +98,27 @@ def input_x_gradient_maps(
 
 @dataclass(frozen=True)
 class Explainer:
-    """One differentiable explainer: what it reads from the forward, and how it makes maps from it.
+    """One explainer in its two forms: the differentiable map training reads, and captum's map of the same thing.
 
-    `reads` is "activations" (the tapped explained layer) or "inputs" (x, which must have
-    required grad during the forward). `maps(logits, source, target, create_graph)` returns
-    `(N, 1, h, w)`.
+    - `reads` is "activations" (the tapped explained layer) or "inputs" (x, which must have
+      required grad during the forward).
+    - `maps(logits, source, target, create_graph)`: the training form, `(N, 1, h, w)` from the
+      forward the loss already ran (core.objective, core.signals).
+    - `captum(model, inputs, target)`: the evaluation form, `(N, 1, h, w)` made by captum with its
+      own forward (core.attribution: metrics, heatmaps, the autoencoder's targets). The model is in
+      eval mode and inside `explanation_context`; `inputs` require grad when the explainer reads them.
+    - `bcos_only`: it reads the dynamic linear map W(x) only B-cos networks have, so it fits only
+      them, and their forwards run in explanation mode while it explains.
+    The tests pin both forms equal for every entry.
     """
 
     name: str
     reads: str
     maps: Callable[[torch.Tensor, torch.Tensor, torch.Tensor, bool], torch.Tensor]
+    captum: Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
     # The module whose output "activations" means, when not the explained layer (B-cos: the input encoder).
     source: Callable[[nn.Module], nn.Module] | None = None
+    bcos_only: bool = False
     # How people see it named: heatmap captions, report tables, the model card (e.g. "Grad-CAM").
     label: str = ""
     # What makes the maps users see (core.attribution), for the heatmaps' PNG provenance.
@@ -143,17 +151,50 @@ def _bcos_encoder(model: nn.Module) -> nn.Module:
     return model.encoder
 
 
-# The one lookup of explainers: adding one is one entry here (plus its captum reference in core.attribution).
+# The evaluation forms. captum is imported when a map is made, not when the spec's explainer names are read
+# (the API validates specs with this module and never makes a map).
+
+
+def _captum_gradcam(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """captum LayerGradCam on the explained layer, relu'd, at the layer's resolution (not upsampled)."""
+    from captum.attr import LayerGradCam
+
+    return LayerGradCam(model, explained_layer(model)).attribute(inputs, target=target, relu_attributions=True)
+
+
+def _captum_input_gradient(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """captum Saliency(abs=True), |dY_t/dx|, summed over the input channels."""
+    from captum.attr import Saliency
+
+    return Saliency(model).attribute(inputs, target=target, abs=True).sum(dim=1, keepdim=True)
+
+
+def _captum_input_x_gradient(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """captum InputXGradient, x * dY_t/dx (signed), summed over the input channels."""
+    from captum.attr import InputXGradient
+
+    return InputXGradient(model).attribute(inputs, target=target).sum(dim=1, keepdim=True)
+
+
+def _captum_bcos(model: nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """captum LayerGradientXActivation on the input encoder (in explanation mode), summed over encoded channels."""
+    from captum.attr import LayerGradientXActivation
+
+    return LayerGradientXActivation(model, _bcos_encoder(model)).attribute(inputs, target=target).sum(
+        dim=1, keepdim=True)
+
+
+# The one lookup of explainers: adding one is one entry here, with its training and its captum form.
 EXPLAINERS: dict[str, Explainer] = {
-    "gradcam": Explainer("gradcam", "activations", gradcam_maps, label="Grad-CAM",
+    "gradcam": Explainer("gradcam", "activations", gradcam_maps, _captum_gradcam, label="Grad-CAM",
                          reference="captum LayerGradCam"),
-    "input_gradient": Explainer("input_gradient", "inputs", input_gradient_maps, label="input gradient",
-                                reference="captum Saliency (abs), summed over channels"),
-    "input_x_gradient": Explainer("input_x_gradient", "inputs", input_x_gradient_maps, label="input x gradient",
-                                  reference="captum InputXGradient, summed over channels"),
-    "bcos": Explainer("bcos", "activations", bcos_maps, source=_bcos_encoder, label="B-cos",
-                      reference="captum LayerGradientXActivation on the B-cos input encoder "
-                                "(contribution map W(x)*x), summed over channels"),
+    "input_gradient": Explainer("input_gradient", "inputs", input_gradient_maps, _captum_input_gradient,
+                                label="input gradient", reference="captum Saliency (abs), summed over channels"),
+    "input_x_gradient": Explainer("input_x_gradient", "inputs", input_x_gradient_maps, _captum_input_x_gradient,
+                                  label="input x gradient", reference="captum InputXGradient, summed over channels"),
+    "bcos": Explainer("bcos", "activations", bcos_maps, _captum_bcos, source=_bcos_encoder, bcos_only=True,
+                      label="B-cos", reference="captum LayerGradientXActivation on the B-cos input encoder "
+                                               "(contribution map W(x)*x), summed over channels"),
 }
 
 
@@ -181,8 +222,8 @@ def explainer_problem(explainer: str, arch: str) -> str | None:
     """
     if explainer not in EXPLAINERS:
         return f"unknown explainer '{explainer}'; known: {', '.join(EXPLAINERS)}"
-    if explainer == "bcos" and not is_bcos_arch(arch):
-        return f"the bcos explainer explains only B-cos models (bcos/<name>), not '{arch}'"
+    if EXPLAINERS[explainer].bcos_only and not is_bcos_arch(arch):
+        return f"the {explainer} explainer explains only B-cos models (bcos/<name>), not '{arch}'"
     return None
 
 
@@ -193,8 +234,8 @@ def map_source(model: nn.Module, explainer: str) -> nn.Module | None:
 
 
 def explanation_context(model: nn.Module, explainer: str | None) -> AbstractContextManager[None]:
-    """What a forward needs for `explainer`: B-cos models in explanation mode for `bcos`, else nothing."""
-    if explainer == "bcos" and is_bcos_model(model):
+    """What a forward needs for `explainer`: B-cos models in explanation mode for a `bcos_only` one, else nothing."""
+    if explainer is not None and get_explainer(explainer).bcos_only and is_bcos_model(model):
         return model.explanation_mode()
     return nullcontext()
 

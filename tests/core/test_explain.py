@@ -8,11 +8,16 @@ from captum.attr import InputXGradient, LayerGradCam, Saliency
 
 from core.attribution import captum_maps
 from core.explain import (
+    EXPLAINERS,
+    Explainer,
     FeatureTap,
+    explainer_problem,
+    explaining_forwards,
     explanation_maps,
     gradcam_maps,
     input_gradient_maps,
     input_x_gradient_maps,
+    map_source,
     match_size,
     minmax_normalize,
 )
@@ -57,15 +62,42 @@ def test_input_maps_equal_captum_saliency_and_input_x_gradient_summed_over_chann
     torch.testing.assert_close(input_x_gradient, ixg_ref, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("explainer", ["gradcam", "input_gradient", "input_x_gradient"])
-def test_training_maps_equal_the_evaluation_maps(explainer: str) -> None:
-    """Training optimises the same maps that core.attribution serves and evaluates."""
-    model, x, target = _model_and_batch("resnet8", seed=2)
-    tap = FeatureTap(explained_layer(model))
+def _training_form(model: torch.nn.Module, explainer: str, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The map as training makes it: from the model's own forward, through the tap the objective uses."""
+    tap = FeatureTap(map_source(model, explainer) or explained_layer(model))
     inputs = x.clone().requires_grad_()
-    ours = explanation_maps(explainer, model(inputs), tap.take(), inputs, target)
+    with explaining_forwards(explainer, model):
+        maps = explanation_maps(explainer, model(inputs), tap.take(), inputs, target)
     tap.remove()
-    torch.testing.assert_close(ours, captum_maps(model, x, target, explainer), atol=1e-5, rtol=1e-5)
+    return maps
+
+
+@pytest.mark.parametrize("explainer", list(EXPLAINERS))
+def test_every_explainer_makes_the_same_map_in_its_training_and_its_captum_form(explainer: str) -> None:
+    """Training optimises the same maps that core.attribution serves and evaluates, for every registered name."""
+    arch = "bcos/cifar10_resnet8" if EXPLAINERS[explainer].bcos_only else "resnet8"
+    model, x, target = _model_and_batch(arch, seed=2)
+    reference = captum_maps(model, x, target, explainer)
+    assert reference.abs().max() > 1e-4  # a non-trivial map, so the comparison means something
+    torch.testing.assert_close(_training_form(model, explainer, x, target), reference, atol=1e-5, rtol=1e-4)
+
+
+def test_an_explainer_added_as_one_registry_entry_serves_training_evaluation_and_validation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def doubled_saliency(model: torch.nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return 2 * Saliency(model).attribute(inputs, target=target, abs=True).sum(dim=1, keepdim=True)
+
+    def doubled_maps(logits: torch.Tensor, inputs: torch.Tensor, target: torch.Tensor, graph: bool) -> torch.Tensor:
+        return 2 * input_gradient_maps(logits, inputs, target, graph)
+
+    monkeypatch.setitem(EXPLAINERS, "toy", Explainer("toy", "inputs", doubled_maps, doubled_saliency))
+    model, x, target = _model_and_batch("cnn", seed=3)
+
+    assert explainer_problem("toy", "resnet8") is None
+    evaluated = captum_maps(model, x, target, "toy")
+    torch.testing.assert_close(evaluated, 2 * captum_maps(model, x, target, "input_gradient"))
+    torch.testing.assert_close(_training_form(model, "toy", x, target), evaluated, atol=1e-5, rtol=1e-5)
 
 
 def test_gradcam_with_create_graph_sends_gradients_to_every_student_parameter_it_depends_on() -> None:
