@@ -145,7 +145,9 @@ class TrainingSpec(_Strict):
 
 
 class ReportSpec(_Strict):
-    heatmaps: int = Field(16, ge=0, le=256, description="Test images rendered as input|teacher|student PNGs.")
+    heatmaps: int = Field(16, ge=0, le=256, description=(
+        "Test images rendered as PNGs: input, then teacher and student maps of the job's explainer "
+        "(and of Grad-CAM beside them when that is another one)."))
     latency_runs: int = Field(20, ge=1, le=1000, description="Timed forward passes per latency table row.")
 
 
