@@ -22,6 +22,7 @@ from api.deps import require_api_key
 from api.errors import install_error_handlers
 from api.documents import DocumentCache
 from api.events import EventHub, EventStreamConfig
+from api.fastpath import add_fast_routes
 from api.limits import BodyLimitMiddleware
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.routes import datasets, health, jobs, models, sweeps
@@ -29,6 +30,7 @@ from api.schemas import ErrorResponse
 from api.uploads import tmp_dir
 from store.db import Database, upgrade_database
 from store.queue import make_celery
+from store.repository import VersionLookup
 from store.settings import Settings, get_settings
 from store.storage import storage_from_settings
 
@@ -69,10 +71,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             celery.close()
+            if app.state.versions is not None:
+                app.state.versions.close()
             database.dispose()
 
     app = FastAPI(
         title="distill",
+        # FastAPI's own OpenTelemetry hooks ask the global providers on every request; this service
+        # exports Prometheus metrics (api.metrics), so they are off.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
         version=API_VERSION,
         description=_DESCRIPTION,
         lifespan=lifespan,
@@ -87,6 +94,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.database = database
     app.state.inline_reads = database.reader.dialect.name == "sqlite"  # see api.deps.run_read
+    # Inline reads all run on the event loop's thread, which keeps one connection for the version lookups.
+    app.state.versions = VersionLookup(database.reader) if app.state.inline_reads else None
     app.state.celery = celery
     app.state.storage = storage_from_settings(settings)
     app.state.metrics = metrics
@@ -101,12 +110,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(ApiKeyMiddleware, settings=settings)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
+    # The router tries routes in order: the polling routes' fast path first (api.fastpath), then the
+    # probes, the most frequent requests with the least work.
+    add_fast_routes(app)
+    app.include_router(health.router)  # open: probes and scrapers carry no key
     for module in (jobs, models, datasets, sweeps):
         app.include_router(
             module.router,
             dependencies=[Depends(require_api_key)],
             responses={401: {"model": ErrorResponse, "description": "Missing or wrong bearer key."}},
         )
-    app.include_router(health.router)  # open: probes and scrapers carry no key
     mount_dashboard(app)  # static page at /ui (the API calls it makes carry the key)
     return app

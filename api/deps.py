@@ -52,7 +52,12 @@ async def run_read(request: Request, function: Callable[..., T], *args: Any) -> 
     there and back costs about as much as the read. A PostgreSQL read waits on a socket, so
     there the event loop serves other requests meanwhile.
     """
-    if request.app.state.inline_reads:
+    return await run_read_on(request.app.state, function, *args)
+
+
+async def run_read_on(state: Any, function: Callable[..., T], *args: Any) -> T:
+    """`run_read` for code that holds the app's state rather than a request (api.fastpath)."""
+    if state.inline_reads:
         return function(*args)
     return await run_in_threadpool(function, *args)
 

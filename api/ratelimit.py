@@ -30,7 +30,7 @@ class _Bucket:
 
 
 class RateLimiter:
-    """Token buckets keyed by caller; thread-safe (sync routes run in a thread pool)."""
+    """Token buckets keyed by caller; thread-safe (several apps may share a process, and tests call it from threads)."""
 
     def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic) -> None:
         self.capacity = float(per_minute)
@@ -55,8 +55,11 @@ class RateLimiter:
             return (1.0 - bucket.tokens) / self.rate_per_s
 
 
-def rate_limit(request: Request, settings: SettingsDep, caller: CallerDep) -> None:
-    """Dependency of every POST route: 429 with Retry-After once the caller's allowance is spent."""
+async def rate_limit(request: Request, settings: SettingsDep, caller: CallerDep) -> None:
+    """Dependency of every POST route: 429 with Retry-After once the caller's allowance is spent.
+
+    `async`: a few dictionary operations under a lock, cheaper than FastAPI's hop to the thread
+    pool and back that a sync dependency costs on every POST."""
     if settings.rate_limit_per_min <= 0:
         return
     limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)

@@ -2,7 +2,7 @@
 
     python bench/service_speed.py                      # every part (quiet machine)
     python bench/service_speed.py --quick              # smoke test: 5 clients x 3 s, tiny jobs
-    python bench/service_speed.py --parts load training   # one or more: load, training, queue, scale, sweep, storage
+    python bench/service_speed.py --parts load training   # one or more: load, polls, training, queue, scale, sweep, storage
 
 Everything runs on loopback, in processes this script starts and stops: `distill api` /
 `distill serve` / `distill worker`, a bare Starlette app (bench/floor_app.py), and for the
@@ -18,6 +18,9 @@ DISTILL_HOME under bench/.cache/.
    one request then `--think-ms` pause, like dashboards polling: p99 of GET job, GET list, POST);
    closed loop (clients back to back: requests/s and p99 of GET job). The load client is a
    bounded asyncio client on raw keep-alive HTTP/1.1, so it spends little of the 2 cores.
+   Paced clients start spread evenly over one pause (`--together`: all at once, a burst each second).
+1c. Polls (this tree only): closed-loop and paced rows of conditional GETs (If-None-Match -> 304) of a
+   job and of a page, of the summary view, and of `distill api --workers 2` next to one process.
 2. Training: paced GET job against a job that is training in the same `distill serve`,
    before and after (the after side runs training niced, with the cores the API leaves).
 3. Queue latency: POST a tiny job to an idle `distill serve` and time it to `running`, from
@@ -249,8 +252,8 @@ class Connection:
         reader, writer = await asyncio.open_connection(HOST, port)
         return cls(reader, writer)
 
-    async def request(self, method: str, path: str, body: bytes = b"") -> int:
-        head = f"{method} {path} HTTP/1.1\r\nHost: {HOST}\r\nAccept: application/json\r\n"
+    async def request(self, method: str, path: str, body: bytes = b"", headers: str = "") -> int:
+        head = f"{method} {path} HTTP/1.1\r\nHost: {HOST}\r\nAccept: application/json\r\n{headers}"
         if body:
             head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
         self.writer.write(head.encode() + b"\r\n" + body)
@@ -274,8 +277,14 @@ class Connection:
 
 
 async def load(port: int, method: str, paths: list[str], body: bytes, clients: int, seconds: float,
-               think_s: float, warmup_s: float) -> dict[str, Any]:
-    """`clients` concurrent keep-alive clients for warm-up + `seconds`; latencies of the measured window only."""
+               think_s: float, warmup_s: float, headers: dict[str, str] | None = None,
+               together: bool = False) -> dict[str, Any]:
+    """`clients` concurrent keep-alive clients for warm-up + `seconds`; latencies of the measured window only.
+
+    Paced clients (`think_s` > 0) start spread evenly over one pause, as independent dashboards
+    polling once a second do; `together` starts them all at once instead, so every second brings a
+    burst of `clients` simultaneous requests. `headers` maps a path to extra request header lines
+    (e.g. its If-None-Match)."""
     latencies_ms: list[float] = []
     statuses: Counter[int] = Counter()
     errors = 0
@@ -286,12 +295,14 @@ async def load(port: int, method: str, paths: list[str], body: bytes, clients: i
         nonlocal errors
         connection = await Connection.open(port)
         count = index
+        if think_s and not together:
+            await asyncio.sleep(think_s * index / clients)
         try:
             while (now := time.perf_counter()) < stop_at:
                 path = paths[count % len(paths)]
                 count += 1
                 try:
-                    status = await connection.request(method, path, body)
+                    status = await connection.request(method, path, body, (headers or {}).get(path, ""))
                 except (ConnectionError, asyncio.IncompleteReadError, ValueError):
                     errors += 1
                     connection.close()
@@ -420,7 +431,7 @@ def paced_and_closed_rows(args: argparse.Namespace, label: str, apis: dict[str, 
         for version, (port, _, job_ids) in apis.items():
             paths = ([f"/v1/jobs/{job_id}" for job_id in job_ids] if "{id}" in name else ["/v1/jobs"])
             result = asyncio.run(load(port, method, paths, body if method == "POST" else b"", args.clients,
-                                      args.seconds, args.think_ms / 1000, args.warmup))
+                                      args.seconds, args.think_ms / 1000, args.warmup, together=args.together))
             result["load_avg_1m"] = os.getloadavg()[0]
             bad = sum(n for status, n in result["statuses"].items() if status not in {200, 201}) + result["errors"]
             verdict = ("met" if result["p99_ms"] <= target and bad == 0 else "MISSED") if version == "after" else ""
@@ -493,8 +504,9 @@ def part_load(args: argparse.Namespace) -> tuple[list[tuple[str, list[str], list
          f"'before' is {before}, 'after' this tree; 50 jobs in the table",
          ["backend", "server", "request", "median ms", "ratio (latency)", "server CPU ms/req", "ratio (CPU)",
           "target", "verdict (latency)"], one_rows),
-        (f"Paced: {args.clients} clients, each one request then {args.think_ms:g} ms pause, {args.seconds:g} s per "
-         f"row after {args.warmup:g} s warm-up; one API process; before and after back to back per row",
+        (f"Paced: {args.clients} clients, each one request then {args.think_ms:g} ms pause ({paced_start(args)}), "
+         f"{args.seconds:g} s per row after {args.warmup:g} s warm-up; one API process; before and after back to "
+         "back per row",
          ["backend", "endpoint", "code", "req/s", "p50 ms", "p99 ms", "p99 target", "verdict", "non-2xx/errors",
           "load 1m"], paced_rows),
         (f"Closed loop: {args.clients} clients sending GET /v1/jobs/{{id}} back to back for {args.closed_seconds:g} s; "
@@ -503,6 +515,77 @@ def part_load(args: argparse.Namespace) -> tuple[list[tuple[str, list[str], list
           "verdict"], closed_rows),
     ]
     return tables, data
+
+
+def paced_start(args: argparse.Namespace) -> str:
+    return "all clients start together: a burst each second" if args.together else "clients start spread over the pause"
+
+
+# --- part 1c: conditional GETs, the summary view and 2 API processes (this tree only) ---------------------
+
+
+def etags(base: str, paths: list[str]) -> dict[str, str]:
+    """Each path's current ETag, as an If-None-Match header line for the load client."""
+    found = {}
+    for path in paths:
+        with urllib.request.urlopen(f"{base}{path}", timeout=30) as response:
+            found[path] = f"If-None-Match: {response.headers['ETag']}\r\n"
+    return found
+
+
+def polls_rows(args: argparse.Namespace, label: str, processes: int, port: int, base: str, job_ids: list[str],
+               reference: dict[str, float]) -> list[list[Any]]:
+    """Closed-loop and paced rows of one API (`processes` processes): plain, conditional and summary polls."""
+    jobs = [f"/v1/jobs/{job_id}" for job_id in job_ids]
+    summaries = [f"{path}?view=summary" for path in jobs]
+    lists = ["/v1/jobs?limit=20"]
+    cases = [("GET /v1/jobs/{id}", jobs, None), ("GET /v1/jobs/{id} + If-None-Match (304)", jobs, etags(base, jobs)),
+             ("GET /v1/jobs/{id}?view=summary", summaries, None),
+             ("GET /v1/jobs?limit=20 + If-None-Match (304)", lists, etags(base, lists))]
+    if processes > 1:
+        cases = cases[:2]
+    rows = []
+    for name, paths, headers in cases:
+        for mode, think_s, seconds, target in (("closed loop", 0.0, args.closed_seconds, None),
+                                               ("paced 1/s", args.think_ms / 1000, args.seconds, 50.0)):
+            if mode == "paced 1/s" and headers is None and processes == 1:
+                continue  # the load part has these rows (plain and summary polls are alike)
+            result = asyncio.run(load(port, "GET", paths, b"", args.clients, seconds, think_s, args.warmup,
+                                      headers, together=args.together))
+            result["load_avg_1m"] = os.getloadavg()[0]
+            expected = 304 if headers else 200
+            bad = sum(n for status, n in result["statuses"].items() if status != expected) + result["errors"]
+            key = f"{label} | {processes} | {name} | {mode}"
+            if processes == 1 and mode == "closed loop" and headers is None and "summary" not in name:
+                reference[label] = result["throughput_rps"]
+            gain = result["throughput_rps"] / reference[label] if mode == "closed loop" and reference.get(label) else None
+            verdict = ("met" if result["p99_ms"] <= target and bad == 0 else "MISSED") if target else ""
+            rows.append([label, processes, name, mode, f"{result['throughput_rps']:.0f}",
+                         f"{gain:.2f}x" if gain else "", f"{result['p50_ms']:.1f}", f"{result['p99_ms']:.1f}",
+                         f"<= {target:g}" if target else "", verdict, bad, f"{result['load_avg_1m']:.1f}"])
+            common.log.info("%s: %s", key, {k: result[k] for k in ("throughput_rps", "p50_ms", "p99_ms", "errors")})
+    return rows
+
+
+def part_polls(args: argparse.Namespace) -> tuple[list[tuple[str, list[str], list[list[Any]]]], dict[str, Any]]:
+    """This tree only: conditional GETs (304), the summary view, and `distill api --workers 2`."""
+    rows: list[list[Any]] = []
+    reference: dict[str, float] = {}
+    backends = ["sqlite", "postgresql"] if not args.sqlite_only else ["sqlite"]
+    with servers("postgresql" in backends) as (postgres, redis):
+        for backend in backends:
+            for processes in (1, 2):
+                label, db_url, broker_url = backend_urls(backend, postgres, redis)
+                with stack(f"polls-{backend}-{processes}", db_url, broker_url) as running:
+                    job_ids = start_api(running, args.seed_jobs, processes)
+                    rows += polls_rows(args, label, processes, running.port, running.base, job_ids, reference)
+    caption = (f"Polls on this tree: {args.clients} clients, closed loop ({args.closed_seconds:g} s) or paced "
+               f"(one request then {args.think_ms:g} ms pause, {paced_start(args)}, {args.seconds:g} s), after "
+               f"{args.warmup:g} s warm-up; 'x 1 process' = requests/s over the plain GET job row of one API process "
+               "in this run")
+    headers = ["backend", "API processes", "request", "load", "req/s", "x 1 process", "p50 ms", "p99 ms",
+               "p99 target", "verdict", "unexpected status/errors", "load 1m"]
+    return [(caption, headers, rows)], {"rows": rows}
 
 
 # --- part 1b: the API while a job trains (distill serve) -------------------------------------------------
@@ -538,7 +621,8 @@ def part_training(args: argparse.Namespace) -> tuple[list[tuple[str, list[str], 
                             raise SystemExit("the training job did not start training")
                         time.sleep(0.5)
                     result = asyncio.run(load(running.port, "GET", [f"/v1/jobs/{job_id}"], b"", args.clients,
-                                              args.seconds, args.think_ms / 1000, args.warmup))
+                                              args.seconds, args.think_ms / 1000, args.warmup,
+                                              together=args.together))
                     after = http_json("GET", f"{running.base}/v1/jobs/{job_id}")
                     if after["status"] != "running":
                         raise SystemExit(f"the job stopped training during the window: {after['status']}")
@@ -552,7 +636,8 @@ def part_training(args: argparse.Namespace) -> tuple[list[tuple[str, list[str], 
                                  f"{result['load_avg_1m']:.1f}"])
                     common.log.info("%s %s while training: %s", label, name,
                                     {k: result[k] for k in ("throughput_rps", "p50_ms", "p99_ms", "errors")})
-    caption = (f"Paced GET /v1/jobs/{{id}} ({args.clients} clients, once a second, {args.seconds:g} s) on a job "
+    caption = (f"Paced GET /v1/jobs/{{id}} ({args.clients} clients, once a second, {paced_start(args)}, "
+               f"{args.seconds:g} s) on a job "
                "training in the same `distill serve --workers 1` (digits, resnet20 -> resnet8 e2kd)")
     headers = ["backend", "code", "stage", "req/s", "p50 ms", "p99 ms", "p99 target", "verdict", "non-2xx/errors",
                "load 1m"]
@@ -757,8 +842,9 @@ STORAGE_JOB: dict[str, Any] = {
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke test: 5 clients x 3 s, 2 queue jobs, tiny jobs")
-    parser.add_argument("--parts", nargs="+", default=["load", "training", "queue", "scale", "sweep", "storage"],
-                        choices=["load", "training", "queue", "scale", "sweep", "storage"])
+    parser.add_argument("--parts", nargs="+", default=["load", "polls", "training", "queue", "scale", "sweep",
+                                                       "storage"],
+                        choices=["load", "polls", "training", "queue", "scale", "sweep", "storage"])
     parser.add_argument("--baseline", default=BASELINE_COMMIT, help="the 'before' commit of the load/training parts")
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--seconds", type=float, default=30.0, help="measured seconds per paced row")
@@ -767,6 +853,9 @@ def main() -> None:
     parser.add_argument("--one-client-rounds", type=int, default=5)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--think-ms", type=float, default=1000.0, help="pause between a paced client's requests")
+    parser.add_argument("--together", action="store_true",
+                        help="paced clients all start at once (a burst of --clients requests each second) instead "
+                             "of spread over the pause")
     parser.add_argument("--seed-jobs", type=int, default=50, help="jobs created before the load rows")
     parser.add_argument("--sqlite-only", action="store_true", help="load/training parts without PostgreSQL")
     parser.add_argument("--queue-jobs", type=int, default=10)
@@ -786,7 +875,7 @@ def main() -> None:
     if not Path(DISTILL).exists():
         raise SystemExit(f"{DISTILL} not found: install the project (pip install -e .) into this environment")
 
-    parts = {"load": part_load, "training": part_training, "queue": part_queue, "scale": part_scale,
+    parts = {"load": part_load, "polls": part_polls, "training": part_training, "queue": part_queue, "scale": part_scale,
              "sweep": part_sweep, "storage": part_storage}
     tables, data = [], {}
     for part in args.parts:
@@ -795,7 +884,7 @@ def main() -> None:
         data[part] = part_data
     settings = {
         "parts": args.parts, "baseline": args.baseline, "clients": args.clients, "seconds_per_row": args.seconds,
-        "closed_seconds": args.closed_seconds, "think_ms": args.think_ms,
+        "closed_seconds": args.closed_seconds, "think_ms": args.think_ms, "paced_start": paced_start(args),
         "queue_jobs": args.queue_jobs, "scale_epochs": args.scale_epochs, "scale_repeats": args.scale_repeats,
         "storage_jobs": args.storage_jobs, "storage_repeats": args.storage_repeats,
     }
@@ -805,7 +894,7 @@ def main() -> None:
         "paced rows show the latency at a polling-like load.",
     ]
     notes += [f"Shutdown problem seen: {text}" for text in ORPHANS]
-    everything = ["load", "training", "queue", "scale", "sweep", "storage"]
+    everything = ["load", "polls", "training", "queue", "scale", "sweep", "storage"]
     suffix = "_quick" if args.quick else ("" if args.parts == everything else "_" + "_".join(args.parts))
     common.write_results("service_speed" + suffix, "Service speed and scale (loopback)", settings, tables, data, notes)
 

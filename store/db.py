@@ -3,8 +3,9 @@
 SQLite (the embedded default) is tuned for several processes sharing one file:
 WAL so readers never block the writer, a 30 s busy timeout so writers queue
 instead of failing, and foreign keys on (SQLite leaves them off by default).
-PostgreSQL (production) gets pre-ping so a restarted server costs one retry,
-not a 500. Migrations run through Alembic programmatically, so they work from
+PostgreSQL (production): the write engine pings before each checkout and the read
+engine reads again on a fresh connection (`read_with_retry`), so a restarted server
+costs one retry, not a 500. Migrations run through Alembic programmatically, so they work from
 any working directory and from an installed package.
 """
 
@@ -12,14 +13,15 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool, StaticPool
 
@@ -32,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 SQLITE_BUSY_TIMEOUT_S = 30
+T = TypeVar("T")
 
 
 def _is_sqlite(url: str) -> bool:
@@ -179,9 +182,28 @@ def read_engine(url: str, engine: Engine, **kwargs: Any) -> Engine:
     """
     if _is_sqlite(url):
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
+    # No pre-ping: it is one more round trip per checkout, i.e. per poll. A connection the server
+    # dropped fails its read instead, and `read_with_retry` reads again on a fresh one.
     kwargs.setdefault("json_deserializer", load_json)
     return create_engine(url, isolation_level="AUTOCOMMIT", **kwargs)
+
+
+def read_with_retry(engine: Engine, function: Callable[..., T], *args: Any) -> T:
+    """`function(connection, *args)` on a connection of `engine`; once more on a fresh one if the first was dead.
+
+    For reads only (running one twice changes nothing). When the server restarted, every pooled
+    connection is stale: SQLAlchemy invalidates the pool on the first disconnect error, so the
+    retry gets a new connection and the client never sees the restart.
+    """
+    try:
+        with engine.connect() as connection:
+            return function(connection, *args)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        logger.warning("database connection lost (%s); reading again on a new one", type(exc.orig).__name__)
+    with engine.connect() as connection:
+        return function(connection, *args)
 
 
 class Database:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from pathlib import PurePosixPath
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import FileResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
 
 from api.conditional import etag_matches, job_etag, json_response, not_modified, page_etag
@@ -29,6 +29,7 @@ from store.artifacts import UnsafeArtifactPath, artifact_path
 from store.models import Job, JobStatus
 from store.repository import JOB_ID_AT, JOB_VERSION_AT
 from store.queue import enqueue_job
+from store.db import read_with_retry
 from store.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,11 @@ router = APIRouter(prefix=f"{API_V1}/jobs", tags=["jobs"])
 # scikit-learn's digits: 10 classes of 8x8 grey images (core.data reads it the same way).
 DIGITS_NUM_CLASSES, DIGITS_IN_CHANNELS = 10, 1
 
-JobId = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_-]+$",
+# The request rules of the polling routes, shared with their fast path (api.fastpath).
+JOB_ID_PATTERN, JOB_ID_MAX_LENGTH = r"^[A-Za-z0-9_-]+$", 40
+PAGE_MAX_LIMIT, PAGE_DEFAULT_LIMIT, CURSOR_MAX_LENGTH, IF_NONE_MATCH_MAX_LENGTH = 100, 20, 500, 2000
+
+JobId = Annotated[str, Path(min_length=1, max_length=JOB_ID_MAX_LENGTH, pattern=JOB_ID_PATTERN,
                             description="Job id, e.g. 'job_5f0c2a9d3e1b4c7a'.")]
 _NOT_FOUND = {404: {"model": ErrorResponse, "description": "No job with that id (`job_not_found`)."}}
 
@@ -145,7 +150,7 @@ def create_job(
 ViewQuery = Annotated[JobView, Query(description="`full` (default): the whole job, with spec, artifacts and the "
                                      "per-epoch `metrics.history`. `summary`: state, stage, progress, error, times "
                                      "and metrics without `history`; no spec, no artifacts. For pollers.")]
-IfNoneMatch = Annotated[str | None, Header(alias="If-None-Match", max_length=2000,
+IfNoneMatch = Annotated[str | None, Header(alias="If-None-Match", max_length=IF_NONE_MATCH_MAX_LENGTH,
                                            description="An `ETag` from an earlier answer: 304 while it is current.")]
 _CONDITIONAL = {304: {"description": "Not Modified: the `If-None-Match` ETag is current (no body)."}}
 
@@ -155,47 +160,52 @@ def _job_response(job: Job, view: JobView = JobView.full, status_code: int = 200
     return json_response(encode(job_document(job, view)), etag, status_code)
 
 
-def _read_job(reader: Engine, cache: DocumentCache, job_id: str, view: JobView, if_none_match: str | None,
-              owner: str | None) -> Response:
-    """One primary-key lookup of the version; the row itself is read only when this version is not cached."""
-    full = view is JobView.full
-    with reader.connect() as connection:
-        try:
-            version = repository.job_stamp(connection, job_id, owner).version
-            etag = job_etag(job_id, version, view.value)
-            if etag_matches(if_none_match, etag):
-                return not_modified(etag)
-            body = cache.get(job_id, version, view)
-            if body is not None:
-                return json_response(body, etag)
-            row = repository.read_job_row(connection, job_id, full=full, owner=owner)
-        except repository.NotFound:
-            raise _job_not_found(job_id) from None
-        artifacts = repository.read_artifact_rows(connection, job_id) if full else None
+def _job_version(state: Any, job_id: str, owner: str | None) -> int:
+    """The version alone: on the calling thread's own connection where there is one (SQLite), else the pool's."""
+    if state.versions is not None:
+        return state.versions.version(job_id, owner)
+    return read_with_retry(state.database.reader, lambda connection: repository.job_stamp(connection, job_id,
+                                                                                           owner).version)
+
+
+def _job_rows(connection: Connection, job_id: str, full: bool, owner: str | None) -> tuple[Any, Any]:
+    row = repository.read_job_row(connection, job_id, full=full, owner=owner)
+    return row, (repository.read_artifact_rows(connection, job_id) if full else None)
+
+
+def read_job(state: Any, job_id: str, view: JobView, if_none_match: str | None, owner: str | None) -> Response:
+    """One primary-key lookup of the version; the row itself is read only when this version is not cached.
+
+    `state` is the app's state (its database, document cache and version lookup)."""
+    cache: DocumentCache = state.documents
+    try:
+        version = _job_version(state, job_id, owner)
+        etag = job_etag(job_id, version, view.value)
+        if etag_matches(if_none_match, etag):
+            return not_modified(etag)
+        body = cache.get(job_id, version, view)
+        if body is not None:
+            return json_response(body, etag)
+        row, artifacts = read_with_retry(state.database.reader, _job_rows, job_id, view is JobView.full, owner)
+    except repository.NotFound:
+        raise _job_not_found(job_id) from None
     version = row[JOB_VERSION_AT] or 0  # it may have moved since the lookup: the body names what it holds
     body = encode(job_document(row, view, artifacts))
     cache.put(job_id, version, view, body)
     return json_response(body, job_etag(job_id, version, view.value))
 
 
-def _read_page(reader: Engine, cache: DocumentCache, status: JobStatus | None, limit: int, cursor: str | None,
-               view: JobView, if_none_match: str | None, owner: str | None) -> Response:
-    """(id, version) of the page first: 304 when unchanged, cached items when every version is cached."""
+def _page_on(connection: Connection, cache: DocumentCache, status: JobStatus | None, limit: int,
+             cursor: str | None, view: JobView, if_none_match: str | None, owner: str | None) -> Response:
     full = view is JobView.full
-    with reader.connect() as connection:
-        try:
-            stamps, next_cursor = repository.list_job_stamps(connection, status, limit, cursor, owner)
-            etag = page_etag([(stamp.id, stamp.version) for stamp in stamps], next_cursor, view.value)
-            if etag_matches(if_none_match, etag):
-                return not_modified(etag)
-            cached = [cache.get(stamp.id, stamp.version, view) for stamp in stamps]
-            if all(body is not None for body in cached):
-                return json_response(page_body(cached, next_cursor), etag)  # type: ignore[arg-type]
-            rows, artifacts, next_cursor = repository.list_job_rows(
-                connection, status, limit, cursor, full=full, owner=owner
-            )
-        except ValueError:
-            raise ApiError(422, "invalid_cursor", "the cursor is not one this API returned", "cursor") from None
+    stamps, next_cursor = repository.list_job_stamps(connection, status, limit, cursor, owner)
+    etag = page_etag([(stamp.id, stamp.version) for stamp in stamps], next_cursor, view.value)
+    if etag_matches(if_none_match, etag):
+        return not_modified(etag)
+    cached = [cache.get(stamp.id, stamp.version, view) for stamp in stamps]
+    if all(body is not None for body in cached):
+        return json_response(page_body(cached, next_cursor), etag)  # type: ignore[arg-type]
+    rows, artifacts, next_cursor = repository.list_job_rows(connection, status, limit, cursor, full=full, owner=owner)
     found = artifacts or {}
     items = []
     for row in rows:
@@ -206,22 +216,32 @@ def _read_page(reader: Engine, cache: DocumentCache, status: JobStatus | None, l
     return json_response(page_body(items, next_cursor), etag)
 
 
+def read_page(state: Any, status: JobStatus | None, limit: int, cursor: str | None, view: JobView,
+              if_none_match: str | None, owner: str | None) -> Response:
+    """(id, version) of the page first: 304 when unchanged, cached items when every version is cached."""
+    try:
+        return read_with_retry(state.database.reader, _page_on, state.documents, status, limit, cursor, view,
+                               if_none_match, owner)
+    except ValueError:
+        raise ApiError(422, "invalid_cursor", "the cursor is not one this API returned", "cursor") from None
+
+
 @router.get("", summary="List jobs, newest first", response_model=JobPage,
             responses={**_CONDITIONAL, **ERROR_RESPONSES})
 async def list_jobs(
     request: Request,
     caller: CallerDep,
     status: Annotated[JobStatus | None, Query(description="Only jobs in this state.")] = None,
-    limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
-    cursor: Annotated[str | None, Query(max_length=500, description="`next_cursor` of the previous page.")] = None,
+    limit: Annotated[int, Query(ge=1, le=PAGE_MAX_LIMIT, description="Page size.")] = PAGE_DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query(max_length=CURSOR_MAX_LENGTH,
+                                        description="`next_cursor` of the previous page.")] = None,
     view: ViewQuery = JobView.full,
     if_none_match: IfNoneMatch = None,
 ) -> Response:
     """The page carries an `ETag` (from its jobs' ids and versions); `If-None-Match` with it answers 304
     until a job on the page changes or the page's membership does."""
-    state = request.app.state
-    return await run_read(request, _read_page, state.database.reader, state.documents, status, limit, cursor, view,
-                          if_none_match, caller.scope)
+    return await run_read(request, read_page, request.app.state, status, limit, cursor, view, if_none_match,
+                          caller.scope)
 
 
 @router.get("/{job_id}", summary="A job's state, progress, metrics, error and artifacts", response_model=JobOut,
@@ -229,9 +249,7 @@ async def list_jobs(
 async def get_job(request: Request, job_id: JobId, caller: CallerDep, view: ViewQuery = JobView.full,
                   if_none_match: IfNoneMatch = None) -> Response:
     """`ETag` is the job's version: poll with `If-None-Match` and get 304 (no body) until the job changes."""
-    state = request.app.state
-    return await run_read(request, _read_job, state.database.reader, state.documents, job_id, view, if_none_match,
-                          caller.scope)
+    return await run_read(request, read_job, request.app.state, job_id, view, if_none_match, caller.scope)
 
 
 @router.post(
