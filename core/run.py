@@ -54,6 +54,7 @@ from core.report_html import write_report
 from core.spec import ExportSpec, JobSpec, public_spec
 from core.terms import build_terms, cross_entropy_only, term_weights
 from core.terms.registry import identity_loss
+from core.torch_runtime import configure_torch
 from core.tracking import TrackingConfig, track_job, tracking_from_env
 from core.trainer import DistillationObjective, OptimConfig, train
 from core.xdistill import ExplainerAutoencoder, explainer_objective
@@ -506,6 +507,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     named = _parse_data(args.data, parser)
     logging.basicConfig(level=os.environ.get("DISTILL_LOG_LEVEL", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        configure_torch()  # DISTILL_TORCH_THREADS, as in a worker; the optimiser's imports before the first stage
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
     try:
         spec = JobSpec.model_validate_json(args.spec.read_bytes())

@@ -54,11 +54,10 @@ def _forget_the_job(task_id: str, **_: Any) -> None:
 
 @signals.worker_init.connect
 def _on_worker_init(**_: Any) -> None:
-    if settings.torch_threads > 0:
-        import torch
+    """Threads, the optimiser's lazy imports and cuDNN set once per worker process, not in a job's stage time."""
+    from core.torch_runtime import configure_torch
 
-        torch.set_num_threads(settings.torch_threads)
-        log.info("torch uses %d threads", settings.torch_threads)
+    configure_torch(settings.torch_threads)
 
 
 @signals.worker_ready.connect

@@ -66,3 +66,20 @@ def test_unknown_command_is_a_usage_error(tmp_path: Path) -> None:
     result = _distill("frobnicate", env=_env(DISTILL_HOME=str(tmp_path)))
     assert result.returncode == 2
     assert "invalid choice" in result.stderr
+
+
+def test_run_honours_distill_torch_threads(tmp_path: Path) -> None:
+    """The CLI applies DISTILL_TORCH_THREADS as a worker does (core.torch_runtime), before it reads the spec."""
+    result = _distill("run", str(tmp_path / "missing.json"), "--out", str(tmp_path / "out"),
+                      env=_env(DISTILL_TORCH_THREADS="1", OMP_NUM_THREADS="2"))
+    assert result.returncode == 2
+    assert "torch: 1 threads (DISTILL_TORCH_THREADS)" in result.stderr
+    assert "cannot read spec" in result.stderr
+
+
+def test_run_rejects_a_bad_distill_torch_threads_by_name(tmp_path: Path) -> None:
+    result = _distill("run", str(tmp_path / "missing.json"), "--out", str(tmp_path / "out"),
+                      env=_env(DISTILL_TORCH_THREADS="two"))
+    assert result.returncode == 2
+    assert "DISTILL_TORCH_THREADS must be a whole number" in result.stderr
+    assert "Traceback" not in result.stderr
