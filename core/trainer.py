@@ -49,6 +49,9 @@ class OptimConfig:
     scheduler: str = "cosine"
     seed: int = 0
     precision: str = "fp32"  # fp32 | bf16 | fp16 (core.precision)
+    # One multi-tensor kernel per update step instead of a Python loop over parameters; the same
+    # arithmetic per element, so the same weights bit for bit (False: torch's per-tensor loop on the CPU).
+    foreach: bool = True
 
     @classmethod
     def from_training(cls, training: TrainingSpec, epochs: int) -> OptimConfig:
@@ -66,12 +69,14 @@ class OptimConfig:
 
 
 def make_optimizer(parameters: list[nn.Parameter], config: OptimConfig) -> torch.optim.Optimizer:
+    foreach = config.foreach
     if config.optimizer == "sgd":
-        return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                               foreach=foreach)
     if config.optimizer == "adam":
-        return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay, foreach=foreach)
     if config.optimizer == "adamw":
-        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay, foreach=foreach)
     raise ValueError(f"unknown optimizer '{config.optimizer}'")
 
 
