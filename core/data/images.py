@@ -16,6 +16,7 @@ memory on CUDA.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from typing import Protocol
 
@@ -48,10 +49,19 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 def normalise(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
     """uint8 (or [0, 1] float) pixels -> (x/255 - mean) / std, float32, on the pixels' device."""
     x = pixels.float().div_(255.0) if pixels.dtype == torch.uint8 else pixels.float()
-    shape = (1, -1, 1, 1)
-    mean_t = torch.tensor(mean, dtype=x.dtype, device=x.device).view(shape)
-    std_t = torch.tensor(std, dtype=x.dtype, device=x.device).view(shape)
+    mean_t, std_t = _channel_stats(tuple(mean), tuple(std), x.device)
     return (x - mean_t) / std_t
+
+
+@functools.lru_cache(maxsize=16)
+def _channel_stats(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The per-channel mean and std as (1, C, 1, 1) float32 tensors on `device`, made once per set and device.
+
+    Built per batch, each would be a small host-to-device copy that waits for the GPU on CUDA.
+    """
+    shape = (1, -1, 1, 1)
+    return (torch.tensor(mean, dtype=torch.float32, device=device).view(shape),
+            torch.tensor(std, dtype=torch.float32, device=device).view(shape))
 
 
 class MemoryImages:
