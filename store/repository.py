@@ -397,7 +397,7 @@ def job_stamp(connection: Connection, job_id: str, owner: str | None = None) -> 
 
 
 class VersionLookup:
-    """`job_stamp`'s version lookup as driver SQL on one DBAPI connection per calling thread.
+    """`job_stamp`'s version lookup (and a first page's stamps) as driver SQL on one DBAPI connection per thread.
 
     Every poll starts with this one-column primary-key read, and most end with it (a 304 or a
     cached body). On SQLite the query itself costs about 0.07 ms, but checking a Connection
@@ -415,35 +415,68 @@ class VersionLookup:
         self._local = threading.local()
         self._held: list[Any] = []
         self._lock = threading.Lock()
+        self._generation = 0
+        self._pages: dict[tuple[bool, bool], tuple[str, tuple[str, ...] | None, dict[str, Any]]] = {}
+        column_type = _JOBS.created_at.type.dialect_impl(engine.dialect)  # with the driver's own conversion
+        self._created_at = column_type.result_processor(engine.dialect, None) or (lambda value: value)
 
-    def _compile(self, statement: Any) -> tuple[str, tuple[str, ...] | None]:
+    def _compile(self, statement: Any) -> tuple[str, tuple[str, ...] | None, dict[str, Any]]:
+        """Driver SQL, the parameter names in order (positional drivers), and the statement's own values
+        (SQLite renders LIMIT with an OFFSET parameter of its own)."""
         compiled = statement.compile(dialect=self.engine.dialect)
-        return compiled.string, (tuple(compiled.positiontup or ()) if self.engine.dialect.positional else None)
+        names = tuple(compiled.positiontup or ()) if self.engine.dialect.positional else None
+        return compiled.string, names, {k: v for k, v in compiled.params.items() if v is not None}
+
+    def _execute(self, compiled: tuple[str, tuple[str, ...] | None, dict[str, Any]], values: dict[str, Any]) -> Any:
+        sql, names, defaults = compiled
+        values = {**defaults, **values}
+        cursor = self._cursor()
+        cursor.execute(sql, tuple(values[name] for name in names) if names is not None else values)
+        return cursor
 
     def _cursor(self) -> Any:
-        cursor = getattr(self._local, "cursor", None)
-        if cursor is None:
+        generation, cursor = getattr(self._local, "cursor", (None, None))
+        if generation != self._generation:  # first use on this thread, or since close()
             connection = self.engine.raw_connection()
             connection.detach()  # this thread's own from now on: never handed to another thread by the pool
             with self._lock:
                 self._held.append(connection)
-            cursor = self._local.cursor = connection.dbapi_connection.cursor()
+            cursor = connection.dbapi_connection.cursor()
+            self._local.cursor = (self._generation, cursor)
         return cursor
 
     def version(self, job_id: str, owner: str | None = None) -> int:
         """The job's version; NotFound if absent or another owner's."""
-        sql, positions = self._statements[owner is not None]
-        values = {"job_id": job_id, "owner": owner}
-        cursor = self._cursor()
-        cursor.execute(sql, tuple(values[name] for name in positions) if positions is not None else values)
-        row = cursor.fetchone()
+        row = self._execute(self._statements[owner is not None], {"job_id": job_id, "owner": owner}).fetchone()
         if row is None:
             raise NotFound(f"job {job_id} not found")
         return row[0]
 
+    def page_stamps(self, status: JobStatus | None, limit: int, cursor: str | None, owner: str | None = None
+                    ) -> tuple[list[JobStamp], str | None] | None:
+        """`list_job_stamps` of a first page (no cursor: what a dashboard polls), or None for a later page.
+
+        A later page binds a datetime, which SQLAlchemy's type conversion must prepare; the
+        first page binds only strings and numbers. Of the result, only the last row's
+        `created_at` (for the next cursor) goes through the column type's conversion."""
+        if cursor is not None:
+            return None
+        key = (status is not None, owner is not None)
+        compiled = self._pages.get(key)
+        if compiled is None:
+            compiled = self._pages[key] = self._compile(_poll_page_statement("stamps", *key[:1], False, key[1]))
+        rows = self._execute(compiled, _page_params(status, limit, None, owner)).fetchall()
+        page = rows[:limit]
+        next_cursor = None
+        if len(rows) > limit:
+            next_cursor = _encode_cursor_values(self._created_at(page[-1][2]), page[-1][0])
+        return [JobStamp(job_id, version) for job_id, version, _ in page], next_cursor
+
     def close(self) -> None:
+        """Close every thread's connection; a later lookup opens a new one (an app may start again)."""
         with self._lock:
             held, self._held = self._held, []
+            self._generation += 1
         for connection in held:
             connection.close()
 

@@ -195,16 +195,25 @@ def read_job(state: Any, job_id: str, view: JobView, if_none_match: str | None, 
     return json_response(body, job_etag(job_id, version, view.value))
 
 
-def _page_on(connection: Connection, cache: DocumentCache, status: JobStatus | None, limit: int,
-             cursor: str | None, view: JobView, if_none_match: str | None, owner: str | None) -> Response:
-    full = view is JobView.full
-    stamps, next_cursor = repository.list_job_stamps(connection, status, limit, cursor, owner)
+def _cached_page(cache: DocumentCache, stamps: list[repository.JobStamp], next_cursor: str | None, view: JobView,
+                 if_none_match: str | None) -> Response | None:
+    """304 when the page is unchanged, its cached documents when every version is cached, else None."""
     etag = page_etag([(stamp.id, stamp.version) for stamp in stamps], next_cursor, view.value)
     if etag_matches(if_none_match, etag):
         return not_modified(etag)
     cached = [cache.get(stamp.id, stamp.version, view) for stamp in stamps]
     if all(body is not None for body in cached):
         return json_response(page_body(cached, next_cursor), etag)  # type: ignore[arg-type]
+    return None
+
+
+def _page_on(connection: Connection, cache: DocumentCache, status: JobStatus | None, limit: int,
+             cursor: str | None, view: JobView, if_none_match: str | None, owner: str | None) -> Response:
+    full = view is JobView.full
+    answer = _cached_page(cache, *repository.list_job_stamps(connection, status, limit, cursor, owner), view,
+                          if_none_match)
+    if answer is not None:
+        return answer
     rows, artifacts, next_cursor = repository.list_job_rows(connection, status, limit, cursor, full=full, owner=owner)
     found = artifacts or {}
     items = []
@@ -218,8 +227,14 @@ def _page_on(connection: Connection, cache: DocumentCache, status: JobStatus | N
 
 def read_page(state: Any, status: JobStatus | None, limit: int, cursor: str | None, view: JobView,
               if_none_match: str | None, owner: str | None) -> Response:
-    """(id, version) of the page first: 304 when unchanged, cached items when every version is cached."""
+    """(id, version) of the page first: 304 when unchanged, cached items when every version is cached.
+
+    A first page's stamps come from the thread's own connection where there is one (SQLite)."""
     try:
+        first = state.versions.page_stamps(status, limit, cursor, owner) if state.versions is not None else None
+        answer = _cached_page(state.documents, *first, view, if_none_match) if first is not None else None
+        if answer is not None:
+            return answer
         return read_with_retry(state.database.reader, _page_on, state.documents, status, limit, cursor, view,
                                if_none_match, owner)
     except ValueError:
