@@ -12,6 +12,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from celery import Celery
 from fastapi import Depends, FastAPI
 from sqlalchemy.engine import make_url
 from starlette.concurrency import run_in_threadpool
@@ -91,6 +92,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "health", "description": "Liveness, readiness and Prometheus metrics (no key needed)."},
         ],
     )
+    _attach_state(app, settings, database, celery, metrics)
+    install_error_handlers(app)
+    # Added last, so it runs first: an oversized or too deep body is refused before anything reads it.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_json_kb * 1024, max_depth=settings.max_json_depth)
+    # Outermost but metrics: a request without a valid key is refused before any body is read.
+    app.add_middleware(ApiKeyMiddleware, settings=settings)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    _include_routes(app)
+    return app
+
+
+def _attach_state(app: FastAPI, settings: Settings, database: Database, celery: Celery, metrics: ApiMetrics) -> None:
+    """What every request handler reads from `app.state`: one place, so the fast path and FastAPI share it."""
     app.state.settings = settings
     app.state.database = database
     app.state.inline_reads = database.reader.dialect.name == "sqlite"  # see api.deps.run_read
@@ -103,13 +118,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.event_hub = EventHub(database.reader, lambda: app.state.event_stream)
     app.state.documents = DocumentCache()
 
-    install_error_handlers(app)
-    # Added last, so it runs first: an oversized or too deep body is refused before anything reads it.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_json_kb * 1024, max_depth=settings.max_json_depth)
-    # Outermost but metrics: a request without a valid key is refused before any body is read.
-    app.add_middleware(ApiKeyMiddleware, settings=settings)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
 
+def _include_routes(app: FastAPI) -> None:
+    """The documented routes behind the API key, after their fast-path twins and the open probes."""
     # The router tries routes in order: the polling routes' fast path first (api.fastpath), then the
     # probes, the most frequent requests with the least work.
     add_fast_routes(app)
@@ -121,4 +132,3 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             responses={401: {"model": ErrorResponse, "description": "Missing or wrong bearer key."}},
         )
     mount_dashboard(app)  # static page at /ui (the API calls it makes carry the key)
-    return app
