@@ -181,8 +181,8 @@ class JobSpec(_Strict):
         if not isinstance(data, dict):
             return data
         method = data.get("method", "kd")
-        if method is None or method not in PRESETS:
-            return data  # unknown method: the Literal check reports it on `method`
+        if not isinstance(method, str) or method not in PRESETS:
+            return data  # unknown or not a name (a list, a number): the Literal check reports it on `method`
         explicit = data.get("loss") or {}
         if not isinstance(explicit, dict):
             return data

@@ -60,6 +60,8 @@ def test_malformed_json_is_422_invalid_json(client: TestClient, app_settings: Se
         ({"loss": {"explanation": {"weight": -0.5}}}, "loss.explanation.weight"),
         ({"training": {"epochs": 0}}, "training.epochs"),
         ({"method": "magic"}, "method"),
+        ({"method": []}, "method"),  # not a name at all: found by the schema fuzzer (was a 500)
+        ({"method": {"kd": 1}}, "method"),
         ({"dataset": {"name": "digits", "id": "ds_x"}}, "dataset"),
         ({"colour": "blue"}, "colour"),
         ({"student": {"arch": "bcos/resnet9"}}, "student.arch"),
