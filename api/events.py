@@ -161,7 +161,9 @@ async def job_events(request: Request, hub: EventHub, job_id: str) -> AsyncItera
                     last_version, last_state, last_sent = snapshot.version, state, time.monotonic()
                 if ended:
                     return
-                if time.monotonic() - last_sent >= config.keepalive_s:
+                # Only once the first state is out: every stream starts with the job's state, even when the
+                # hub's first read of a new job is slower than the keep-alive period.
+                if last_version is not None and time.monotonic() - last_sent >= config.keepalive_s:
                     yield ServerSentEvent(comment="keep-alive")
                     last_sent = time.monotonic()
                 # Wake on a new snapshot; otherwise look again after a poll interval (keep-alive, disconnects).
