@@ -2,7 +2,7 @@
 // Polling one page (a single request, cheap with ETags) scales better than one event stream per listed job.
 
 import { getJSON } from "./api.js";
-import { STATUSES, age, errorBox, fill, h, number, pair, progressBar, statusBadge, stepText } from "./ui.js";
+import { STATUSES, age, fill, h, number, pair, pollList, progressBar, statusBadge, stepText } from "./ui.js";
 
 const REFRESH_MS = 2000;
 const PAGE_SIZE = 50;
@@ -44,25 +44,16 @@ export function jobsView(root, query) {
       body),
   );
 
-  let timer = null;
-  let stopped = false;
-  async function refresh() {
-    try {
-      const params = new URLSearchParams({ limit: String(PAGE_SIZE) });
-      if (status) params.set("status", status);
-      const page = await getJSON(`/v1/jobs?${params}`);
-      if (stopped) return;
+  return pollList(REFRESH_MS, message, updated, async () => {
+    const params = new URLSearchParams({ limit: String(PAGE_SIZE) });
+    if (status) params.set("status", status);
+    const page = await getJSON(`/v1/jobs?${params}`);
+    return () => {
       body.replaceChildren(...page.items.map(jobRow));
       fill(message, page.next_cursor ? h("p", { class: "muted small" },
         `Showing the newest ${PAGE_SIZE}; filter by status to see others (distill jobs --limit 0 lists all).`) : null,
       page.items.length ? null : h("p", { class: "muted" },
         status ? `No ${status} jobs.` : "No jobs yet. Submit one with `distill submit SPEC.json`."));
-      updated.textContent = `updated ${new Date().toLocaleTimeString()}`;
-    } catch (error) {
-      if (!stopped) message.replaceChildren(errorBox(error));
-    }
-    if (!stopped) timer = setTimeout(refresh, REFRESH_MS);
-  }
-  refresh();
-  return () => { stopped = true; clearTimeout(timer); };
+    };
+  });
 }

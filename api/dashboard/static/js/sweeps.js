@@ -2,7 +2,7 @@
 // seconds. The leader is the top leaderboard row (mean ± std over seeds of the sweep's rank_by metric).
 
 import { getJSON } from "./api.js";
-import { age, errorBox, fill, h, statusBadge } from "./ui.js";
+import { age, fill, h, pollList, statusBadge } from "./ui.js";
 
 const REFRESH_MS = 3000;
 const PAGE_SIZE = 20;
@@ -44,23 +44,14 @@ export function sweepsView(root) {
       body),
   );
 
-  let timer = null;
-  let stopped = false;
-  async function refresh() {
-    try {
-      const page = await getJSON(`/v1/sweeps?limit=${PAGE_SIZE}`);
-      // The list carries summaries; the leader comes from each listed sweep's full document.
-      const sweeps = await Promise.all(page.items.map((item) => getJSON(`/v1/sweeps/${encodeURIComponent(item.id)}`)));
-      if (stopped) return;
+  return pollList(REFRESH_MS, message, updated, async () => {
+    const page = await getJSON(`/v1/sweeps?limit=${PAGE_SIZE}`);
+    // The list carries summaries; the leader comes from each listed sweep's full document.
+    const sweeps = await Promise.all(page.items.map((item) => getJSON(`/v1/sweeps/${encodeURIComponent(item.id)}`)));
+    return () => {
       body.replaceChildren(...sweeps.map(sweepRow));
       fill(message, sweeps.length ? null : h("p", { class: "muted" },
         "No sweeps yet. Start one with `distill sweep SWEEP.json`."));
-      updated.textContent = `updated ${new Date().toLocaleTimeString()}`;
-    } catch (error) {
-      if (!stopped) message.replaceChildren(errorBox(error));
-    }
-    if (!stopped) timer = setTimeout(refresh, REFRESH_MS);
-  }
-  refresh();
-  return () => { stopped = true; clearTimeout(timer); };
+    };
+  });
 }

@@ -83,3 +83,24 @@ export function errorBox(error) {
   return h("div", { class: "error-box", role: "alert" },
     h("strong", {}, error.code || "error"), ": ", error.message || String(error));
 }
+
+// A list page's refresh loop: `load()` fetches and returns the function that renders what it fetched; the
+// "updated" stamp, the error box and the next refresh are handled here. Returns the function that stops it
+// (the router calls it on leaving the page), after which nothing fetched late is rendered.
+export function pollList(ms, message, updated, load) {
+  let timer = null;
+  let stopped = false;
+  async function refresh() {
+    try {
+      const render = await load();
+      if (stopped) return;
+      render();
+      updated.textContent = `updated ${new Date().toLocaleTimeString()}`;
+    } catch (error) {
+      if (!stopped) message.replaceChildren(errorBox(error));
+    }
+    if (!stopped) timer = setTimeout(refresh, ms);
+  }
+  refresh();
+  return () => { stopped = true; clearTimeout(timer); };
+}
