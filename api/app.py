@@ -29,6 +29,7 @@ from api.metrics import ApiMetrics, MetricsMiddleware
 from api.routes import datasets, health, jobs, models, sweeps
 from api.schemas import ErrorResponse
 from api.uploads import tmp_dir
+from store.async_reads import AsyncVersionLookup, supports_async_reads
 from store.db import Database, upgrade_database
 from store.queue import make_celery
 from store.repository import VersionLookup
@@ -74,6 +75,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             celery.close()
             if app.state.versions is not None:
                 app.state.versions.close()
+            if app.state.async_versions is not None:
+                await app.state.async_versions.aclose()
             database.dispose()
 
     app = FastAPI(
@@ -111,6 +114,8 @@ def _attach_state(app: FastAPI, settings: Settings, database: Database, celery: 
     app.state.inline_reads = database.reader.dialect.name == "sqlite"  # see api.deps.run_read
     # Inline reads all run on the event loop's thread, which keeps one connection for the version lookups.
     app.state.versions = VersionLookup(database.reader) if app.state.inline_reads else None
+    # PostgreSQL (psycopg): the polls' lookups on async connections the event loop waits on (no thread).
+    app.state.async_versions = AsyncVersionLookup(database.reader) if supports_async_reads(database.reader) else None
     app.state.celery = celery
     app.state.storage = storage_from_settings(settings)
     app.state.metrics = metrics

@@ -29,12 +29,11 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
-from api.deps import run_read_on
 from api.documents import JobView
 from api.routes import API_V1
 from api.routes.jobs import (
     CURSOR_MAX_LENGTH, IF_NONE_MATCH_MAX_LENGTH, JOB_ID_MAX_LENGTH, JOB_ID_PATTERN, PAGE_DEFAULT_LIMIT,
-    PAGE_MAX_LIMIT, read_job, read_page,
+    PAGE_MAX_LIMIT, poll_job, poll_page,
 )
 from store.models import JobStatus
 
@@ -123,8 +122,7 @@ def _prepare_job(scope: Scope, path_params: dict[str, Any]) -> Answer | None:
     view = _VIEWS[params.get("view", "full")]
 
     async def answer(scope: Scope) -> Response:
-        state = scope["app"].state
-        return await run_read_on(state, read_job, state, job_id, view, if_none_match, owner)
+        return await poll_job(scope["app"].state, job_id, view, if_none_match, owner)
 
     return answer
 
@@ -145,8 +143,7 @@ def _prepare_page(scope: Scope, path_params: dict[str, Any]) -> Answer | None:
     limit, view = int(limit_text), _VIEWS[params.get("view", "full")]
 
     async def answer(scope: Scope) -> Response:
-        state = scope["app"].state
-        return await run_read_on(state, read_page, state, status, limit, cursor, view, if_none_match, owner)
+        return await poll_page(scope["app"].state, status, limit, cursor, view, if_none_match, owner)
 
     return answer
 

@@ -396,43 +396,90 @@ def job_stamp(connection: Connection, job_id: str, owner: str | None = None) -> 
     return JobStamp(job_id, version)
 
 
-class VersionLookup:
-    """`job_stamp`'s version lookup (and a first page's stamps) as driver SQL on one DBAPI connection per thread.
+# (driver SQL, parameter names in order for a positional driver, the statement's own values)
+Compiled = tuple[str, tuple[str, ...] | None, dict[str, Any]]
 
-    Every poll starts with this one-column primary-key read, and most end with it (a 304 or a
-    cached body). On SQLite the query itself costs about 0.07 ms, but checking a Connection
-    out of the pool and through SQLAlchemy's execution context cost five times that. The
-    statement is the same `_STAMP_BY_ID`, compiled once for the engine's dialect. Meant for
-    reads that run on one thread (SQLite's inline reads on the event loop): each thread that
-    calls it keeps a connection of its own, taken out of the pool for good and closed by
-    `close()`. SQLite runs a SELECT outside any transaction, so each lookup sees the latest commit.
+
+class PollStatements:
+    """The polls' driver SQL for one dialect, and how its rows become answers.
+
+    Every poll starts with a one-column primary-key read of the job's version (or a first
+    page's (id, version) stamps), and most end with it (a 304 or a cached body). Through
+    SQLAlchemy's pool checkout and execution context that read costs several times the query
+    itself, so it also runs as driver SQL: the same `_STAMP_BY_ID` and `_poll_page_statement`,
+    compiled once for the dialect (never written twice). `VersionLookup` runs it on SQLite's
+    DBAPI connection, `store.async_reads` on psycopg's async connections (PostgreSQL).
+    """
+
+    def __init__(self, dialect: Any) -> None:
+        self.dialect = dialect
+        self._by_owner = {owned: self._compile(statement) for owned, statement in
+                          ((False, _STAMP_BY_ID), (True, _BY_ID_OWNED["stamp"]))}
+        self._pages: dict[tuple[bool, bool], Compiled] = {}
+        column_type = _JOBS.created_at.type.dialect_impl(dialect)  # with the driver's own conversion
+        self._created_at = column_type.result_processor(dialect, None) or (lambda value: value)
+
+    def _compile(self, statement: Any) -> Compiled:
+        """Driver SQL, the parameter names in order (positional drivers), and the statement's own values
+        (SQLite renders LIMIT with an OFFSET parameter of its own)."""
+        compiled = statement.compile(dialect=self.dialect)
+        names = tuple(compiled.positiontup or ()) if self.dialect.positional else None
+        return compiled.string, names, {k: v for k, v in compiled.params.items() if v is not None}
+
+    @staticmethod
+    def _bind(compiled: Compiled, values: dict[str, Any]) -> tuple[str, Any]:
+        sql, names, defaults = compiled
+        values = {**defaults, **values}
+        return sql, (tuple(values[name] for name in names) if names is not None else values)
+
+    def version_query(self, job_id: str, owner: str | None) -> tuple[str, Any]:
+        """(sql, parameters) of the job's version lookup."""
+        return self._bind(self._by_owner[owner is not None], {"job_id": job_id, "owner": owner})
+
+    @staticmethod
+    def version_from(row: Any, job_id: str) -> int:
+        """The version in the lookup's row; NotFound if there was none (absent or another owner's)."""
+        if row is None:
+            raise NotFound(f"job {job_id} not found")
+        return row[0]
+
+    def first_page_query(self, status: JobStatus | None, limit: int, owner: str | None) -> tuple[str, Any]:
+        """(sql, parameters) of a first page's stamps (no cursor: what a dashboard polls).
+
+        A later page binds a datetime, which SQLAlchemy's type conversion must prepare; the
+        first page binds only strings and numbers."""
+        key = (status is not None, owner is not None)
+        compiled = self._pages.get(key)
+        if compiled is None:
+            compiled = self._pages[key] = self._compile(_poll_page_statement("stamps", key[0], False, key[1]))
+        return self._bind(compiled, _page_params(status, limit, None, owner))
+
+    def page_from(self, rows: list[Any], limit: int) -> tuple[list[JobStamp], str | None]:
+        """`list_job_stamps`' answer from the rows; only the last row's `created_at` (for the next cursor)
+        goes through the column type's conversion."""
+        page = rows[:limit]
+        next_cursor = None
+        if len(rows) > limit:
+            next_cursor = _encode_cursor_values(self._created_at(page[-1][2]), page[-1][0])
+        return [JobStamp(job_id, version) for job_id, version, _ in page], next_cursor
+
+
+class VersionLookup(PollStatements):
+    """`PollStatements` on one DBAPI connection per thread: for SQLite, whose reads run inline on the loop.
+
+    On SQLite the query itself costs about 0.07 ms, but checking a Connection out of the pool
+    and through SQLAlchemy's execution context cost five times that. Each thread that calls
+    it keeps a connection of its own, taken out of the pool for good and closed by `close()`.
+    SQLite runs a SELECT outside any transaction, so each lookup sees the latest commit.
     """
 
     def __init__(self, engine: Engine) -> None:
+        super().__init__(engine.dialect)
         self.engine = engine
-        self._statements = {owned: self._compile(statement) for owned, statement in
-                            ((False, _STAMP_BY_ID), (True, _BY_ID_OWNED["stamp"]))}
         self._local = threading.local()
         self._held: list[Any] = []
         self._lock = threading.Lock()
         self._generation = 0
-        self._pages: dict[tuple[bool, bool], tuple[str, tuple[str, ...] | None, dict[str, Any]]] = {}
-        column_type = _JOBS.created_at.type.dialect_impl(engine.dialect)  # with the driver's own conversion
-        self._created_at = column_type.result_processor(engine.dialect, None) or (lambda value: value)
-
-    def _compile(self, statement: Any) -> tuple[str, tuple[str, ...] | None, dict[str, Any]]:
-        """Driver SQL, the parameter names in order (positional drivers), and the statement's own values
-        (SQLite renders LIMIT with an OFFSET parameter of its own)."""
-        compiled = statement.compile(dialect=self.engine.dialect)
-        names = tuple(compiled.positiontup or ()) if self.engine.dialect.positional else None
-        return compiled.string, names, {k: v for k, v in compiled.params.items() if v is not None}
-
-    def _execute(self, compiled: tuple[str, tuple[str, ...] | None, dict[str, Any]], values: dict[str, Any]) -> Any:
-        sql, names, defaults = compiled
-        values = {**defaults, **values}
-        cursor = self._cursor()
-        cursor.execute(sql, tuple(values[name] for name in names) if names is not None else values)
-        return cursor
 
     def _cursor(self) -> Any:
         generation, cursor = getattr(self._local, "cursor", (None, None))
@@ -447,30 +494,18 @@ class VersionLookup:
 
     def version(self, job_id: str, owner: str | None = None) -> int:
         """The job's version; NotFound if absent or another owner's."""
-        row = self._execute(self._statements[owner is not None], {"job_id": job_id, "owner": owner}).fetchone()
-        if row is None:
-            raise NotFound(f"job {job_id} not found")
-        return row[0]
+        cursor = self._cursor()
+        cursor.execute(*self.version_query(job_id, owner))
+        return self.version_from(cursor.fetchone(), job_id)
 
     def page_stamps(self, status: JobStatus | None, limit: int, cursor: str | None, owner: str | None = None
                     ) -> tuple[list[JobStamp], str | None] | None:
-        """`list_job_stamps` of a first page (no cursor: what a dashboard polls), or None for a later page.
-
-        A later page binds a datetime, which SQLAlchemy's type conversion must prepare; the
-        first page binds only strings and numbers. Of the result, only the last row's
-        `created_at` (for the next cursor) goes through the column type's conversion."""
+        """`list_job_stamps` of a first page, or None for a later page (see `first_page_query`)."""
         if cursor is not None:
             return None
-        key = (status is not None, owner is not None)
-        compiled = self._pages.get(key)
-        if compiled is None:
-            compiled = self._pages[key] = self._compile(_poll_page_statement("stamps", *key[:1], False, key[1]))
-        rows = self._execute(compiled, _page_params(status, limit, None, owner)).fetchall()
-        page = rows[:limit]
-        next_cursor = None
-        if len(rows) > limit:
-            next_cursor = _encode_cursor_values(self._created_at(page[-1][2]), page[-1][0])
-        return [JobStamp(job_id, version) for job_id, version, _ in page], next_cursor
+        driver_cursor = self._cursor()
+        driver_cursor.execute(*self.first_page_query(status, limit, owner))
+        return self.page_from(driver_cursor.fetchall(), limit)
 
     def close(self) -> None:
         """Close every thread's connection; a later lookup opens a new one (an app may start again)."""

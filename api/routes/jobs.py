@@ -12,9 +12,10 @@ from fastapi.responses import FileResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from api.conditional import etag_matches, job_etag, json_response, not_modified, page_etag
-from api.deps import CallerDep, CeleryDep, SessionDep, SettingsDep, StorageDep, run_read
+from api.deps import CallerDep, CeleryDep, SessionDep, SettingsDep, StorageDep, run_read, run_read_on
 from api.documents import DocumentCache, JobView, encode, job_document, page_body
 from api.downloads import stream_artifact
 from api.errors import ApiError
@@ -173,26 +174,59 @@ def _job_rows(connection: Connection, job_id: str, full: bool, owner: str | None
     return row, (repository.read_artifact_rows(connection, job_id) if full else None)
 
 
-def read_job(state: Any, job_id: str, view: JobView, if_none_match: str | None, owner: str | None) -> Response:
-    """One primary-key lookup of the version; the row itself is read only when this version is not cached.
+def _answer_from_version(cache: DocumentCache, job_id: str, version: int, view: JobView,
+                         if_none_match: str | None) -> Response | None:
+    """304 when `If-None-Match` names this version, the cached body when there is one, else None."""
+    etag = job_etag(job_id, version, view.value)
+    if etag_matches(if_none_match, etag):
+        return not_modified(etag)
+    body = cache.get(job_id, version, view)
+    return json_response(body, etag) if body is not None else None
 
-    `state` is the app's state (its database, document cache and version lookup)."""
-    cache: DocumentCache = state.documents
+
+def _read_job_document(state: Any, job_id: str, view: JobView, owner: str | None) -> Response:
+    """The row (and artifacts) read and encoded: only when the version looked up was not cached."""
     try:
-        version = _job_version(state, job_id, owner)
-        etag = job_etag(job_id, version, view.value)
-        if etag_matches(if_none_match, etag):
-            return not_modified(etag)
-        body = cache.get(job_id, version, view)
-        if body is not None:
-            return json_response(body, etag)
         row, artifacts = read_with_retry(state.database.reader, _job_rows, job_id, view is JobView.full, owner)
     except repository.NotFound:
         raise _job_not_found(job_id) from None
     version = row[JOB_VERSION_AT] or 0  # it may have moved since the lookup: the body names what it holds
     body = encode(job_document(row, view, artifacts))
-    cache.put(job_id, version, view, body)
+    state.documents.put(job_id, version, view, body)
     return json_response(body, job_etag(job_id, version, view.value))
+
+
+def read_job(state: Any, job_id: str, view: JobView, if_none_match: str | None, owner: str | None) -> Response:
+    """One primary-key lookup of the version; the row itself is read only when this version is not cached.
+
+    `state` is the app's state (its database, document cache and version lookup). Blocking:
+    inline on SQLite, in the thread pool elsewhere (`poll_job` picks)."""
+    try:
+        version = _job_version(state, job_id, owner)
+    except repository.NotFound:
+        raise _job_not_found(job_id) from None
+    return (_answer_from_version(state.documents, job_id, version, view, if_none_match)
+            or _read_job_document(state, job_id, view, owner))
+
+
+async def poll_job(state: Any, job_id: str, view: JobView, if_none_match: str | None, owner: str | None
+                   ) -> Response:
+    """GET /v1/jobs/{id} for both its routes (FastAPI's and the fast path's).
+
+    With PostgreSQL's async lookup (store.async_reads) the version is read on the event loop,
+    with no thread: a 304 or a cached body needs nothing else. Only a version not cached yet
+    reads the row, in the thread pool. Elsewhere `read_job` runs as `run_read_on` decides."""
+    lookup = state.async_versions
+    if lookup is None:
+        return await run_read_on(state, read_job, state, job_id, view, if_none_match, owner)
+    try:
+        version = await lookup.version(job_id, owner)
+    except repository.NotFound:
+        raise _job_not_found(job_id) from None
+    answer = _answer_from_version(state.documents, job_id, version, view, if_none_match)
+    if answer is not None:
+        return answer
+    return await run_in_threadpool(_read_job_document, state, job_id, view, owner)
 
 
 def _cached_page(cache: DocumentCache, stamps: list[repository.JobStamp], next_cursor: str | None, view: JobView,
@@ -225,20 +259,49 @@ def _page_on(connection: Connection, cache: DocumentCache, status: JobStatus | N
     return json_response(page_body(items, next_cursor), etag)
 
 
+def _invalid_cursor() -> ApiError:
+    return ApiError(422, "invalid_cursor", "the cursor is not one this API returned", "cursor")
+
+
+def _read_page_rows(state: Any, status: JobStatus | None, limit: int, cursor: str | None, view: JobView,
+                    if_none_match: str | None, owner: str | None) -> Response:
+    """The page through SQLAlchemy (stamps again, then rows for what is not cached): any page, any backend."""
+    try:
+        return read_with_retry(state.database.reader, _page_on, state.documents, status, limit, cursor, view,
+                               if_none_match, owner)
+    except ValueError:
+        raise _invalid_cursor() from None
+
+
 def read_page(state: Any, status: JobStatus | None, limit: int, cursor: str | None, view: JobView,
               if_none_match: str | None, owner: str | None) -> Response:
     """(id, version) of the page first: 304 when unchanged, cached items when every version is cached.
 
-    A first page's stamps come from the thread's own connection where there is one (SQLite)."""
+    A first page's stamps come from the thread's own connection where there is one (SQLite).
+    Blocking, like `read_job`."""
     try:
         first = state.versions.page_stamps(status, limit, cursor, owner) if state.versions is not None else None
-        answer = _cached_page(state.documents, *first, view, if_none_match) if first is not None else None
-        if answer is not None:
-            return answer
-        return read_with_retry(state.database.reader, _page_on, state.documents, status, limit, cursor, view,
-                               if_none_match, owner)
     except ValueError:
-        raise ApiError(422, "invalid_cursor", "the cursor is not one this API returned", "cursor") from None
+        raise _invalid_cursor() from None
+    answer = _cached_page(state.documents, *first, view, if_none_match) if first is not None else None
+    return answer or _read_page_rows(state, status, limit, cursor, view, if_none_match, owner)
+
+
+async def poll_page(state: Any, status: JobStatus | None, limit: int, cursor: str | None, view: JobView,
+                    if_none_match: str | None, owner: str | None) -> Response:
+    """GET /v1/jobs for both its routes: a first page's stamps on the event loop where the async lookup
+    runs (PostgreSQL), as `poll_job` does; the rest, and every later page, as `read_page`."""
+    lookup = state.async_versions
+    if lookup is None:
+        return await run_read_on(state, read_page, state, status, limit, cursor, view, if_none_match, owner)
+    try:
+        first = await lookup.page_stamps(status, limit, cursor, owner)
+    except ValueError:
+        raise _invalid_cursor() from None
+    answer = _cached_page(state.documents, *first, view, if_none_match) if first is not None else None
+    if answer is not None:
+        return answer
+    return await run_in_threadpool(_read_page_rows, state, status, limit, cursor, view, if_none_match, owner)
 
 
 @router.get("", summary="List jobs, newest first", response_model=JobPage,
@@ -255,8 +318,7 @@ async def list_jobs(
 ) -> Response:
     """The page carries an `ETag` (from its jobs' ids and versions); `If-None-Match` with it answers 304
     until a job on the page changes or the page's membership does."""
-    return await run_read(request, read_page, request.app.state, status, limit, cursor, view, if_none_match,
-                          caller.scope)
+    return await poll_page(request.app.state, status, limit, cursor, view, if_none_match, caller.scope)
 
 
 @router.get("/{job_id}", summary="A job's state, progress, metrics, error and artifacts", response_model=JobOut,
@@ -264,7 +326,7 @@ async def list_jobs(
 async def get_job(request: Request, job_id: JobId, caller: CallerDep, view: ViewQuery = JobView.full,
                   if_none_match: IfNoneMatch = None) -> Response:
     """`ETag` is the job's version: poll with `If-None-Match` and get 304 (no body) until the job changes."""
-    return await run_read(request, read_job, request.app.state, job_id, view, if_none_match, caller.scope)
+    return await poll_job(request.app.state, job_id, view, if_none_match, caller.scope)
 
 
 @router.post(

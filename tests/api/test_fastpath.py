@@ -8,14 +8,19 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 from starlette.routing import Match
 
 from api.app import create_app
 from api.auth import ANONYMOUS
+from api.documents import DocumentCache, JobView
 from api.fastpath import FastRoute
+from api.routes.jobs import read_job, read_page
+from store.db import upgrade_database
+from store.models import JobStatus
 from store.settings import Settings
 from tests.api.support import digits_spec
-from tests.services import PostgresServer
+from tests.services import PostgresServer, postgres_server
 
 _SAME_HEADERS = ("content-type", "etag", "cache-control", "content-length")
 
@@ -121,6 +126,70 @@ def test_polls_survive_the_database_dropping_every_connection(postgres_client: T
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
             "WHERE datname = current_database() AND pid <> pg_backend_pid()").scalar()
     assert killed >= 1
+    lookup = client.app.state.async_versions  # type: ignore[attr-defined]
+    opened = lookup.opened
 
-    assert client.get(f"/v1/jobs/{job_id}").status_code == 200
+    poll = client.get(f"/v1/jobs/{job_id}")
+    assert poll.status_code == 200
     assert client.get("/v1/jobs").json()["items"][0]["id"] == job_id
+    assert client.get(f"/v1/jobs/{job_id}", headers={"If-None-Match": poll.headers["ETag"]}).status_code == 304
+    assert lookup.opened > opened  # the polls' async lookup replaced its dead connection, with no error
+
+
+def _same_answer(async_answer: Any, pool_answer: Any) -> None:
+    assert async_answer.status_code == pool_answer.status_code
+    assert async_answer.content == pool_answer.body
+    assert {name: async_answer.headers.get(name) for name in _SAME_HEADERS} == \
+        {name: pool_answer.headers.get(name) for name in _SAME_HEADERS}
+
+
+@pytest.mark.postgres
+def test_postgres_polls_answer_on_the_async_lookup_what_the_thread_pool_path_answers(
+        postgres_client: TestClient) -> None:
+    """The async version lookup (store.async_reads) and the SQLAlchemy read it replaced give the same bytes."""
+    client = postgres_client
+    state = client.app.state  # type: ignore[attr-defined]
+    job_ids = [client.post("/v1/jobs", json=digits_spec(f"job-{n}")).json()["id"] for n in range(3)]
+    assert state.async_versions is not None and state.versions is None
+
+    for view in JobView:
+        for job_id in job_ids:
+            state.documents = DocumentCache()  # both read the row: nothing from the other's cache
+            async_answer = client.get(f"/v1/jobs/{job_id}?view={view.value}")
+            state.documents = DocumentCache()
+            _same_answer(async_answer, read_job(state, job_id, view, None, None))
+        for status, limit in ((None, 20), (None, 2), (JobStatus.queued, 1)):  # limit < 3: a next cursor too
+            query = f"limit={limit}&view={view.value}" + (f"&status={status.value}" if status else "")
+            state.documents = DocumentCache()
+            async_answer = client.get(f"/v1/jobs?{query}")
+            state.documents = DocumentCache()
+            _same_answer(async_answer, read_page(state, status, limit, None, view, None, None))
+            etag = async_answer.headers["ETag"]
+            assert client.get(f"/v1/jobs?{query}", headers={"If-None-Match": etag}).status_code == 304
+    assert state.async_versions.opened >= 1
+
+
+@pytest.mark.postgres
+def test_postgres_polls_answer_503_while_the_database_is_down_then_200(tmp_path: Path) -> None:
+    """An outage is a 503 with a code the client can branch on (never a 500); polls recover by themselves."""
+    with postgres_server() as private:
+        url = private.url(private.create_database(prefix="outage"))
+        upgrade_database(url)
+        settings = Settings(DISTILL_HOME=tmp_path / "home", DATABASE_URL=url)  # type: ignore[call-arg]
+        with TestClient(create_app(settings)) as client:
+            job_id = client.post("/v1/jobs", json=digits_spec()).json()["id"]
+            assert client.get(f"/v1/jobs/{job_id}").status_code == 200
+            with client.app.state.database.engine.connect() as connection:  # type: ignore[attr-defined]
+                # The test server runs with synchronous_commit=off: without this an immediate stop may lose
+                # the last commits (the schema, the job) still in WAL buffers.
+                connection.execute(text("CHECKPOINT"))
+            private.stop()
+            try:
+                down = [client.get(f"/v1/jobs/{job_id}"), client.get("/v1/jobs"), client.get(f"/v1/jobs/{job_id}")]
+            finally:
+                private.start()
+            assert [answer.status_code for answer in down] == [503, 503, 503]
+            assert {answer.json()["error"]["code"] for answer in down} == {"database_unavailable"}
+            assert all(answer.headers.get("Retry-After") for answer in down)
+            assert client.get(f"/v1/jobs/{job_id}").status_code == 200
+            assert client.get("/v1/jobs").json()["items"][0]["id"] == job_id
