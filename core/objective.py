@@ -36,6 +36,13 @@ class Objective(Protocol):
     def extra_parameters(self) -> list[nn.Parameter]:
         """Trainable parameters beyond the model's (the FitNet regressor), optimised with it."""
 
+    def frozen_models(self) -> list[nn.Module]:
+        """Models the step runs but does not train (teacher, autoencoder).
+
+        The stage puts them in its memory format, so a resumed stage runs them exactly as the
+        interrupted one did, however they were loaded (a teacher trained in this job or read from a file).
+        """
+
     def step(self, batch: Batch) -> StepOutput: ...
 
     def held_out(self) -> dict[str, float]:
@@ -102,6 +109,9 @@ class DistillationObjective:
 
     def extra_parameters(self) -> list[nn.Parameter]:
         return list(self.terms.parameters())
+
+    def frozen_models(self) -> list[nn.Module]:
+        return [model for model in (self.teacher, self.autoencoder) if model is not None]
 
     def state_dict(self) -> dict[str, Any]:
         return {"terms": self.terms.state_dict(), "signals": self.signals.state_dict() if self.signals else {}}

@@ -6,8 +6,12 @@
   bf16 has float32's exponent range and needs none. On the CPU, fp16 autocast runs unscaled.
 - Explanation maps are computed in float32 (core.explain casts activations and gradients),
   so the map cache and the explanation loss keep full precision.
-- `channels_last` memory format where it helps: convolution-heavy models on CUDA with a
-  16-bit precision (tensor-core kernels prefer NHWC). On the CPU it is left off.
+- `channels_last` memory format where it helps (`uses_channels_last`): on CUDA with a 16-bit
+  precision (tensor-core kernels prefer NHWC), and on the CPU at every precision, where oneDNN's
+  convolutions and their backward run NHWC without reordering each activation: a KD step of
+  resnet20 -> resnet8 at 32 px took 0.63-0.76x the NCHW time in an interleaved micro-benchmark
+  (bench/README.md 2c). A resumed stage uses the same format as the run it resumes, so resume
+  stays bit-identical; saved weights are made contiguous (core.models.weights).
 """
 
 from __future__ import annotations
@@ -22,6 +26,11 @@ from torch import nn
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def uses_channels_last(precision: str, device: torch.device) -> bool:
+    """Whether a stage on `device` at `precision` runs its model and 4-D inputs in channels_last."""
+    return device.type == "cpu" or (device.type == "cuda" and precision != "fp32")
+
+
 class Precision:
     """Autocast, loss scaling and memory format of one training stage."""
 
@@ -30,7 +39,7 @@ class Precision:
             raise ValueError(f"unknown precision '{precision}'; known: fp32, bf16, fp16")
         self.precision, self.device = precision, device
         self.scaler = torch.amp.GradScaler("cuda") if precision == "fp16" and device.type == "cuda" else None
-        self.channels_last = device.type == "cuda" and precision != "fp32"
+        self.channels_last = uses_channels_last(precision, device)
 
     @contextlib.contextmanager
     def autocast(self) -> Iterator[None]:
@@ -42,6 +51,15 @@ class Precision:
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return model.to(memory_format=torch.channels_last) if self.channels_last else model
+
+    def release_model(self, model: nn.Module) -> nn.Module:
+        """Back to the default layout when the stage ends.
+
+        Outside a stage every model is contiguous, whatever it went through: a teacher trained in
+        this job and the same teacher read from a file then compute the same numbers (the
+        XDistillation targets, the report), which keeps a resumed job bit-identical.
+        """
+        return model.to(memory_format=torch.contiguous_format) if self.channels_last else model
 
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x

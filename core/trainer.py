@@ -154,7 +154,9 @@ class _Stage:
         self.stage, self.device, self.callbacks, self.span = stage, device, callbacks, span
         self.checkpoint = CheckpointFile(checkpoint_path) if checkpoint_path is not None else None
         self.amp = Precision(config.precision, device)
-        self.amp.prepare_model(model.to(device))
+        self.models = [model.to(device), *objective.frozen_models()]
+        for module in self.models:
+            self.amp.prepare_model(module)
         self.optimizer = make_optimizer(list(model.parameters()) + objective.extra_parameters(), config)
         self.steps = math.ceil(samples / config.batch_size)
         self.scheduler = None
@@ -165,6 +167,11 @@ class _Stage:
         self.start_epoch = 0
         # Reading a loss value forces a GPU sync; on the CPU it is free, on a GPU report it now and then.
         self.sync_every = 1 if device.type == "cpu" else 25
+
+    def release(self) -> None:
+        """The models back in the default layout (Precision.release_model), however the stage ended."""
+        for module in self.models:
+            self.amp.release_model(module)
 
     def restore(self) -> None:
         """Continue after the checkpoint's last finished epoch, if there is a checkpoint."""
@@ -252,23 +259,30 @@ def train(
     images = image_set(train_x, train_y)
     run = _Stage(model, objective, config, len(images), stage, device, checkpoint_path,
                  callbacks or NullCallbacks(), span)
-    run.restore()
-    run.callbacks.on_progress(Progress(stage, run.start_epoch, config.epochs, 0, run.steps,
-                                       run.fraction(run.start_epoch * run.steps)))
-    for epoch in range(run.start_epoch, config.epochs):
-        started, stats, metrics = time.perf_counter(), _EpochStats(device), {}
-        model.train()
-        for batch in epoch_batches(images, config, epoch, device, augment):
-            step = batch.step - epoch * run.steps
-            if run.callbacks.should_cancel():
-                raise JobCancelled(f"{stage} cancelled at epoch {epoch + 1}, step {step + 1}")
-            output = run.step(batch)
-            stats.add(output, batch)
-            if step % run.sync_every == 0 or step == run.steps - 1:
-                metrics = {"loss": float(output.loss.detach())}
-            run.report(epoch + 1, step + 1, metrics)
-        run.close_epoch(epoch, stats, started)
+    try:
+        run.restore()
+        run.callbacks.on_progress(Progress(stage, run.start_epoch, config.epochs, 0, run.steps,
+                                           run.fraction(run.start_epoch * run.steps)))
+        for epoch in range(run.start_epoch, config.epochs):
+            _train_epoch(run, images, epoch, augment)
+    finally:
+        run.release()
     return run.history
+
+
+def _train_epoch(run: _Stage, images: ImageSet, epoch: int, augment: bool) -> None:
+    started, stats, metrics = time.perf_counter(), _EpochStats(run.device), {}
+    run.model.train()
+    for batch in epoch_batches(images, run.config, epoch, run.device, augment):
+        step = batch.step - epoch * run.steps
+        if run.callbacks.should_cancel():
+            raise JobCancelled(f"{run.stage} cancelled at epoch {epoch + 1}, step {step + 1}")
+        output = run.step(batch)
+        stats.add(output, batch)
+        if step % run.sync_every == 0 or step == run.steps - 1:
+            metrics = {"loss": float(output.loss.detach())}
+        run.report(epoch + 1, step + 1, metrics)
+    run.close_epoch(epoch, stats, started)
 
 
 __all__ = ["DistillationObjective", "Objective", "OptimConfig", "StepOutput", "epoch_batches", "train"]

@@ -73,6 +73,9 @@ class AutoencoderObjective:
     def extra_parameters(self) -> list[nn.Parameter]:
         return []
 
+    def frozen_models(self) -> list[nn.Module]:
+        return []  # the teacher's maps were computed before the stage
+
     def step(self, batch: Batch) -> StepOutput:
         loss = F.mse_loss(self.autoencoder(batch.x), self.train_targets[batch.device_index])
         return StepOutput(loss, {"map_mse": loss.detach()})

@@ -59,8 +59,37 @@ def test_gradcam_under_autocast_is_float32_and_close_to_fp32(precision: str) -> 
 
 
 def test_fp16_uses_a_grad_scaler_only_on_cuda_and_channels_last_only_where_it_helps() -> None:
-    assert Precision("fp16", CPU).scaler is None and not Precision("bf16", CPU).channels_last
+    assert Precision("fp16", CPU).scaler is None and Precision("bf16", CPU).channels_last
+    assert Precision("fp32", CPU).channels_last and not Precision("fp32", torch.device("cuda")).channels_last
+    assert Precision("bf16", torch.device("cuda")).channels_last
     with pytest.raises(ValueError, match="precision"):
         Precision("fp8", CPU)
     assert JobSpec.model_validate({"dataset": {"name": "digits"}, "training": {"precision": "bf16"}}
                                   ).training.precision == "bf16"
+
+
+def test_a_cpu_stage_runs_student_and_teacher_channels_last_and_leaves_both_contiguous(
+    digits16: DataBundle, trained_teacher: torch.nn.Module
+) -> None:
+    spec_loss = JobSpec.model_validate({"dataset": {"name": "digits"}, "method": "kd"}).loss
+    torch.manual_seed(0)
+    student = build_model("resnet8", digits16.num_classes, digits16.in_channels)
+    objective = DistillationObjective(student, build_terms(spec_loss, 64, 128), digits16, CPU, teacher=trained_teacher)
+    seen: list[tuple[bool, bool, bool]] = []
+    original_step = objective.step
+    student_conv, teacher_conv = (next(p for p in m.parameters() if p.dim() == 4) for m in (student, trained_teacher))
+
+    def step(batch):  # type: ignore[no-untyped-def]
+        seen.append((batch.x.is_contiguous(memory_format=torch.channels_last),
+                     student_conv.is_contiguous(memory_format=torch.channels_last),
+                     teacher_conv.is_contiguous(memory_format=torch.channels_last)))
+        return original_step(batch)
+
+    objective.step = step  # type: ignore[method-assign]
+    train(student, objective, digits16.train, None, OptimConfig(epochs=1, batch_size=64, lr=0.05),
+          stage="distilling", device=CPU)
+    objective.close()
+
+    assert seen and all(all(flags) for flags in seen)  # inside the stage: NHWC inputs, student and teacher
+    for model in (student, trained_teacher):  # after it: the default layout, as a model read from a file has
+        assert all(value.is_contiguous() for value in model.state_dict().values())
