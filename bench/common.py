@@ -187,7 +187,7 @@ def write_results(
     if notes:
         md += ["", *(f"- {n}" for n in notes)]
     md_path = RESULTS_DIR / f"{name}.md"
-    md_path.write_text("\n".join(md) + "\n")
+    md_path.write_text(repo_relative("\n".join(md) + "\n"))
 
     json_path = RESULTS_DIR / f"{name}.json"
     payload = {
@@ -202,9 +202,17 @@ def write_results(
         "notes": list(notes),
         "data": data,
     }
-    json_path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    json_path.write_text(repo_relative(json.dumps(payload, indent=2, default=str) + "\n"))
     print(f"\nwrote {json_path.relative_to(REPO_ROOT)} and {md_path.relative_to(REPO_ROOT)}")
     return json_path, md_path
+
+
+def repo_relative(text: str) -> str:
+    """`text` with this checkout's absolute path cut from every path in it: results are committed, and a
+    machine's folders are nobody else's business (nor the same on the next machine)."""
+    for root in {str(REPO_ROOT.resolve()), str(REPO_ROOT)}:
+        text = text.replace(root + "/", "")
+    return text
 
 
 # --- data ------------------------------------------------------------------------------------------------
