@@ -39,6 +39,7 @@ from api.app import create_app  # noqa: E402
 from store import repository  # noqa: E402
 from store.async_reads import AsyncVersionLookup  # noqa: E402
 from store.db import Database, read_with_retry, upgrade_database  # noqa: E402
+from store.repository import PollStatements  # noqa: E402
 from store.settings import Settings  # noqa: E402
 from tests.api.support import digits_spec  # noqa: E402
 from tests.services import postgres_server  # noqa: E402
@@ -81,6 +82,8 @@ async def asgi_get(app: Any, path: str) -> int:
 async def driver_pieces(url: str, job_id: str, rounds: int) -> dict[str, float]:
     """The floor pieces below the app: the driver alone, the thread hop alone, SQLAlchemy's read."""
     dsn = url.replace("postgresql+psycopg://", "postgresql://")
+    database = Database(url)
+    lookup = AsyncVersionLookup(database.reader)
     sync = psycopg.connect(dsn, autocommit=True)
     aconn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
 
@@ -94,8 +97,11 @@ async def driver_pieces(url: str, job_id: str, rounds: int) -> dict[str, float]:
     async def direct() -> Any:
         return sync_select()
 
-    database = Database(url)
-    lookup = AsyncVersionLookup(database.reader)
+    page_sql, page_params = PollStatements(database.reader.dialect).first_page_query(None, 20, None)
+
+    async def page_direct() -> Any:
+        return sync.execute(page_sql, page_params).fetchall()
+
 
     def sqlalchemy_read() -> int:
         return read_with_retry(database.reader, lambda connection: repository.job_stamp(connection, job_id).version)
@@ -105,6 +111,8 @@ async def driver_pieces(url: str, job_id: str, rounds: int) -> dict[str, float]:
 
     pieces = {
         "psycopg sync SELECT version by id (on the loop's thread)": await median_us(direct, rounds),
+        "psycopg sync SELECT of a first page's 21 stamps (on the loop's thread)": await median_us(
+            page_direct, rounds),
         "psycopg async SELECT version by id (AsyncConnection)": await median_us(async_select, rounds),
         "store.async_reads AsyncVersionLookup.version (what a PostgreSQL poll runs now)": await median_us(
             lambda: lookup.version(job_id), rounds),
@@ -129,14 +137,14 @@ async def app_pieces(app: Any, job_id: str, rounds: int) -> dict[str, float]:
             for path in ("/healthz", f"/v1/jobs/{job_id}", "/v1/jobs?limit=20")}
 
 
-async def profile_polls(app: Any, job_id: str, calls: int) -> str:
-    """cProfile of `calls` GET job calls: the top of the cumulative and own-time lists."""
+async def profile_polls(app: Any, path: str, calls: int) -> str:
+    """cProfile of `calls` GETs of `path`: the top of the cumulative and own-time lists."""
     for _ in range(50):
-        await asgi_get(app, f"/v1/jobs/{job_id}")
+        await asgi_get(app, path)
     profiler = cProfile.Profile()
     profiler.enable()
     for _ in range(calls):
-        await asgi_get(app, f"/v1/jobs/{job_id}")
+        await asgi_get(app, path)
     profiler.disable()
     out = io.StringIO()
     stats = pstats.Stats(profiler, stream=out).strip_dirs()
@@ -162,13 +170,16 @@ async def run(url: str, app: Any, job_id: str, args: argparse.Namespace) -> None
         for name, micros in pieces.items():
             print(f"| {name} | {micros:.0f} |")
         if args.profile_calls:
-            print(await profile_polls(app, job_id, args.profile_calls))
+            path = "/v1/jobs?limit=20" if args.profile == "list" else f"/v1/jobs/{job_id}"
+            print(f"cProfile of {args.profile_calls} x GET {path}")
+            print(await profile_polls(app, path, args.profile_calls))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=2000, help="timed calls per piece")
     parser.add_argument("--profile-calls", type=int, default=2000, help="profiled GET job calls (0: none)")
+    parser.add_argument("--profile", choices=["job", "list"], default="job", help="which poll to profile")
     parser.add_argument("--seed-jobs", type=int, default=50)
     args = parser.parse_args()
     with postgres_server() as postgres, tempfile.TemporaryDirectory() as home:

@@ -99,9 +99,15 @@ class AsyncVersionLookup(PollStatements):
     async def _fetch_on_new(self, sql: str, params: Any, rows: str) -> Any:
         try:
             connection = await self._connect()
-            result = await self._run(connection, sql, params, rows)
         except psycopg.OperationalError as exc:
             raise OperationalError(sql, None, exc) from exc
+        try:
+            result = await self._run(connection, sql, params, rows)
+        except BaseException as exc:
+            connection.pgconn.finish()
+            if isinstance(exc, psycopg.OperationalError):
+                raise OperationalError(sql, None, exc) from exc
+            raise
         self._idle.append(connection)
         return result
 
