@@ -271,6 +271,7 @@ def train(
 
 
 def _train_epoch(run: _Stage, images: ImageSet, epoch: int, augment: bool) -> None:
+    """One epoch of `train`: cancellation is checked before every step, progress reported after it."""
     started, stats, metrics = time.perf_counter(), _EpochStats(run.device), {}
     run.model.train()
     for batch in epoch_batches(images, run.config, epoch, run.device, augment):
