@@ -335,7 +335,7 @@ def run_pairs(args: argparse.Namespace, rows: list[str]) -> list[dict[str, dict[
     for index in range(args.pairs):
         order = [PEER, *rows] if index % 2 == 0 else [*rows, PEER]
         print(f"pair {index + 1}/{args.pairs}: {' -> '.join(order)}", flush=True)
-        pairs.append({row: run_child(args, row, seed=index) for row in order})
+        pairs.append({row: run_child(args, row, seed=args.first_seed + index) for row in order})
     return pairs
 
 
@@ -344,7 +344,8 @@ def epoch_seconds(run: dict[str, Any]) -> float:
     return sum(run["epoch_seconds"]) / len(run["epoch_seconds"])
 
 
-def top1_table(top1: dict[str, list[float]], rows: list[str]) -> tuple[str, list[str], list[list[Any]]]:
+def top1_table(top1: dict[str, list[float]], rows: list[str], test_images: int
+               ) -> tuple[str, list[str], list[list[Any]]]:
     """Top-1 per seed (pair) and its mean: the target compares torchdistill's and this engine's kd means.
 
     One seed's top-1 is not the method's: a different order of floating-point operations (even
@@ -361,7 +362,7 @@ def top1_table(top1: dict[str, list[float]], rows: list[str]) -> tuple[str, list
         verdict = f"{gap:+.2f} ({'met' if abs(gap) <= 0.5 else 'missed'})" if row == "kd" else f"{gap:+.2f}"
         body.append([row, f"{statistics.mean(values):.2f} ± {spread:.2f}", " ".join(f"{v:.1f}" for v in values),
                      verdict])
-    return ("top-1 % on the 1,000 test images: mean ± std over the pairs' seeds; gap = mean - torchdistill kd's "
+    return (f"top-1 % on the {test_images:,} test images: mean ± std over the pairs' seeds; gap = mean - torchdistill kd's "
             "mean (points; target for kd: within 0.5)", ["run", "mean ± std", "per seed", "gap"], body)
 
 
@@ -382,7 +383,7 @@ def tables(args: argparse.Namespace, rows: list[str], pairs: list[dict[str, dict
                f"and final top-1 (mean over the pairs' seeds); ratio = this row's s/epoch / torchdistill's kd s/epoch "
                f"in the same pair")
     out = [(caption, ["run", "s/epoch", "top-1 %", "x torchdistill kd", "per pair", "target"], main_rows)]
-    out.append(top1_table(top1, [PEER, *rows]))
+    out.append(top1_table(top1, [PEER, *rows], args.test_size))
     changed = [row for row in rows if row.startswith("kd, ")]
     if changed:
         out.append(("what the engine changes bought: kd epoch with all changes / with the named change(s) off, same pair",
@@ -405,6 +406,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--test-size", type=int, default=1000)
     parser.add_argument("--teacher", default=str(common.CACHE_DIR / "teacher.safetensors"),
                         help="resnet20 weights (.safetensors); '' = a random teacher (timing only)")
+    parser.add_argument("--rows", nargs="+", default=["kd", "e2kd"], choices=["kd", "e2kd"],
+                        help="this engine's rows besides torchdistill's (kd is always compared)")
+    parser.add_argument("--first-seed", type=int, default=0, help="pair k uses seed first-seed + k - 1")
     parser.add_argument("--ablation", action="store_true", help="also this engine with its speed changes off (before)")
     parser.add_argument("--each-change", action="store_true", help="with --ablation: also each change off alone")
     parser.add_argument("--quick", action="store_true", help="smoke test: 50 images/class, 200 test, one pair")
@@ -415,6 +419,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.quick:
         args.pairs, args.train_per_class, args.test_size = 1, 50, 200
+    args.rows = ["kd", *(row for row in args.rows if row != "kd")]  # every ratio and gap is taken against kd
     if args.teacher and not args.import_cost_child and not Path(args.teacher).exists():
         raise SystemExit(f"no teacher at {args.teacher}: train it (bench/teacher.py) or pass --teacher ''")
     return args
@@ -428,7 +433,7 @@ def main(argv: list[str] | None = None) -> None:
         return child(args)
     common.setup_logging()
     install_peer()
-    rows = ["kd", "e2kd", *([BEFORE] if args.ablation else []), *(EACH_CHANGE if args.each_change else [])]
+    rows = [*args.rows, *([BEFORE] if args.ablation else []), *(EACH_CHANGE if args.each_change else [])]
     started = time.perf_counter()
     imports = {"before": import_cost(False), "after": import_cost(True)}
     pairs = run_pairs(args, rows)
