@@ -21,12 +21,13 @@ from tests.services import free_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def tiny_demo_spec(name: str = "demo-tiny", *, epochs: int = 1, shots_per_class: int = 10) -> dict[str, Any]:
+def tiny_demo_spec(name: str = "demo-tiny", *, epochs: int = 1, shots_per_class: int = 10,
+                   teacher_epochs: int = 1) -> dict[str, Any]:
     """The README's demo spec (examples/digits-e2kd.json) with tiny settings: seconds on one core."""
     spec = copy.deepcopy(json.loads((ROOT / "examples" / "digits-e2kd.json").read_text()))
     spec["name"] = name
     spec["dataset"].update(image_size=16, shots_per_class=shots_per_class)
-    spec["teacher"]["epochs"] = 1
+    spec["teacher"]["epochs"] = teacher_epochs
     spec["training"].update(epochs=epochs, device="cpu")
     spec["report"] = {"heatmaps": 2, "latency_runs": 2}
     return spec

@@ -9,6 +9,7 @@ import pty
 import re
 import struct
 import subprocess
+import sys
 import termios
 import threading
 import time
@@ -17,6 +18,12 @@ from dataclasses import dataclass
 from tests.e2e.conftest import DISTILL, clean_env
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+# A shell gives the program in the foreground of a terminal the default Ctrl-C behaviour. A test run started
+# in the background (`make test &`) inherits SIGINT *ignored*, and Python then installs no KeyboardInterrupt
+# handler at all; so the CLI is started through a one-line trampoline that restores the default and execs it.
+AS_IN_A_TERMINAL = ("import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                    "os.execv(sys.argv[1], sys.argv[1:])")
 
 
 @dataclass
@@ -43,7 +50,8 @@ class TerminalRun:
         master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
         self._master = master
-        self.process = subprocess.Popen([DISTILL, *args], env={**cli_env(url), "TERM": "xterm"},
+        self.process = subprocess.Popen([sys.executable, "-c", AS_IN_A_TERMINAL, DISTILL, *args],
+                                        env={**cli_env(url), "TERM": "xterm"},
                                         stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, close_fds=True)
         os.close(slave)
         self._chunks: list[bytes] = []

@@ -47,7 +47,9 @@ def finished_job(client: DistillClient) -> Job:
 
 
 def test_submit_wait_draws_a_live_bar_and_ends_with_the_metrics(served: Served, tmp_path: Path) -> None:
-    run = TerminalRun("submit", str(_spec_file(tmp_path, epochs=2)), "--wait", url=served.url)
+    # A teacher stage of a few seconds: the stream shows every stage that lasts longer than its poll interval
+    spec = _spec_file(tmp_path, epochs=2, teacher_epochs=5, shots_per_class=30)
+    run = TerminalRun("submit", str(spec), "--wait", url=served.url)
     returncode = run.wait(180)
     text = run.screen_text
 
@@ -112,7 +114,8 @@ def test_jobs_show_download_and_logs_of_a_finished_job(served: Served, finished_
 
 
 def test_ctrl_c_during_wait_detaches_without_cancelling(served: Served, tmp_path: Path) -> None:
-    run = TerminalRun("submit", str(_spec_file(tmp_path, epochs=30)), "--wait", url=served.url)
+    # Long enough (tens of seconds) to be still running when the CLI has detached; cancelled below
+    run = TerminalRun("submit", str(_spec_file(tmp_path, epochs=60, shots_per_class=50)), "--wait", url=served.url)
     job_id = run.wait_for(r"submitted (job_\w+)", 30).group(1)
     run.wait_for(r"running: (training_teacher|distilling)", 90)
     run.process.send_signal(signal.SIGINT)  # what Ctrl-C sends to the foreground process
