@@ -91,7 +91,8 @@ def test_stream_follows_a_job_through_state_and_progress_changes_until_it_ends(
 def test_idle_stream_sends_keep_alive_comments(client: TestClient) -> None:
     client.app.state.event_stream = replace(client.app.state.event_stream, keepalive_s=0.1)  # type: ignore
     job_id = client.post("/v1/jobs", json=digits_spec()).json()["id"]
-    cancel = threading.Timer(0.6, lambda: client.post(f"/v1/jobs/{job_id}/cancel"))
+    # Keep-alives start after the first state event, whose read can take a second on a loaded machine
+    cancel = threading.Timer(3.0, lambda: client.post(f"/v1/jobs/{job_id}/cancel"))
     cancel.start()
     try:
         events = _read_events(client, f"/v1/jobs/{job_id}/events")
