@@ -61,9 +61,7 @@ class AsyncVersionLookup(PollStatements):
         """The slots of the running loop; a new loop starts with none of the old loop's connections."""
         loop = asyncio.get_running_loop()
         if self._loop is not loop or self._slots is None:
-            stale, self._idle = self._idle, []
-            for connection in stale:  # their loop is gone: nothing to await there, free the sockets
-                connection.pgconn.finish()
+            self._drop_idle()  # their loop is gone: nothing to await there, free the sockets
             self._loop, self._slots = loop, asyncio.Semaphore(self.size)
         return self._slots
 
@@ -76,17 +74,13 @@ class AsyncVersionLookup(PollStatements):
         """One statement on an idle connection (a new one when none is idle); once more on a fresh one
         if the reused connection turned out dead. `rows`: "one" or "all"."""
         async with self._bind_to_running_loop():
-            reused = bool(self._idle)
-            try:
-                connection = self._idle.pop() if reused else await self._connect()
-            except psycopg.OperationalError as exc:
-                raise OperationalError(sql, None, exc) from exc
+            if not self._idle:
+                return await self._fetch_on_new(sql, params, rows)
+            connection = self._idle.pop()
             try:
                 result = await self._run(connection, sql, params, rows)
             except psycopg.OperationalError as exc:
                 await connection.close()
-                if not reused:
-                    raise OperationalError(sql, None, exc) from exc
                 logger.warning("database connection lost (%s); reading again on a new one", type(exc).__name__)
                 self._drop_idle()  # the server restarted: the other idle ones are dead too
                 return await self._fetch_on_new(sql, params, rows)
@@ -97,6 +91,7 @@ class AsyncVersionLookup(PollStatements):
             return result
 
     async def _fetch_on_new(self, sql: str, params: Any, rows: str) -> Any:
+        """The statement on a connection opened for it, kept for later reads if it worked."""
         try:
             connection = await self._connect()
         except psycopg.OperationalError as exc:
