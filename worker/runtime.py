@@ -9,8 +9,10 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 
 from celery import Celery
@@ -34,6 +36,22 @@ class WorkerRuntime:
     celery: Celery
     # Set when the worker is asked to stop: the running job yields at its next step.
     shutdown: threading.Event = field(default_factory=threading.Event)
+    # When this worker last had no task in hand (None while it runs one); the sweeper reads it.
+    idle_since: datetime | None = field(default_factory=lambda: datetime.now(timezone.utc))
+
+    @contextmanager
+    def busy(self) -> Iterator[None]:
+        """Mark the worker busy for the length of one task (solo pool: one at a time)."""
+        self.idle_since = None
+        try:
+            yield
+        finally:
+            self.idle_since = datetime.now(timezone.utc)
+
+    def idle_for(self, now: datetime) -> timedelta:
+        """How long this worker has been waiting for a message; zero while it runs a task."""
+        since = self.idle_since
+        return timedelta(0) if since is None else max(timedelta(0), now - since)
 
 
 @lru_cache

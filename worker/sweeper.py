@@ -4,9 +4,12 @@ Every tick it
 - re-queues jobs whose worker stopped heart-beating (the repository decides:
   another attempt, cancelled, or failed `worker_lost`) and enqueues them after
   that commit;
-- re-enqueues jobs that sit `queued` longer than the stale timeout, which covers
-  a message lost between the API's commit and its enqueue, or a broker that lost
-  its messages. Duplicates are harmless (claiming is conditional), but to keep
+- re-enqueues jobs that sit `queued` longer than the stale timeout while this
+  worker has had nothing to do for as long: that covers a message lost between
+  the API's commit and its enqueue, or a broker that lost its messages. A busy
+  worker never re-sends: a job behind a deep queue is waiting, not lost, and
+  re-sending the whole backlog from every worker flooded the queue with
+  duplicates. Duplicates are harmless (claiming is conditional), but to keep
   the queue small each job is re-sent with exponential back-off;
 - queues jobs still `waiting` on a teacher job that has ended (its worker died
   between finishing the teacher and releasing them);
@@ -91,6 +94,8 @@ class Sweeper:
                 log.warning("job %s: its teacher had ended without releasing it; queued now", job_id)
                 self._send(job_id, now)
         requeued = [*requeued, *released]
+        if self.runtime.idle_for(now) < self.stale_after:  # busy: its own queue is not empty
+            return requeued
         resent = [job_id for job_id in self._unclaimed(now) if job_id not in requeued]
         for job_id in resent:
             with job_context(job_id):

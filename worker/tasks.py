@@ -75,7 +75,7 @@ class Outcome:
 def run_job(job_id: str, runtime: WorkerRuntime | None = None) -> str:
     """Claim, run and finish one job; returns what happened (for logs and tests)."""
     runtime = runtime or get_runtime()
-    with job_context(job_id):
+    with runtime.busy(), job_context(job_id):
         with runtime.sessions() as session:
             job = repository.claim_job(session, job_id, runtime.worker_id, runtime.settings.max_attempts)
         if job is None:

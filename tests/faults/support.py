@@ -25,15 +25,6 @@ def small_spec(name: str) -> dict[str, Any]:
                      report={"heatmaps": 1, "latency_runs": 1})
 
 
-def soak_spec(name: str) -> dict[str, Any]:
-    """About two seconds of work on one core: enough that 100 jobs on 2 workers outlast several 20 s kill periods.
-
-    With `small_spec` the whole soak finished in about 25 s, before a second kill could land.
-    """
-    return tiny_spec(name=name, shots_per_class=20, student_epochs=4, method="kd",
-                     report={"heatmaps": 1, "latency_runs": 1})
-
-
 def assert_artifacts_complete(client: httpx.Client, job: dict[str, Any]) -> int:
     """Every listed artifact downloads whole (its recorded size) and parses as what its name says."""
     assert job["artifacts"], f"job {job['id']} lists no artifacts"

@@ -69,6 +69,25 @@ def test_queued_job_nobody_claimed_is_enqueued_again_with_backoff(
     assert drain_queue() == [job.id, job.id]
 
 
+def test_a_busy_worker_does_not_resend_the_backlog(
+    runtime: WorkerRuntime, make_job: Callable[..., Job], drain_queue: Callable[[], list[str]]
+) -> None:
+    """A job behind a deep queue is waiting, not lost: only a worker idle for a stale period re-sends it."""
+    job = make_job()
+    sweeper = Sweeper(runtime)
+    stale = timedelta(seconds=runtime.settings.stale_after_s)
+    start = job.updated_at
+
+    with runtime.busy():
+        assert sweeper.tick(now=start + stale * 1.1) == []
+        assert sweeper.tick(now=start + stale * 5) == []
+    assert runtime.idle_since is not None  # the task ended
+    runtime.idle_since = start + stale * 4  # as if the task had ended then
+    assert sweeper.tick(now=start + stale * 4.5) == []  # idle, but not long enough to rule out a queue
+    assert sweeper.tick(now=start + stale * 5.2) == [job.id]
+    assert drain_queue() == [job.id]
+
+
 def test_finished_or_running_jobs_are_left_alone(
     runtime: WorkerRuntime, database: Database, make_job: Callable[..., Job], drain_queue: Callable[[], list[str]]
 ) -> None:
