@@ -53,13 +53,18 @@ def test_stale_job_out_of_attempts_fails_as_worker_lost(
     assert drain_queue() == [job.id] * (runtime.settings.max_attempts - 1)
 
 
+def _queued_job_and_sweeper(
+    runtime: WorkerRuntime, make_job: Callable[..., Job]
+) -> tuple[Job, Sweeper, timedelta, datetime]:
+    """A fresh queued job, a sweeper, the stale period and the job's last change (the clock's zero)."""
+    job = make_job()
+    return job, Sweeper(runtime), timedelta(seconds=runtime.settings.stale_after_s), job.updated_at
+
+
 def test_queued_job_nobody_claimed_is_enqueued_again_with_backoff(
     runtime: WorkerRuntime, make_job: Callable[..., Job], drain_queue: Callable[[], list[str]]
 ) -> None:
-    job = make_job()
-    sweeper = Sweeper(runtime)
-    stale = timedelta(seconds=runtime.settings.stale_after_s)
-    start = job.updated_at
+    job, sweeper, stale, start = _queued_job_and_sweeper(runtime, make_job)
 
     assert sweeper.tick(now=start + stale / 2) == []  # young: its first message is probably still on its way
     assert sweeper.tick(now=start + stale * 1.1) == [job.id]
@@ -73,10 +78,7 @@ def test_a_busy_worker_does_not_resend_the_backlog(
     runtime: WorkerRuntime, make_job: Callable[..., Job], drain_queue: Callable[[], list[str]]
 ) -> None:
     """A job behind a deep queue is waiting, not lost: only a worker idle for a stale period re-sends it."""
-    job = make_job()
-    sweeper = Sweeper(runtime)
-    stale = timedelta(seconds=runtime.settings.stale_after_s)
-    start = job.updated_at
+    job, sweeper, stale, start = _queued_job_and_sweeper(runtime, make_job)
 
     with runtime.busy():
         assert sweeper.tick(now=start + stale * 1.1) == []
