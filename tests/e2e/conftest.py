@@ -24,10 +24,11 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from store import repository
 from store.db import Database, upgrade_database
-from store.models import Job, TERMINAL_STATUSES
+from store.models import Job, JobStatus, TERMINAL_STATUSES, WorkerRecord
 from store.settings import Settings
 from tests.services import free_port
 
@@ -113,6 +114,21 @@ def present_worker_pids(database_url: str) -> set[int]:
     finally:
         database.dispose()
     return {worker.pid for worker in workers if worker.hostname == socket.gethostname()}
+
+
+def running_worker_pids(database_url: str) -> set[int]:
+    """Pids of this host's workers that hold a running job (a job's worker_id is its worker's presence id)."""
+    database = Database(database_url)
+    try:
+        with database.sessions() as session:
+            pids = session.scalars(
+                select(WorkerRecord.pid)
+                .join(Job, Job.worker_id == WorkerRecord.id)
+                .where(Job.status == JobStatus.running.value, WorkerRecord.hostname == socket.gethostname())
+            ).all()
+    finally:
+        database.dispose()
+    return set(pids)
 
 
 def read_events(client: httpx.Client, job_id: str, timeout_s: float = 120) -> list[tuple[str, dict[str, Any]]]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 import time
 from collections import Counter
@@ -21,9 +20,7 @@ from collections.abc import Callable
 
 import pytest
 
-from store.db import Database
-from store.models import Job, JobStatus
-from tests.e2e.conftest import TERMINAL, Process, Stack
+from tests.e2e.conftest import TERMINAL, Process, Stack, running_worker_pids
 from tests.faults.support import assert_artifacts_complete, small_spec
 from tests.services import PostgresServer
 
@@ -67,17 +64,9 @@ class PacedSubmitter(threading.Thread):
             self.error = exc
 
 
-def running_worker_pids(database: Database) -> set[int]:
-    """Pids of this host's workers that hold a running job (worker ids are "<host>-<pid>")."""
-    prefix = f"{socket.gethostname()}-"
-    with database.sessions() as session:
-        owners = session.query(Job.worker_id).filter(Job.status == JobStatus.running.value).all()
-    return {int(owner[len(prefix):]) for (owner,) in owners if owner and owner.startswith(prefix)}
-
-
-def pick_victim(stack: Stack, database: Database) -> Process | None:
+def pick_victim(stack: Stack) -> Process | None:
     """A live worker in the middle of a job; None when every live worker is between jobs."""
-    busy = running_worker_pids(database)
+    busy = running_worker_pids(stack.database_url)
     return next((worker for worker in stack.workers if worker.alive() and worker.pid in busy), None)
 
 
@@ -89,7 +78,6 @@ def test_soak_jobs_through_two_workers_one_killed_every_20s(
     stack.env["DISTILL_MAX_ATTEMPTS"] = "10"  # kills are the test, not the job's fault: never give up on one
     stack.start()
     stack.start_worker()
-    database = Database(database_url)
     submitter = PacedSubmitter(stack)
     started = time.monotonic()
     submitter.start()
@@ -100,7 +88,7 @@ def test_soak_jobs_through_two_workers_one_killed_every_20s(
         current = statuses(stack, list(submitter.job_ids))
         if not submitter.is_alive() and all(status in TERMINAL for status in current.values()):
             break
-        victim = pick_victim(stack, database) if time.monotonic() >= next_kill else None
+        victim = pick_victim(stack) if time.monotonic() >= next_kill else None
         if victim is not None:
             victim.stop(signal.SIGKILL)
             kills += 1
@@ -109,7 +97,6 @@ def test_soak_jobs_through_two_workers_one_killed_every_20s(
         time.sleep(0.5)
     elapsed = time.monotonic() - started
     submitter.join(timeout=5)
-    database.dispose()
     job_ids = submitter.job_ids
     current = statuses(stack, job_ids)
 
