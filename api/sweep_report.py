@@ -8,7 +8,7 @@ from html import escape
 from typing import Any
 
 from api.sweep_schemas import SweepOut
-from core.sweep import LEADERBOARD_METRICS
+from core.spec.sweep import LEADERBOARD_METRICS
 
 _STYLE = """body{font:14px system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}
 td,th{border:1px solid #ccc;padding:4px 8px;text-align:right}th{background:#f3f3f3}td.l{text-align:left}

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from api.routes import API_V1
 from api.schemas import as_utc
-from core.sweep import LEADERBOARD_METRICS, leaderboard
+from core.spec.sweep import LEADERBOARD_METRICS, leaderboard
 from store.models import Job, JobKind, JobStatus, Sweep
 from store.sweeps import sweep_status
 

@@ -35,7 +35,7 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from api.errors import ApiError
-from core.compat import DatasetShape, fit_problems, image_channels, weights_shape
+from core.models.compat import DatasetShape, fit_problems, image_channels, weights_shape
 from core.data import IMAGE_SUFFIXES, find_splits, image_folder_classes, load_dataset
 from core.errors import DataError, WeightsError
 from core.models import build_model, is_safetensors, load_state, read_state_dict

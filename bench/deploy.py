@@ -48,7 +48,7 @@ def demo_job(quick: bool, folder: Path | None) -> tuple[Path, dict[str, Any]]:
 def models(out: Path, metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Path], Any]:
     """Teacher and student from the job folder, their ONNX files, and the test images."""
     from core.data import load_dataset
-    from core.export import export_onnx
+    from core.deploy.onnx import export_onnx
     from core.models import build_model, load_weights
     from core.spec import JobSpec
 
@@ -66,7 +66,7 @@ def models(out: Path, metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str
 
 def time_rounds(built: dict[str, Any], files: dict[str, Path], images: Any, rounds: int, runs: int) -> dict:
     """Per (model, batch, runtime): the row's median ms in each round."""
-    from core.latency import onnx_rows, torch_rows
+    from core.deploy.latency import onnx_rows, torch_rows
 
     per_round: dict[tuple[str, int, str], list[float]] = {}
     for round_index in range(rounds):

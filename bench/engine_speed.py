@@ -156,9 +156,9 @@ class EpochClock:
         return [(b[0] - a[0], b[1] - a[1]) for a, b in zip(self.marks, self.marks[1:])]
 
 
-def epoch_end_callbacks(clock: EpochClock):  # noqa: ANN201 - a core.callbacks object, imported late
+def epoch_end_callbacks(clock: EpochClock):  # noqa: ANN201 - a core.train.callbacks object, imported late
     """Engine callbacks that mark the clock at each epoch's last report: after held-out accuracy and checkpoint."""
-    from core.callbacks import NullCallbacks
+    from core.train.callbacks import NullCallbacks
 
     class EpochEnds(NullCallbacks):
         def on_progress(self, progress) -> None:  # noqa: ANN001
@@ -173,7 +173,7 @@ def engine_epochs(args: argparse.Namespace, method: Method) -> list[tuple[float,
     import torch
 
     from core.terms import build_terms
-    from core.trainer import DistillationObjective, OptimConfig, train
+    from core.train.loop import DistillationObjective, OptimConfig, train
 
     data, teacher, student, spec = build(args, method)
     device = torch.device("cpu")
@@ -202,7 +202,7 @@ def bare_epochs(args: argparse.Namespace, method: Method) -> list[tuple[float, f
     import torch
     import torch.nn.functional as F
 
-    from core.evaluate import predict_logits
+    from core.models import predict_logits
     from core.models import explained_layer
 
     data, teacher, student, spec = build(args, method)
@@ -439,7 +439,7 @@ def _kd_epoch(row: DataRow, images, batch_size: int) -> float:  # noqa: ANN001
     from core.models import build_model
     from core.spec import JobSpec
     from core.terms import build_terms
-    from core.trainer import DistillationObjective, OptimConfig, train
+    from core.train.loop import DistillationObjective, OptimConfig, train
 
     torch.manual_seed(0)
     teacher = build_model(row.teacher, 10, 3, image_size=row.image_size)

@@ -30,7 +30,7 @@ What is the same on both sides, by construction:
 torchdistill's side is its own training loop API: `get_distillation_box`, then per epoch
 `pre_epoch_process`, `forward_process` + `post_forward_process` per batch (with the
 `loss.item()` its example script logs), `post_epoch_process`. This engine's side is what a job
-runs for the distillation stage: `DistillationObjective` + `core.trainer.train`, with the
+runs for the distillation stage: `DistillationObjective` + `core.train.loop.train`, with the
 per-epoch checkpoint (written after the epoch's clock stops, as the engine times it).
 Every run is a fresh process; a pair runs torchdistill and this engine's rows one after the
 other, alternating which side goes first, and each ratio is taken within a pair.
@@ -137,13 +137,13 @@ def engine_child(args: argparse.Namespace) -> dict[str, Any]:
     from core.models.cifar import set_inplace
     from core.spec import JobSpec
     from core.terms import build_terms
-    from core.trainer import DistillationObjective, OptimConfig, train
+    from core.train.loop import DistillationObjective, OptimConfig, train
 
     preset, inplace, foreach, channels_last = ENGINE_ROWS[args.child]
-    if not channels_last:  # the ablation: core.precision's rule, answered "no" for this process
-        import core.precision
+    if not channels_last:  # the ablation: core.train.precision's rule, answered "no" for this process
+        import core.train.precision
 
-        core.precision.uses_channels_last = lambda precision, device: False
+        core.train.precision.uses_channels_last = lambda precision, device: False
     data, teacher, student = load_inputs(args)
     set_inplace(teacher, inplace)
     set_inplace(student, inplace)
@@ -182,7 +182,7 @@ class EngineOrder:
     def __iter__(self):  # noqa: ANN204
         import torch
 
-        from core.trainer import epoch_generator
+        from core.train.loop import epoch_generator
 
         order = torch.randperm(self.size, generator=epoch_generator(self.seed, self.epoch))
         self.epoch += 1
@@ -280,7 +280,7 @@ def evaluate_peer(model: Any, loader: Any) -> float:
 
 def child(args: argparse.Namespace) -> None:
     common.set_threads(args.threads)
-    from core.torch_runtime import configure_torch
+    from core.train.runtime import configure_torch
 
     configure_torch(args.threads)  # both sides: the optimiser's one-time imports before anything is timed
     if args.child == PEER:
@@ -295,7 +295,7 @@ def import_cost_child() -> None:
     """Seconds of the first optimiser construction in a fresh process, without and after configure_torch."""
     import torch
 
-    from core.torch_runtime import configure_torch
+    from core.train.runtime import configure_torch
 
     model = torch.nn.Linear(2, 2)
     if os.environ.get("PEER_CONFIGURE") == "1":

@@ -48,7 +48,7 @@ def main() -> None:
     import torch.nn.functional as F
 
     from core.data import load_dataset
-    from core.evaluate import predict_logits
+    from core.models import predict_logits
     from core.models import build_model, save_weights, set_input_normalisation
     from core.spec import DatasetSpec
 

@@ -28,14 +28,15 @@ from pydantic import ValidationError
 from torch import nn
 
 from core.atomic import write_text_atomic
-from core.attribution import captum_maps
-from core.callbacks import STAGES, NullCallbacks, RunCallbacks
-from core.checkpoint import load_checkpoint
-from core.compat import DatasetShape, check_weights_file
+from core.explain.reference import captum_maps
+from core.train.callbacks import STAGES, NullCallbacks, RunCallbacks
+from core.train.checkpoint import load_checkpoint
+from core.models.compat import DatasetShape, check_weights_file
 from core.data import DataBundle, load_dataset
-from core.deploy import cpu_batch1_ms, deployment
+from core.deploy.deployment import cpu_batch1_ms, deployment
 from core.errors import DistillError, JobCancelled, SpecError
-from core.evaluate import evaluate, predict_logits
+from core.evaluate import evaluate
+from core.models import predict_logits
 from core.explain import FeatureTap, explaining_forwards
 from core.models import (
     LayerNotFound,
@@ -48,16 +49,16 @@ from core.models import (
     save_weights,
     set_input_normalisation,
 )
-from core.model_card import write_model_card
-from core.report import HeatmapTile, render_gallery
-from core.report_html import write_report
+from core.publish.model_card import write_model_card
+from core.publish.heatmaps import HeatmapTile, render_gallery
+from core.publish.report_page import write_report
 from core.spec import ExportSpec, JobSpec, public_spec
 from core.terms import build_terms, cross_entropy_only, term_weights
 from core.terms.registry import identity_loss
-from core.torch_runtime import configure_torch
-from core.tracking import TrackingConfig, track_job, tracking_from_env
-from core.trainer import DistillationObjective, OptimConfig, train
-from core.xdistill import ExplainerAutoencoder, explainer_objective
+from core.train.runtime import configure_torch
+from core.publish.tracking import TrackingConfig, track_job, tracking_from_env
+from core.train.loop import DistillationObjective, OptimConfig, train
+from core.train.autoencoder import ExplainerAutoencoder, explainer_objective
 
 log = logging.getLogger("core.run")  # not "__main__" under python -m
 
@@ -494,7 +495,7 @@ SUMMARY_KEYS = ("student_accuracy", "teacher_accuracy", "agreement", "explanatio
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m core.run SPEC.json --out DIR [--data NAME=PATH ...]` (also `distill run`)."""
-    from core.progress import terminal_callbacks
+    from core.train.progress import terminal_callbacks
 
     parser = argparse.ArgumentParser(
         prog="distill run", description="Run one distillation job in this process (resumes an interrupted --out)."

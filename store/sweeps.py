@@ -21,7 +21,7 @@ from sqlalchemy import and_, or_, select, true
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from core.sweep import Child, teacher_groups
+from core.spec.sweep import Child, teacher_groups
 from store import repository
 from store.models import TERMINAL_STATUSES, Job, JobKind, JobStatus, Sweep, utcnow
 

@@ -55,7 +55,7 @@ def _forget_the_job(task_id: str, **_: Any) -> None:
 @signals.worker_init.connect
 def _on_worker_init(**_: Any) -> None:
     """Threads, the optimiser's lazy imports and cuDNN set once per worker process, not in a job's stage time."""
-    from core.torch_runtime import configure_torch
+    from core.train.runtime import configure_torch
 
     configure_torch(settings.torch_threads)
 

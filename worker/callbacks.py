@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from core.callbacks import Progress
+from core.train.callbacks import Progress
 from store import repository
 from store.models import JobStatus
 
@@ -54,7 +54,7 @@ def progress_payload(progress: Progress) -> dict[str, Any]:
 
 
 class WorkerCallbacks:
-    """core.callbacks.RunCallbacks backed by the job row.
+    """core.train.callbacks.RunCallbacks backed by the job row.
 
     Besides a user's cancel, the engine is also stopped when the worker shuts down
     (`interrupted`) or when the row no longer belongs to this worker (`lost`, e.g. the

@@ -24,7 +24,7 @@ from core.errors import DistillError, JobCancelled, is_storage_full
 from core.run import run_job as run_engine
 from core.spec import JobSpec
 from core.run import run_teacher
-from core.tracking import DEFAULT_EXPERIMENT, TrackingConfig
+from core.publish.tracking import DEFAULT_EXPERIMENT, TrackingConfig
 from store import repository
 from store.artifacts import record_job_outputs, redact_paths
 from store.models import JobKind, JobStatus

@@ -23,7 +23,7 @@ from api.events import EventHub, job_events
 from api.routes import API_V1
 from api.ratelimit import rate_limit
 from api.schemas import ERROR_RESPONSES, WRITE_ERROR_RESPONSES, JOB_SPEC_EXAMPLES, ErrorResponse, JobOut, JobPage, as_json_errors
-from core.compat import DatasetShape, WeightsShape, fit_problems
+from core.models.compat import DatasetShape, WeightsShape, fit_problems
 from core.spec import JobSpec, control_character_field, has_control_characters
 from store import repository
 from store.artifacts import UnsafeArtifactPath, artifact_path

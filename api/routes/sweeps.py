@@ -23,7 +23,7 @@ from api.sweep_events import sweep_events
 from api.sweep_report import render_report
 from api.sweep_schemas import LEADERBOARD_CSV_EXAMPLE, SweepOut, SweepPage, SweepRequest, SweepSummary, sweep_leaderboard
 from core.spec import JobSpec, control_character_field
-from core.sweep import Child, SweepError, expand, leaderboard_csv
+from core.spec.sweep import Child, SweepError, expand, leaderboard_csv
 from store import repository
 from store.models import Sweep
 from store.queue import enqueue_job

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core.compat import image_channels, image_mode
+from core.models.compat import image_channels, image_mode
 from core.data.splits import find_splits, image_folder_classes
 from core.errors import DataError
 

@@ -12,6 +12,7 @@ from core.models.bcos_family import (
 from core.models.cifar import BUILDERS as CIFAR_BUILDERS
 from core.models.cifar import CifarResNet, SmallCNN
 from core.models.device import pick_device
+from core.models.inference import predict_logits
 from core.models.layers import (
     LayerNotFound,
     LayerView,
@@ -49,6 +50,6 @@ __all__ = [
     "set_input_normalisation", "FAMILIES", "CifarResNet", "LayerNotFound", "LayerView", "SmallCNN",
     "UnknownArchitecture", "automatic_layer_path", "build_model", "check_arch", "close_matches", "count_params",
     "input_problem",
-    "explained_layer", "explained_layer_path", "is_safetensors", "load_state", "load_weights", "pick_device", "read_state_dict",
+    "explained_layer", "explained_layer_path", "is_safetensors", "load_state", "load_weights", "pick_device", "predict_logits", "read_state_dict",
     "save_state", "save_weights", "set_explained_layer", "split_arch", "weights_dims",
 ]

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.checkpoint import SIDE_REVISION
+from core.train.checkpoint import SIDE_REVISION
 from core.explain import explanation_maps
 from core.signals.base import GRAPH, NO_PASS, PASS, Batch, Provider, TeacherPass
 from core.terms.base import TARGET_CLASSES, TARGET_MAPS
@@ -42,7 +42,7 @@ class MapCache:
     computed, so a run's maps do not depend on when the cache filled.
 
     Its state carries a revision that changes only when entries are added, so a checkpoint
-    stores it in a side file written once it is full (core.checkpoint), not at every epoch end.
+    stores it in a side file written once it is full (core.train.checkpoint), not at every epoch end.
     """
 
     def __init__(self, size: int) -> None:

@@ -13,7 +13,7 @@ from core.data import DataBundle, load_dataset
 from core.models import build_model
 from core.spec import DatasetSpec
 from core.terms import cross_entropy_only
-from core.trainer import DistillationObjective, OptimConfig, train
+from core.train.loop import DistillationObjective, OptimConfig, train
 
 torch.set_num_threads(1)
 

@@ -12,14 +12,14 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from core.attribution import captum_maps
-from core.compat import DatasetShape, WeightsShape, fit_problems, weights_shape
+from core.explain.reference import captum_maps
+from core.models.compat import DatasetShape, WeightsShape, fit_problems, weights_shape
 from core.data import DataBundle
 from core.explain import FeatureTap, bcos_maps, explaining_forwards, map_source
 from core.models import build_model, explained_layer, explained_layer_path, input_problem, set_input_normalisation
 from core.spec import JobSpec
 from core.terms import cross_entropy_only
-from core.trainer import DistillationObjective, OptimConfig, train
+from core.train.loop import DistillationObjective, OptimConfig, train
 
 CPU = torch.device("cpu")
 
@@ -235,7 +235,7 @@ def test_bcos_teacher_to_bcos_student_with_e2kd_bcos_runs(tmp_path) -> None:
     assert set(result["gallery"][0]["cosines"]) == {"bcos", "gradcam"}
     from PIL import Image
 
-    from core.report import PANEL_GAP_PX
+    from core.publish.heatmaps import PANEL_GAP_PX
 
     with Image.open(tmp_path / result["gallery"][0]["file"]) as tile:
         assert tile.width == 5 * 128 + 4 * PANEL_GAP_PX and tile.text["explainers"] == "bcos, gradcam"

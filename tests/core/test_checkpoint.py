@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from core.checkpoint import SIDE_REVISION, CheckpointFile, load_checkpoint
+from core.train.checkpoint import SIDE_REVISION, CheckpointFile, load_checkpoint
 
 
 def _state(revision: int, fill: float) -> dict:

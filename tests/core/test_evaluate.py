@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from core.data import DataBundle, load_dataset
-from core.evaluate import cpu_latency_ms, evaluate, expected_calibration_error, predict_logits
+from core.evaluate import evaluate, expected_calibration_error
+from core.evaluate.metrics import cpu_latency_ms
+from core.models import predict_logits
 from core.models import build_model, count_params
 from core.spec import DatasetSpec
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from captum.attr import InputXGradient, LayerGradCam, Saliency
 
-from core.attribution import captum_maps
+from core.explain.reference import captum_maps
 from core.explain import (
     EXPLAINERS,
     Explainer,
@@ -74,7 +74,7 @@ def _training_form(model: torch.nn.Module, explainer: str, x: torch.Tensor, targ
 
 @pytest.mark.parametrize("explainer", list(EXPLAINERS))
 def test_every_explainer_makes_the_same_map_in_its_training_and_its_captum_form(explainer: str) -> None:
-    """Training optimises the same maps that core.attribution serves and evaluates, for every registered name."""
+    """Training optimises the same maps that core.explain.reference serves and evaluates, for every registered name."""
     arch = "bcos/cifar10_resnet8" if EXPLAINERS[explainer].bcos_only else "resnet8"
     model, x, target = _model_and_batch(arch, seed=2)
     reference = captum_maps(model, x, target, explainer)

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from core.data import DataBundle
-from core.evaluate import predict_logits
-from core.export import ONNX_TOLERANCE, OnnxExportError, check_onnx, export_checked, export_onnx
-from core.latency import BATCH_SIZES, latency_table, percentile
+from core.models import predict_logits
+from core.deploy.onnx import ONNX_TOLERANCE, OnnxExportError, check_onnx, export_checked, export_onnx
+from core.deploy.latency import BATCH_SIZES, latency_table, percentile
 from core.models import SmallCNN, build_model
 
 CPU = torch.device("cpu")

@@ -16,13 +16,13 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from core.data import load_dataset
-from core.evaluate import predict_logits
-from core.export import ONNX_TOLERANCE
+from core.models import predict_logits
+from core.deploy.onnx import ONNX_TOLERANCE
 from core.models import build_model, load_weights
 from core.models.cifar import BUILDERS as CIFAR_BUILDERS
 from core.run import run_job
 from core.spec import JobSpec
-from core.tracking import TrackingConfig
+from core.publish.tracking import TrackingConfig
 from tests.core.test_export import BesselHeadCNN
 
 CPU = torch.device("cpu")

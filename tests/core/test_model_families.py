@@ -11,7 +11,7 @@ import torch
 from captum.attr import LayerGradCam
 from pydantic import ValidationError
 
-from core.attribution import captum_maps
+from core.explain.reference import captum_maps
 from core.errors import WeightsError
 from core.explain import FeatureTap, gradcam_maps
 from core.models import (

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from core.models import build_model
-from core.trainer import OptimConfig, make_optimizer
+from core.train.loop import OptimConfig, make_optimizer
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])

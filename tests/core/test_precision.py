@@ -10,10 +10,10 @@ import torch
 from core.data import DataBundle
 from core.explain import FeatureTap, gradcam_maps
 from core.models import build_model, explained_layer
-from core.precision import Precision
+from core.train.precision import Precision
 from core.spec import JobSpec
 from core.terms import build_terms
-from core.trainer import DistillationObjective, OptimConfig, train
+from core.train.loop import DistillationObjective, OptimConfig, train
 
 CPU = torch.device("cpu")
 

@@ -10,12 +10,12 @@ from pydantic import Field, ValidationError
 
 from core.data import DataBundle
 from core.models import build_model
-from core.objective import DistillationObjective
+from core.train.objective import DistillationObjective
 from core.spec import PRESETS, JobSpec, LossSpec
 from core.strict import StrictModel
 from core.terms import BatchContext, Term, TermUnit, build_terms, register, registry, unregister
 from core.terms.base import TEACHER_LOGITS
-from core.trainer import OptimConfig, train
+from core.train.loop import OptimConfig, train
 
 CPU = torch.device("cpu")
 

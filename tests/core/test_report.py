@@ -11,7 +11,7 @@ from PIL import Image
 
 from core.data import DataBundle, load_dataset
 from core.models import build_model, set_input_normalisation
-from core.report import (
+from core.publish.heatmaps import (
     CAPTION_PX, FRAME_PX, GRID_COLUMNS, GRID_GAP_PX, MIN_PANEL_PX, PANEL_GAP_PX, WRONG_RGB, colormap,
     misclassified_first, render_gallery, render_heatmaps,
 )
@@ -186,8 +186,8 @@ def test_bcos_job_shows_its_bcos_maps_then_gradcam_and_names_both(
 def test_report_page_and_model_card_name_the_jobs_explainer(
     digits: DataBundle, bcos_models, tmp_path: Path
 ) -> None:
-    from core.model_card import write_model_card
-    from core.report_html import write_report
+    from core.publish.model_card import write_model_card
+    from core.publish.report_page import write_report
 
     student, teacher = bcos_models
     tiles = render_gallery(student, teacher, digits, tmp_path, 2, CPU, explainer="bcos")

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from core.callbacks import NullCallbacks, Progress
+from core.train.callbacks import NullCallbacks, Progress
 from core.errors import JobCancelled
 from core.run import run_job
 from core.spec import JobSpec

@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from core.callbacks import NullCallbacks, Progress
+from core.train.callbacks import NullCallbacks, Progress
 from core.errors import JobCancelled, SpecError
 from core.models import build_model, save_weights
-from core.progress import LogCallbacks, TqdmCallbacks, terminal_callbacks
+from core.train.progress import LogCallbacks, TqdmCallbacks, terminal_callbacks
 from core.run import main, run_job, spec_sha256
 from core.spec import JobSpec
 
@@ -236,7 +236,7 @@ def test_terminal_callbacks_draw_a_bar_on_a_tty_and_log_lines_otherwise(caplog: 
 
     plain = terminal_callbacks(io.StringIO())
     assert isinstance(plain, LogCallbacks) and not plain.should_cancel()
-    with caplog.at_level(logging.INFO, logger="core.progress"):
+    with caplog.at_level(logging.INFO, logger="core.train.progress"):
         plain.on_progress(Progress("distilling", 1, 2, 3, 7, 0.2, {"loss": 1.5}))  # a step: no line
         plain.on_progress(_epoch_end())
     assert len(caplog.records) == 1

@@ -1,10 +1,10 @@
-"""core.sweep: grid expansion and the seed-grouped leaderboard, as plain functions."""
+"""core.spec.sweep: grid expansion and the seed-grouped leaderboard, as plain functions."""
 
 from __future__ import annotations
 
 import pytest
 
-from core.sweep import SweepError, expand, leaderboard, mean_std, teacher_groups
+from core.spec.sweep import SweepError, expand, leaderboard, mean_std, teacher_groups
 from tests.worker.jobspecs import tiny_spec
 
 

@@ -1,4 +1,4 @@
-"""The process-wide torch setup every training entry point calls (core.torch_runtime)."""
+"""The process-wide torch setup every training entry point calls (core.train.runtime)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from core.torch_runtime import configure_torch, threads_setting
+from core.train.runtime import configure_torch, threads_setting
 
 
 @pytest.mark.parametrize(("value", "threads"), [(None, 0), ("", 0), (" 3 ", 3), ("0", 0)])
@@ -37,7 +37,7 @@ def test_after_configure_torch_the_first_optimizer_imports_nothing_more() -> Non
     """In a fresh process: the optimiser's lazy torch._dynamo import happens in configure_torch, not in the job."""
     script = (
         "import sys, torch\n"
-        "from core.torch_runtime import configure_torch\n"
+        "from core.train.runtime import configure_torch\n"
         "assert 'torch._dynamo' not in sys.modules\n"
         "configure_torch()\n"
         "before = set(sys.modules)\n"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.tracking import DEFAULT_EXPERIMENT, TrackingConfig, epoch_metrics, flatten, tracking_from_env
+from core.publish.tracking import DEFAULT_EXPERIMENT, TrackingConfig, epoch_metrics, flatten, tracking_from_env
 
 
 def test_tracking_is_off_without_a_uri_and_reads_mlflows_own_variables() -> None:

@@ -7,18 +7,18 @@ from pathlib import Path
 import pytest
 import torch
 
-import core.checkpoint as checkpoint_module
+import core.train.checkpoint as checkpoint_module
 import core.signals.maps as maps_module
-from core.callbacks import NullCallbacks, Progress
-from core.checkpoint import load_checkpoint
+from core.train.callbacks import NullCallbacks, Progress
+from core.train.checkpoint import load_checkpoint
 from core.data import DataBundle
 from core.errors import JobCancelled
 from core.models import build_model
 from core.signals import AutoencoderMaps, Batch, CachedTeacherMaps, LiveTeacherMaps, OracleTeacherLogits
 from core.spec import JobSpec
 from core.terms import build_terms, cross_entropy_only
-from core.trainer import DistillationObjective, OptimConfig, train
-from core.xdistill import explainer_objective
+from core.train.loop import DistillationObjective, OptimConfig, train
+from core.train.autoencoder import explainer_objective
 
 CPU = torch.device("cpu")
 

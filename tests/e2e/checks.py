@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 import torch
 
-from core.callbacks import STAGES
+from core.train.callbacks import STAGES
 from core.data import load_dataset
-from core.evaluate import predict_logits
+from core.models import predict_logits
 from core.models import build_model, load_weights
 from core.spec import JobSpec
 

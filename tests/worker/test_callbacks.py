@@ -9,7 +9,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from core.callbacks import Progress
+from core.train.callbacks import Progress
 from store import repository
 from store.db import Database
 from store.models import Job, JobStatus

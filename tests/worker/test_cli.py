@@ -69,7 +69,7 @@ def test_unknown_command_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def test_run_honours_distill_torch_threads(tmp_path: Path) -> None:
-    """The CLI applies DISTILL_TORCH_THREADS as a worker does (core.torch_runtime), before it reads the spec."""
+    """The CLI applies DISTILL_TORCH_THREADS as a worker does (core.train.runtime), before it reads the spec."""
     result = _distill("run", str(tmp_path / "missing.json"), "--out", str(tmp_path / "out"),
                       env=_env(DISTILL_TORCH_THREADS="1", OMP_NUM_THREADS="2"))
     assert result.returncode == 2

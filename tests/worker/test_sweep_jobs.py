@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
-from core.sweep import expand
+from core.spec.sweep import expand
 from store import repository
 from store.db import Database
 from store.models import Job, JobStatus

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from core.tracking import TrackingConfig
+from core.publish.tracking import TrackingConfig
 from store.settings import Settings
 from worker.tasks import _tracking
 

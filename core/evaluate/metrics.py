@@ -16,58 +16,16 @@ import time
 import torch
 from torch import nn
 
-from core.attribution import captum_maps, map_cosine
+from core.explain.reference import captum_maps, map_cosine
 from core.data import DataBundle
 from core.explain import shown_explainers
-from core.models import count_params
+from core.evaluate.calibration import expected_calibration_error
+from core.evaluate.diagnostics import diagnostics
+from core.models import count_params, predict_logits
 
 log = logging.getLogger(__name__)
 
-ECE_BINS = 15
 WARMUP_RUNS = 3
-
-
-def predict_logits(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size: int = 256) -> torch.Tensor:
-    """Eval-mode logits `(N, classes)` of `x`, computed on `device` in batches, returned on the CPU.
-
-    The model's previous train/eval mode is restored, so a trainer can call this mid-training.
-    """
-    if batch_size < 1:
-        raise ValueError("batch_size must be >= 1")
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            logits = [model(x[i : i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)]
-    finally:
-        model.train(was_training)
-    return torch.cat(logits) if logits else torch.empty(0, 0)
-
-
-def expected_calibration_error(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = ECE_BINS) -> float:
-    """ECE of Guo et al. (2017): `sum_b |B_b|/N * |accuracy(B_b) - mean confidence(B_b)|`.
-
-    Confidence is the top-1 probability; bins are `n_bins` equal-width intervals `(lo, hi]`
-    of [0, 1] (a confidence of exactly 0 falls in the first), the common reference choice,
-    so values compare with published ones.
-    """
-    probs = torch.as_tensor(probs, dtype=torch.float64)
-    labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
-    if probs.ndim != 2 or len(probs) != len(labels):
-        raise ValueError(f"probs must be (N, classes) matching {len(labels)} labels, got {tuple(probs.shape)}")
-    if n_bins < 1:
-        raise ValueError("n_bins must be >= 1")
-    if len(labels) == 0:
-        return 0.0
-    confidence, prediction = probs.max(dim=1)
-    correct = (prediction == labels.to(prediction.device)).double()
-    inner_edges = torch.linspace(0.0, 1.0, n_bins + 1, dtype=torch.float64)[1:-1]
-    bins = torch.bucketize(confidence, inner_edges, right=False)  # edge[i-1] < c <= edge[i]
-    count = torch.bincount(bins, minlength=n_bins).double()
-    confidence_sum = torch.bincount(bins, weights=confidence, minlength=n_bins)
-    correct_sum = torch.bincount(bins, weights=correct, minlength=n_bins)
-    # |sum(correct) - sum(confidence)| / N equals |B|/N * |acc(B) - conf(B)|, and is 0 for empty bins.
-    return float((correct_sum - confidence_sum).abs().sum() / count.sum())
 
 
 def cpu_latency_ms(model: nn.Module, example: torch.Tensor, runs: int = 20) -> float:
@@ -136,7 +94,5 @@ def evaluate(
     }
     log.info("evaluated on %d test images: %s", len(test_y), {k: round(v, 4) for k, v in metrics.items()})
     metrics["explainer"] = explainer
-    from core.diagnostics import diagnostics  # imports this module: late, to avoid a cycle
-
     metrics.update(diagnostics(student_logits, teacher_logits, test_y, data.num_classes))
     return metrics

@@ -16,7 +16,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from core.charts import Series, bar_chart, line_chart, reliability_chart
+from core.publish.charts import Series, bar_chart, line_chart, reliability_chart
 from core.explain import EXPLAINERS, shown_explainers
 
 REPORT = "report.html"

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.evaluate import predict_logits
+from core.models import predict_logits
 
 log = logging.getLogger(__name__)
 

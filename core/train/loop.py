@@ -1,6 +1,6 @@
 """One training loop for every stage: the teacher (CE only), the explainer autoencoder, the student.
 
-What differs between stages is the `Objective` (core.objective): it turns a batch into a
+What differs between stages is the `Objective` (core.train.objective): it turns a batch into a
 loss. `train` only loops, steps, checkpoints and reports progress; `epoch_batches` is the
 one piece that knows where batches come from: an image set (uint8 in memory, or streamed
 from files by a DataLoader; see core.data.images), one batch at a time to the device.
@@ -24,12 +24,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.callbacks import NullCallbacks, Progress, RunCallbacks
-from core.checkpoint import CheckpointFile, restore_rng_state, rng_state
+from core.train.callbacks import NullCallbacks, Progress, RunCallbacks
+from core.train.checkpoint import CheckpointFile, restore_rng_state, rng_state
 from core.data import ImageSet, TensorImages
 from core.errors import JobCancelled
-from core.objective import DistillationObjective, Objective, StepOutput
-from core.precision import Precision
+from core.train.objective import DistillationObjective, Objective, StepOutput
+from core.train.precision import Precision
 from core.signals import Batch
 from core.spec import TrainingSpec
 
@@ -48,7 +48,7 @@ class OptimConfig:
     weight_decay: float = 5e-4
     scheduler: str = "cosine"
     seed: int = 0
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (core.precision)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (core.train.precision)
     # One multi-tensor kernel per update step instead of a Python loop over parameters; the same
     # arithmetic per element, so the same weights bit for bit (False: torch's per-tensor loop on the CPU).
     foreach: bool = True

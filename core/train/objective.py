@@ -1,6 +1,6 @@
 """What a training stage minimises: the `Objective` interface and the distillation objective.
 
-The loop (core.trainer) knows only `Objective.step(batch) -> StepOutput`. The distillation
+The loop (core.train.loop) knows only `Objective.step(batch) -> StepOutput`. The distillation
 objective asks its terms which signals they read on this step, has the teacher's signal
 providers compute exactly those (one teacher forward at most, with a graph only when a
 map or the oracle needs it), runs the student once, and lets every term read the result.
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from core.data import DataBundle
-from core.evaluate import predict_logits
+from core.models import predict_logits
 from core.explain import FeatureTap, explanation_maps, get_explainer, map_source
 from core.models import explained_layer
 from core.signals import Batch, TeacherSignals, build_signals

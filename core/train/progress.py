@@ -11,9 +11,9 @@ import logging
 import sys
 from typing import TextIO
 
-from core.callbacks import Progress, RunCallbacks
+from core.train.callbacks import Progress, RunCallbacks
 
-log = logging.getLogger("core.progress")
+log = logging.getLogger("core.train.progress")
 
 
 def _is_epoch_end(progress: Progress) -> bool:

@@ -1,4 +1,4 @@
-"""Per-class accuracy and reliability-diagram bins: the detail behind top-1 and ECE.
+"""Per-class accuracy and the reliability diagram's bins: the detail behind top-1 and ECE.
 
 A mean accuracy can hide a class the student never learnt, and an ECE value does
 not say whether the model is over- or under-confident; the report draws both from
@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from core.evaluate import ECE_BINS, expected_calibration_error
+from core.evaluate.calibration import expected_calibration_error, reliability_bins
 
 
 def per_class_accuracy(predictions: torch.Tensor, labels: torch.Tensor, num_classes: int) -> list[float | None]:
@@ -19,30 +19,6 @@ def per_class_accuracy(predictions: torch.Tensor, labels: torch.Tensor, num_clas
     correct = torch.bincount(labels[predictions == labels], minlength=num_classes).double()
     total = torch.bincount(labels, minlength=num_classes).double()
     return [float(c / t) if t > 0 else None for c, t in zip(correct.tolist(), total.tolist(), strict=True)]
-
-
-def reliability_bins(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = ECE_BINS) -> list[dict[str, Any]]:
-    """Per equal-width confidence bin `(lo, hi]`: image count, mean confidence, accuracy (None when empty).
-
-    The same binning as `expected_calibration_error`, so the diagram shows exactly what ECE sums.
-    """
-    probs = torch.as_tensor(probs, dtype=torch.float64)
-    confidence, prediction = probs.max(dim=1)
-    correct = (prediction == labels).double()
-    edges = torch.linspace(0.0, 1.0, n_bins + 1, dtype=torch.float64)
-    bins = torch.bucketize(confidence, edges[1:-1], right=False)
-    count = torch.bincount(bins, minlength=n_bins)
-    confidence_sum = torch.bincount(bins, weights=confidence, minlength=n_bins)
-    correct_sum = torch.bincount(bins, weights=correct, minlength=n_bins)
-    rows = []
-    for b in range(n_bins):
-        n = int(count[b])
-        rows.append({
-            "lo": float(edges[b]), "hi": float(edges[b + 1]), "count": n,
-            "confidence": float(confidence_sum[b] / n) if n else None,
-            "accuracy": float(correct_sum[b] / n) if n else None,
-        })
-    return rows
 
 
 def diagnostics(

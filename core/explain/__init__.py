@@ -1,7 +1,7 @@
 """The explainers: one registry (`EXPLAINERS`) whose entries know both forms of their map.
 
 captum makes every map a user sees or a metric reads (an entry's `captum` form, run in
-batches by core.attribution); it runs its own forward and returns detached maps.
+batches by core.explain.reference); it runs its own forward and returns detached maps.
 Training needs the student's map WITH a graph (the explanation loss is backpropagated
 through it) and must not pay a second forward for it, so an entry's `maps` form reads
 the last-stage activation through a forward hook during the ordinary forward and
@@ -103,9 +103,9 @@ class Explainer:
     - `reads` is "activations" (the tapped explained layer) or "inputs" (x, which must have
       required grad during the forward).
     - `maps(logits, source, target, create_graph)`: the training form, `(N, 1, h, w)` from the
-      forward the loss already ran (core.objective, core.signals).
+      forward the loss already ran (core.train.objective, core.signals).
     - `captum(model, inputs, target)`: the evaluation form, `(N, 1, h, w)` made by captum with its
-      own forward (core.attribution: metrics, heatmaps, the autoencoder's targets). The model is in
+      own forward (core.explain.reference: metrics, heatmaps, the autoencoder's targets). The model is in
       eval mode and inside `explanation_context`; `inputs` require grad when the explainer reads them.
     - `bcos_only`: it reads the dynamic linear map W(x) only B-cos networks have, so it fits only
       them, and their forwards run in explanation mode while it explains.
@@ -121,7 +121,7 @@ class Explainer:
     bcos_only: bool = False
     # How people see it named: heatmap captions, report tables, the model card (e.g. "Grad-CAM").
     label: str = ""
-    # What makes the maps users see (core.attribution), for the heatmaps' PNG provenance.
+    # What makes the maps users see (core.explain.reference), for the heatmaps' PNG provenance.
     reference: str = ""
 
     @property

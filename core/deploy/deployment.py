@@ -15,8 +15,8 @@ from typing import Any
 from torch import nn
 
 from core.data import DataBundle
-from core.export import OnnxExportError, export_checked, export_onnx
-from core.latency import latency_table
+from core.deploy.onnx import OnnxExportError, export_checked, export_onnx
+from core.deploy.latency import latency_table
 
 log = logging.getLogger(__name__)
 

@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.attribution import captum_maps
+from core.explain.reference import captum_maps
 from core.data import DataBundle
-from core.evaluate import predict_logits
+from core.models import predict_logits
 from core.explain import minmax_normalize
-from core.objective import StepOutput
+from core.train.objective import StepOutput
 from core.signals import Batch
 
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.export import onnx_session
+from core.deploy.onnx import onnx_session
 
 log = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from PIL.PngImagePlugin import PngInfo
 from torch import nn
 
 from core.atomic import atomic_path
-from core.attribution import captum_maps, map_cosine
+from core.explain.reference import captum_maps, map_cosine
 from core.data import DataBundle
-from core.evaluate import predict_logits
+from core.models import predict_logits
 from core.explain import get_explainer, shown_explainers
 from core.models import explained_layer_path
 

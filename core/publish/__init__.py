@@ -1,0 +1,1 @@
+"""What a job leaves for people: heatmap gallery, report page, charts, model card, experiment tracking."""
