@@ -108,7 +108,9 @@ class Job(Base):
     status: Mapped[str] = mapped_column(String(20), default=JobStatus.queued.value)
     stage: Mapped[str | None] = mapped_column(String(40), nullable=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
-    spec_sha256: Mapped[str] = mapped_column(String(64))
+    # The digest an Idempotency-Key is checked against (same key + same body -> replay); the column keeps the
+    # name it was created with, so the rename needs no migration.
+    request_digest: Mapped[str] = mapped_column("spec_sha256", String(64))
     idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True, nullable=True)
     progress: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)

@@ -7,23 +7,23 @@ per (dataset, teacher) group and are queued by `repository.release_dependents` w
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select, true
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session, selectinload
 
 from core.spec.sweep import Child, teacher_groups
 from store import repository
 from store.models import TERMINAL_STATUSES, Job, JobKind, JobStatus, Sweep, utcnow
+from store.repository.idempotency import KeyedRows, create_once
+from store.repository.ownership import owned
+from store.repository.paging import check_limit, cut_page, decode_cursor, newest_first
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class SweepPlan:
 def _job(sweep: Sweep, name: str, spec: dict[str, Any], status: JobStatus, now: datetime, **values: Any) -> Job:
     return Job(
         id=repository.new_job_id(), name=name[:200], status=status.value, spec=spec,
-        spec_sha256=repository.spec_sha256(spec), attempts=0, version=0, created_at=now, updated_at=now,
+        request_digest=repository.request_digest(spec), attempts=0, version=0, created_at=now, updated_at=now,
         artifacts=[], sweep_id=sweep.id, owner=sweep.owner, **values,
     )  # fmt: skip
 
@@ -70,14 +70,11 @@ def _jobs_for(sweep: Sweep, plan: SweepPlan) -> list[Job]:
     return jobs
 
 
-def _find_by_key(session: Session, key: str) -> Sweep | None:
-    return session.scalars(select(Sweep).where(Sweep.idempotency_key == key)).one_or_none()
-
-
-def _replay(existing: Sweep, digest: str, key: str) -> tuple[Sweep, bool, list[str]]:
-    if existing.request_sha256 != digest:
-        raise repository.IdempotencyConflict(f"Idempotency-Key {key!r} was already used for sweep {existing.id}")
-    return existing, False, []
+_SWEEPS_BY_KEY: KeyedRows[Sweep] = KeyedRows(
+    lookup=select(Sweep).where(Sweep.idempotency_key == bindparam("key")),
+    digest_of=lambda sweep: sweep.request_sha256,
+    conflict="Idempotency-Key {key!r} was already used for sweep {id}",
+)
 
 
 def create_sweep(
@@ -86,42 +83,32 @@ def create_sweep(
     """Insert the sweep and all its jobs, owned by `owner`, in one commit; returns (sweep, created, job ids
     to enqueue now). Same key + same request -> (existing, False, []); same key + other request ->
     IdempotencyConflict. Keys are per owner, as for jobs."""
-    digest = repository.spec_sha256(plan.request)
-    idempotency_key = repository.owned_idempotency_key(idempotency_key, owner)
-    if idempotency_key is not None:
-        existing = _find_by_key(session, idempotency_key)
-        session.commit()
-        if existing is not None:
-            return _replay(existing, digest, idempotency_key)
-    sweep = Sweep(id=new_sweep_id(), name=plan.name, request=plan.request, request_sha256=digest,
-                  idempotency_key=idempotency_key, rank_by=plan.rank_by, created_at=utcnow(), owner=owner)
-    jobs = _jobs_for(sweep, plan)
-    session.add(sweep)
-    session.flush()
-    session.add_all(jobs)
-    try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        existing = _find_by_key(session, idempotency_key) if idempotency_key else None
-        session.commit()
-        if existing is None:
-            raise
-        return _replay(existing, digest, idempotency_key)  # type: ignore[arg-type]
+    digest = repository.request_digest(plan.request)
+    key = repository.owned_idempotency_key(idempotency_key, owner)
+    jobs: list[Job] = []
+
+    def insert() -> Sweep:
+        sweep = Sweep(id=new_sweep_id(), name=plan.name, request=plan.request, request_sha256=digest,
+                      idempotency_key=key, rank_by=plan.rank_by, created_at=utcnow(), owner=owner)
+        jobs.extend(_jobs_for(sweep, plan))
+        session.add(sweep)
+        session.flush()  # the sweep row first: its jobs reference it
+        session.add_all(jobs)
+        return sweep
+
+    sweep, created = create_once(session, _SWEEPS_BY_KEY, key, digest, insert)
+    if not created:
+        return sweep, False, []
     queued = [job.id for job in jobs if job.status == JobStatus.queued.value]
     logger.info("sweep %s: created with %d jobs (%d queued now)", sweep.id, len(jobs), len(queued))
     return sweep, True, queued
-
-
-def _owned(owner: str | None) -> Any:
-    return Sweep.owner == owner if owner is not None else true()
 
 
 def get_sweep(session: Session, sweep_id: str, owner: str | None = None) -> Sweep:
     """The sweep with its jobs (teachers first, then children in grid order); NotFound if absent or
     another key's."""
     sweep = session.scalars(
-        select(Sweep).where(Sweep.id == sweep_id, _owned(owner))
+        select(Sweep).where(Sweep.id == sweep_id, owned(Sweep.owner, owner))
         .options(selectinload(Sweep.jobs).selectinload(Job.artifacts))
         .execution_options(populate_existing=True)
     ).one_or_none()  # fmt: skip
@@ -131,34 +118,20 @@ def get_sweep(session: Session, sweep_id: str, owner: str | None = None) -> Swee
     return sweep
 
 
-def _cursor(sweep: Sweep) -> str:
-    raw = f"{sweep.created_at.astimezone(timezone.utc).isoformat()}|{sweep.id}"
-    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
-
-
-def _decode(cursor: str) -> tuple[datetime, str]:
-    try:
-        created, sweep_id = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().split("|", 1)
-        return datetime.fromisoformat(created), sweep_id
-    except (binascii.Error, UnicodeDecodeError, ValueError) as error:
-        raise ValueError("malformed cursor") from error
-
-
 def list_sweeps(
     session: Session, limit: int, cursor: str | None, owner: str | None = None
 ) -> tuple[list[Sweep], str | None]:
-    """Newest first, keyset-paged like list_jobs (only `owner`'s unless None); ValueError for a bad cursor."""
+    """Newest first, keyset-paged like list_jobs, with the same cursor and the same checks of it (only
+    `owner`'s unless None); ValueError for a malformed cursor or limit < 1."""
+    check_limit(limit)
+    after = decode_cursor(cursor) if cursor is not None else None
     statement = (
-        select(Sweep).where(_owned(owner)).options(selectinload(Sweep.jobs)).execution_options(populate_existing=True)
-    )
-    if cursor is not None:
-        created, sweep_id = _decode(cursor)
-        statement = statement.where(or_(Sweep.created_at < created,
-                                        and_(Sweep.created_at == created, Sweep.id < sweep_id)))
-    rows = list(session.scalars(statement.order_by(Sweep.created_at.desc(), Sweep.id.desc()).limit(limit + 1)))
+        select(Sweep).where(owned(Sweep.owner, owner))
+        .options(selectinload(Sweep.jobs)).execution_options(populate_existing=True)
+    )  # fmt: skip
+    rows = list(session.scalars(newest_first(statement, Sweep.created_at, Sweep.id, after).limit(limit + 1)))
     session.commit()
-    page = rows[:limit]
-    return page, (_cursor(page[-1]) if len(rows) > limit else None)
+    return cut_page(rows, limit, lambda sweep: (sweep.created_at, sweep.id))
 
 
 def cancel_sweep(session: Session, sweep_id: str, owner: str | None = None) -> Sweep:

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from store import repository
 from store.db import Database
 from store.models import JobStatus
+from store.repository import polls
 from tests.api.support import digits_spec
 
 
@@ -141,8 +142,8 @@ def test_fifty_streams_on_one_job_share_one_poller_one_query_per_tick_and_one_re
     job_id = client.post("/v1/jobs", json=digits_spec()).json()["id"]
     hub: EventHub = client.app.state.event_hub  # type: ignore[attr-defined]
     statements: list[str] = []
-    full_read = str(repository._FULL_BY_ID.compile(dialect=db.reader.dialect))
-    stamp_read = str(repository._STAMP_BY_ID.compile(dialect=db.reader.dialect))
+    full_read = str(polls._FULL_BY_ID.compile(dialect=db.reader.dialect))
+    stamp_read = str(polls._STAMP_BY_ID.compile(dialect=db.reader.dialect))
 
     def count(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
         # The poller's own two statements (on SQLite the writes above share the engine).

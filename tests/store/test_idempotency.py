@@ -8,10 +8,12 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from core.spec.sweep import Child
 from store import repository
 from store.db import Database
-from store.models import Job
+from store.models import Job, Sweep
 from store.repository import IdempotencyConflict
+from store.sweeps import SweepPlan, create_sweep
 from tests.store.support import spec
 
 
@@ -91,3 +93,46 @@ def test_concurrent_posts_with_one_key_create_one_job(database: Database) -> Non
     assert sorted(created for _, created in outcomes) == [False] * (contenders - 1) + [True]
     with database.session() as session:
         assert _job_count(session) == 1
+
+
+def _sweep_plan(**request: object) -> SweepPlan:
+    children = [Child(0, {"training.seed": 0}, spec()), Child(1, {"training.seed": 1}, spec(name="other"))]
+    return SweepPlan("s", {"grid": {"training.seed": [0, 1]}, **request}, "student_accuracy", children)
+
+
+def test_a_sweep_key_replays_the_sweep_and_refuses_another_request(session: Session) -> None:
+    first, created, queued = create_sweep(session, _sweep_plan(), "sweep-key")
+    again = create_sweep(session, _sweep_plan(), "sweep-key")
+
+    assert created and queued and again == (first, False, [])
+    with pytest.raises(IdempotencyConflict, match="sweep-key"):
+        create_sweep(session, _sweep_plan(rank_by="other"), "sweep-key")
+
+
+def test_concurrent_sweeps_with_one_key_create_one_sweep(database: Database) -> None:
+    contenders = 4
+    barrier = threading.Barrier(contenders)
+    outcomes: list[tuple[str, bool]] = []
+    errors: list[BaseException] = []
+
+    def post() -> None:
+        try:
+            with database.session() as session:
+                barrier.wait(timeout=30)
+                sweep, created, _ = create_sweep(session, _sweep_plan(), "shared-sweep-key")
+                outcomes.append((sweep.id, created))
+        except BaseException as error:  # surfaced below
+            errors.append(error)
+
+    threads = [threading.Thread(target=post) for _ in range(contenders)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert errors == []
+    assert len({sweep_id for sweep_id, _ in outcomes}) == 1
+    assert sorted(created for _, created in outcomes) == [False] * (contenders - 1) + [True]
+    with database.session() as session:
+        assert session.scalar(select(func.count()).select_from(Sweep)) == 1
+        assert _job_count(session) == 3  # one shared teacher and two children

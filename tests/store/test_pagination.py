@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from store import repository
 from store.models import JobStatus
+from store.sweeps import list_sweeps
 from tests.store.support import force_state, make_job
 
 
@@ -97,7 +98,7 @@ def test_listed_jobs_are_readable_after_the_session_closes(session: Session) -> 
     assert page[0].artifacts == [] and page[0].spec["method"] == "e2kd"
 
 
-@pytest.mark.parametrize(
+MALFORMED_CURSORS = pytest.mark.parametrize(
     "cursor",
     [
         "not base64 at all!",
@@ -109,9 +110,18 @@ def test_listed_jobs_are_readable_after_the_session_closes(session: Session) -> 
     ],
     ids=["garbage", "no-separator", "not-a-time", "naive-time", "no-id", "not-utf8"],
 )
+
+
+@MALFORMED_CURSORS
 def test_malformed_cursor_raises_value_error(session: Session, cursor: str) -> None:
     with pytest.raises(ValueError, match="cursor"):
         repository.list_jobs(session, None, 10, cursor)
+
+
+@MALFORMED_CURSORS
+def test_a_sweep_cursor_is_checked_like_a_job_cursor(session: Session, cursor: str) -> None:
+    with pytest.raises(ValueError, match="cursor"):
+        list_sweeps(session, 10, cursor)
 
 
 def test_limit_below_one_raises_value_error(session: Session) -> None:

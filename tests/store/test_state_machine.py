@@ -7,7 +7,8 @@ from sqlalchemy.orm import Session
 
 from store import repository
 from store.models import TERMINAL_STATUSES, JobStatus
-from store.repository import ALLOWED_TRANSITIONS, IllegalTransition, JobError, LeaseLost, _transition
+from store.repository import ALLOWED_TRANSITIONS, IllegalTransition, JobError, LeaseLost
+from store.repository.states import transition
 from tests.store.support import job_in_status, make_job, snapshot
 
 
@@ -17,7 +18,7 @@ def test_every_allowed_edge_moves_the_job_and_bumps_version(session: Session, so
         job = job_in_status(session, source)
         before = snapshot(session, job.id)
 
-        assert _transition(session, job.id, source, target) is True
+        assert transition(session, job.id, source, target) is True
         session.commit()
 
         after = snapshot(session, job.id)
@@ -35,7 +36,7 @@ def test_illegal_edges_raise_and_leave_the_row_unchanged(session: Session, sourc
         before = snapshot(session, job.id)
 
         with pytest.raises(IllegalTransition) as raised:
-            _transition(session, job.id, source, target)
+            transition(session, job.id, source, target)
         session.rollback()
 
         assert (raised.value.current, raised.value.wanted) == (source.value, target.value)
@@ -51,7 +52,7 @@ def test_transition_from_a_state_the_row_left_loses_and_changes_nothing(session:
     job = job_in_status(session, JobStatus.running)
     before = snapshot(session, job.id)
 
-    assert _transition(session, job.id, JobStatus.queued, JobStatus.running) is False
+    assert transition(session, job.id, JobStatus.queued, JobStatus.running) is False
     session.commit()
 
     assert snapshot(session, job.id) == before
@@ -60,7 +61,7 @@ def test_transition_from_a_state_the_row_left_loses_and_changes_nothing(session:
 def test_transition_for_another_owner_loses(session: Session) -> None:
     job = job_in_status(session, JobStatus.running, worker_id="worker-1")
 
-    assert _transition(session, job.id, JobStatus.running, JobStatus.succeeded, owner="worker-2") is False
+    assert transition(session, job.id, JobStatus.running, JobStatus.succeeded, owner="worker-2") is False
     session.commit()
 
     assert snapshot(session, job.id)["status"] == "running"

@@ -1,0 +1,44 @@
+"""Worker presence: each live worker keeps a row fresh, so readiness can ask the database it already
+shares with the workers whether any is alive, with no broker round trip."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from store.models import WorkerRecord, utcnow
+
+
+def touch_worker(session: Session, worker_id: str, hostname: str, pid: int, now: datetime | None = None) -> None:
+    """Record that this worker is alive now (insert on first call, then refresh seen_at)."""
+    now = now or utcnow()
+    updated = session.execute(update(WorkerRecord).where(WorkerRecord.id == worker_id).values(seen_at=now))
+    if updated.rowcount == 0:
+        session.add(WorkerRecord(id=worker_id, hostname=hostname, pid=pid, started_at=now, seen_at=now))
+        try:
+            session.commit()
+            return
+        except IntegrityError:  # a concurrent first touch of the same id: the row exists now
+            session.rollback()
+            session.execute(update(WorkerRecord).where(WorkerRecord.id == worker_id).values(seen_at=now))
+    session.commit()
+
+
+def remove_worker(session: Session, worker_id: str) -> None:
+    """A clean shutdown: the worker stops counting at once instead of after its last heartbeat ages out."""
+    session.execute(delete(WorkerRecord).where(WorkerRecord.id == worker_id))
+    session.commit()
+
+
+def live_workers(session: Session, seen_after: datetime) -> list[WorkerRecord]:
+    """Workers whose last heartbeat is newer than `seen_after`, most recent first."""
+    records = list(
+        session.scalars(
+            select(WorkerRecord).where(WorkerRecord.seen_at > seen_after).order_by(WorkerRecord.seen_at.desc())
+        )
+    )
+    session.commit()
+    return records
