@@ -12,7 +12,6 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from celery import Celery
 from fastapi import Depends, FastAPI
 from sqlalchemy.engine import make_url
 from starlette.concurrency import run_in_threadpool
@@ -21,18 +20,15 @@ from api.auth import ApiKeyMiddleware
 from api.dashboard import mount_dashboard
 from api.deps import require_api_key
 from api.errors import install_error_handlers
-from api.documents import DocumentCache
-from api.events import EventHub, EventStreamConfig
 from api.fastpath import add_fast_routes
 from api.limits import BodyLimitMiddleware
 from api.metrics import ApiMetrics, MetricsMiddleware
 from api.routes import datasets, health, jobs, models, sweeps
 from api.schemas import ErrorResponse
-from api.uploads import tmp_dir
-from store.async_reads import AsyncVersionLookup, supports_async_reads
+from api.services.upload_staging import tmp_dir
+from api.state import AppState
 from store.db import Database, upgrade_database
 from store.queue import make_celery
-from store.repository import VersionLookup
 from store.settings import Settings, get_settings
 from store.storage import storage_from_settings
 
@@ -56,10 +52,12 @@ def is_embedded(settings: Settings) -> bool:
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
+    """One app with its own state (api.state.AppState), middleware, error handlers and routes."""
     settings = settings or get_settings()
     database = Database(settings.db_url)
-    celery = make_celery(settings)
     metrics = ApiMetrics(database.sessions)
+    state = AppState(settings=settings, database=database, celery=make_celery(settings), metrics=metrics,
+                     storage=storage_from_settings(settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -72,12 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            celery.close()
-            if app.state.versions is not None:
-                app.state.versions.close()
-            if app.state.async_versions is not None:
-                await app.state.async_versions.aclose()
-            database.dispose()
+            await state.aclose()
 
     app = FastAPI(
         title="distill",
@@ -95,7 +88,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "health", "description": "Liveness, readiness and Prometheus metrics (no key needed)."},
         ],
     )
-    _attach_state(app, settings, database, celery, metrics)
+    # In place of Starlette's untyped State: `app.state.database` still reads, and api.deps hands it out typed.
+    app.state = state  # type: ignore[assignment]
     install_error_handlers(app)
     # Added last, so it runs first: an oversized or too deep body is refused before anything reads it.
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_json_kb * 1024, max_depth=settings.max_json_depth)
@@ -105,23 +99,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     _include_routes(app)
     return app
-
-
-def _attach_state(app: FastAPI, settings: Settings, database: Database, celery: Celery, metrics: ApiMetrics) -> None:
-    """What every request handler reads from `app.state`: one place, so the fast path and FastAPI share it."""
-    app.state.settings = settings
-    app.state.database = database
-    app.state.inline_reads = database.reader.dialect.name == "sqlite"  # see api.deps.run_read
-    # Inline reads all run on the event loop's thread, which keeps one connection for the version lookups.
-    app.state.versions = VersionLookup(database.reader) if app.state.inline_reads else None
-    # PostgreSQL (psycopg): the polls' lookups on async connections the event loop waits on (no thread).
-    app.state.async_versions = AsyncVersionLookup(database.reader) if supports_async_reads(database.reader) else None
-    app.state.celery = celery
-    app.state.storage = storage_from_settings(settings)
-    app.state.metrics = metrics
-    app.state.event_stream = EventStreamConfig()
-    app.state.event_hub = EventHub(database.reader, lambda: app.state.event_stream)
-    app.state.documents = DocumentCache()
 
 
 def _include_routes(app: FastAPI) -> None:

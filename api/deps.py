@@ -1,13 +1,14 @@
 """Shared dependencies as `Annotated` aliases: routes declare what they need by type.
 
-Everything comes from `app.state` (set by `create_app`), so two apps with two
-Settings can live in one process (tests do) without global state.
+Everything comes from the app's `AppState` (api.state, set once by `create_app`) through
+`get_state`, so two apps with two Settings can live in one process (tests do) without
+global state.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Annotated
 
 from celery import Celery
 from fastapi import Depends, Request
@@ -17,11 +18,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.concurrency import run_in_threadpool
 
 from api.auth import Caller, authenticate
-from api.errors import ApiError
+from api.state import AppState
 from store.settings import Settings
 from store.storage import Storage
-
-T = TypeVar("T")
 
 # auto_error=False: a missing header is our 401 with our error body, not FastAPI's 403.
 _bearer = HTTPBearer(auto_error=False, description="Bearer key from DISTILL_API_KEYS (only when keys are set).")
@@ -31,35 +30,28 @@ _bearer = HTTPBearer(auto_error=False, description="Bearer key from DISTILL_API_
 # there and back costs more than the lookup itself (a poll used to make six such hops).
 
 
-async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+async def get_state(request: Request) -> AppState:
+    """The one place a route reaches the app's state; FastAPI solves it once per request."""
+    state: AppState = request.app.state
+    return state
 
 
-async def get_sessionmaker(request: Request) -> sessionmaker[Session]:
-    return request.app.state.database.sessions
+StateDep = Annotated[AppState, Depends(get_state)]
 
 
-async def get_reader(request: Request) -> Engine:
+async def get_settings(state: StateDep) -> Settings:
+    """The app's settings, not the environment's: two apps in one process may differ."""
+    return state.settings
+
+
+async def get_sessionmaker(state: StateDep) -> sessionmaker[Session]:
+    """For routes that open sessions of their own (readiness checks, event streams), outside the request's one."""
+    return state.database.sessions
+
+
+async def get_reader(state: StateDep) -> Engine:
     """The engine for routes that only read: plain connections, no transaction, no commit (store.db.read_engine)."""
-    return request.app.state.database.reader
-
-
-async def run_read(request: Request, function: Callable[..., T], *args: Any) -> T:
-    """Run a short read-only database call: inline on SQLite, in the thread pool elsewhere.
-
-    A SQLite read is CPU work in this process (a page-cache lookup in WAL mode, where readers
-    never wait for the writer): a thread would not run it any sooner under the GIL, and the hop
-    there and back costs about as much as the read. A PostgreSQL read waits on a socket, so
-    there the event loop serves other requests meanwhile.
-    """
-    return await run_read_on(request.app.state, function, *args)
-
-
-async def run_read_on(state: Any, function: Callable[..., T], *args: Any) -> T:
-    """`run_read` for code that holds the app's state rather than a request (api.fastpath)."""
-    if state.inline_reads:
-        return function(*args)
-    return await run_in_threadpool(function, *args)
+    return state.database.reader
 
 
 async def get_session(makers: Annotated[sessionmaker[Session], Depends(get_sessionmaker)]) -> AsyncIterator[Session]:
@@ -80,12 +72,14 @@ async def get_session(makers: Annotated[sessionmaker[Session], Depends(get_sessi
             session.close()
 
 
-async def get_celery(request: Request) -> Celery:
-    return request.app.state.celery
+async def get_celery(state: StateDep) -> Celery:
+    """The app's broker client, for routes that enqueue what they created."""
+    return state.celery
 
 
-async def get_storage(request: Request) -> Storage:
-    return request.app.state.storage
+async def get_storage(state: StateDep) -> Storage:
+    """The file store (local or S3) uploads are copied to and artifacts are served from."""
+    return state.storage
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]

@@ -138,6 +138,10 @@ async def _on_idempotency_conflict(request: Request, exc: Exception) -> JSONResp
 
 
 async def _on_distill_error(request: Request, exc: Exception) -> JSONResponse:
+    """Where domain errors become HTTP, once: core.errors and api.services.errors carry the code and field.
+
+    Every one is the client's input to fix (a spec, a form value, an uploaded file), so 422;
+    the services raise them without knowing about HTTP, and a route needs no try/except."""
     assert isinstance(exc, DistillError)
     return error_response(422, exc.code, exc.message, exc.field)
 

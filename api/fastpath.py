@@ -10,7 +10,7 @@ match most of the rest; a bare Starlette app answers `/healthz` in a tenth of th
 So each of these routes has a twin registered before the documented FastAPI route.
 The twin matches only a *plain* request (GET, parameters that are present are
 well-formed by the same rules as the documented route, no repeated parameters) and
-calls the very same read function; anything else (a bad id, an unknown query
+calls the very same read function (api.polls); anything else (a bad id, an unknown query
 parameter, a HEAD) does not match here and falls through to the FastAPI route,
 which validates it and answers exactly as before (422, 405, ...). The caller comes
 from the API-key middleware, which ran before the router. OpenAPI still documents
@@ -30,11 +30,12 @@ from starlette.routing import Match, Route
 from starlette.types import Receive, Scope, Send
 
 from api.documents import JobView
-from api.routes import API_V1
-from api.routes.jobs import (
+from api.polls import (
     CURSOR_MAX_LENGTH, IF_NONE_MATCH_MAX_LENGTH, JOB_ID_MAX_LENGTH, JOB_ID_PATTERN, PAGE_DEFAULT_LIMIT,
     PAGE_MAX_LIMIT, poll_job, poll_page,
 )
+from api.routes import API_V1
+from api.state import AppState
 from store.models import JobStatus
 
 Answer = Callable[[Scope], Awaitable[Response]]
@@ -104,6 +105,12 @@ def _caller_scope(scope: Scope) -> tuple[bool, str | None]:
     return (caller is not None), (caller.scope if caller is not None else None)
 
 
+def _state(scope: Scope) -> AppState:
+    """The app's typed state (api.state), as `api.deps.get_state` gives it to the documented routes."""
+    state: AppState = scope["app"].state
+    return state
+
+
 def _prepare_health(scope: Scope, path_params: dict[str, Any]) -> Answer:
     async def answer(scope: Scope) -> Response:
         return Response(HEALTH_BODY, media_type="application/json")
@@ -122,7 +129,7 @@ def _prepare_job(scope: Scope, path_params: dict[str, Any]) -> Answer | None:
     view = _VIEWS[params.get("view", "full")]
 
     async def answer(scope: Scope) -> Response:
-        return await poll_job(scope["app"].state, job_id, view, if_none_match, owner)
+        return await poll_job(_state(scope), job_id=job_id, view=view, if_none_match=if_none_match, owner=owner)
 
     return answer
 
@@ -143,7 +150,8 @@ def _prepare_page(scope: Scope, path_params: dict[str, Any]) -> Answer | None:
     limit, view = int(limit_text), _VIEWS[params.get("view", "full")]
 
     async def answer(scope: Scope) -> Response:
-        return await poll_page(scope["app"].state, status, limit, cursor, view, if_none_match, owner)
+        return await poll_page(_state(scope), status=status, limit=limit, cursor=cursor, view=view,
+                               if_none_match=if_none_match, owner=owner)
 
     return answer
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from fastapi import Request
 
-from api.deps import CallerDep, SettingsDep
+from api.deps import CallerDep, StateDep
 from api.errors import ApiError
 
 MAX_BUCKETS = 100_000  # forget idle callers beyond this many, oldest first
@@ -55,16 +55,17 @@ class RateLimiter:
             return (1.0 - bucket.tokens) / self.rate_per_s
 
 
-async def rate_limit(request: Request, settings: SettingsDep, caller: CallerDep) -> None:
+async def rate_limit(request: Request, state: StateDep, caller: CallerDep) -> None:
     """Dependency of every POST route: 429 with Retry-After once the caller's allowance is spent.
 
     `async`: a few dictionary operations under a lock, cheaper than FastAPI's hop to the thread
     pool and back that a sync dependency costs on every POST."""
+    settings = state.settings
     if settings.rate_limit_per_min <= 0:
         return
-    limiter: RateLimiter | None = getattr(request.app.state, "rate_limiter", None)
+    limiter = state.rate_limiter
     if limiter is None or limiter.capacity != settings.rate_limit_per_min:
-        limiter = request.app.state.rate_limiter = RateLimiter(settings.rate_limit_per_min)
+        limiter = state.rate_limiter = RateLimiter(settings.rate_limit_per_min)
     who = caller.owner or f"addr:{request.client.host if request.client else 'unknown'}"
     wait_s = limiter.take(who)
     if wait_s > 0:

@@ -6,12 +6,12 @@ import logging
 from datetime import datetime, timedelta, timezone
 
 from celery import Celery
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
-from api.deps import CeleryDep, SessionMakerDep, SettingsDep
+from api.deps import CeleryDep, SessionMakerDep, SettingsDep, StateDep
 from api.schemas import CheckOut, HealthOut, ReadyOut
 from store import repository
 from store.settings import Settings
@@ -95,5 +95,5 @@ def readyz(settings: SettingsDep, sessions: SessionMakerDep, celery: CeleryDep, 
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {"example": 'distill_jobs{status="queued"} 2.0\n'}}}},
 )
-def metrics(request: Request) -> Response:
-    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+def metrics(state: StateDep) -> Response:
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

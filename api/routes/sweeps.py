@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import logging
 from collections.abc import AsyncIterator
 from typing import Annotated
 
@@ -12,25 +10,21 @@ from fastapi.responses import HTMLResponse, PlainTextResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 from sqlalchemy.orm import Session
 
-from api.deps import CallerDep, CeleryDep, SessionDep, SessionMakerDep, SettingsDep
+from api.deps import CallerDep, CeleryDep, SessionDep, SessionMakerDep, SettingsDep, StateDep
 from api.errors import ApiError
-from api.events import EventStreamConfig
 from api.ratelimit import rate_limit
 from api.routes import API_V1
-from api.routes.jobs import check_spec_against_server
 from api.schemas import ERROR_RESPONSES, WRITE_ERROR_RESPONSES, ErrorResponse, as_json_errors
 from api.sweep_events import sweep_events
 from api.sweep_report import render_report
-from api.sweep_schemas import LEADERBOARD_CSV_EXAMPLE, SweepOut, SweepPage, SweepRequest, SweepSummary, sweep_leaderboard
-from core.spec import JobSpec, control_character_field
-from core.spec.sweep import Child, SweepError, expand, leaderboard_csv
+from api.services.submissions import start_sweep
+from api.sweep_schemas import (
+    LEADERBOARD_CSV_EXAMPLE, SweepOut, SweepPage, SweepRequest, SweepSummary, sweep_leaderboard,
+)
+from core.spec.sweep import leaderboard_csv
 from store import repository
 from store.models import Sweep
-from store.queue import enqueue_job
-from store.settings import Settings
-from store.sweeps import SweepPlan, cancel_sweep, create_sweep, get_sweep, list_sweeps, request_document
-
-log = logging.getLogger(__name__)
+from store.sweeps import cancel_sweep, get_sweep, list_sweeps
 
 router = APIRouter(prefix=f"{API_V1}/sweeps", tags=["sweeps"])
 
@@ -45,41 +39,6 @@ def load_sweep(session: Session, sweep_id: str, owner: str | None) -> Sweep:
         return get_sweep(session, sweep_id, owner)
     except repository.NotFound:
         raise ApiError(404, "sweep_not_found", f"no sweep with id '{sweep_id}'", "sweep_id") from None
-
-
-def _check_children_against_server(
-    children: list[Child], session: Session, settings: Settings, owner: str | None
-) -> None:
-    """Datasets and teacher weights exist here, for every distinct child (named by its combination)."""
-    seen: set[str] = set()
-    for child in children:
-        key = json.dumps({"dataset": child.spec["dataset"], "teacher": child.spec["teacher"]}, sort_keys=True)
-        if key in seen:
-            continue
-        seen.add(key)
-        try:
-            check_spec_against_server(JobSpec.model_validate(child.spec), session, settings, owner)
-        except ApiError as error:
-            combination = json.dumps(child.overrides, sort_keys=True)
-            field = error.field or ""
-            blamed = next((f"grid.{path}" for path in child.overrides if field.startswith(path)), f"base.{field}")
-            raise ApiError(error.status_code, error.code, f"combination {child.index} {combination}: {error.message}",
-                           blamed) from None
-
-
-def _plan(request: SweepRequest, session: Session, settings: Settings, owner: str | None) -> SweepPlan:
-    document = request.model_dump(mode="json")
-    if (field := control_character_field(document)) is not None:
-        raise ApiError(422, "validation_error", f"{field}: text must not contain control characters", field)
-    try:
-        children = expand(request.base, request.grid, settings.sweep_max_children)
-    except SweepError as error:
-        code = "too_many_children" if "limit is" in error.message else "invalid_sweep"
-        raise ApiError(422, code, error.message, error.field) from None
-    _check_children_against_server(children, session, settings, owner)
-    name = request.name or str(request.base.get("name") or "sweep")
-    return SweepPlan(name=name, request=request_document(request.base, request.grid, request.rank_by),
-                     rank_by=request.rank_by, children=children)
 
 
 @router.post(
@@ -101,16 +60,11 @@ def create(
         str | None, Header(alias="Idempotency-Key", min_length=1, max_length=200, pattern=r"^[\x20-\x7e]+$")
     ] = None,
 ) -> SweepOut:
-    plan = _plan(request, session, settings, caller.scope)
-    sweep, created, queued = create_sweep(session, plan, idempotency_key, owner=caller.owner)
+    sweep, created = start_sweep(request, session=session, settings=settings, celery=celery, owner=caller.owner,
+                                 scope=caller.scope, idempotency_key=idempotency_key)
     if not created:
         response.status_code = 200
         response.headers["Idempotent-Replayed"] = "true"
-    for job_id in queued:
-        try:
-            enqueue_job(job_id, celery)
-        except Exception:  # the rows are committed: the sweeper re-sends queued jobs nobody claimed
-            log.exception("sweep %s: job %s committed but not enqueued; the sweeper will re-send it", sweep.id, job_id)
     return SweepOut.from_sweep(load_sweep(session, sweep.id, None))
 
 
@@ -176,11 +130,8 @@ def _existing_sweep_id(sweep_id: SweepId, session: SessionDep, caller: CallerDep
             responses={200: {"content": {"text/event-stream": {"example": _EVENTS_EXAMPLE}}},
                        **as_json_errors({**_NOT_FOUND, **ERROR_RESPONSES})})
 async def events(
-    request: Request, sweep_id: Annotated[str, Depends(_existing_sweep_id)], sessions: SessionMakerDep
+    request: Request, sweep_id: Annotated[str, Depends(_existing_sweep_id)], sessions: SessionMakerDep,
+    state: StateDep,
 ) -> AsyncIterator[ServerSentEvent]:
-    config: EventStreamConfig = request.app.state.event_stream
-    async for event in sweep_events(request, sessions, sweep_id, config):
+    async for event in sweep_events(request, sessions, sweep_id, state.event_stream):
         yield event
-
-
-

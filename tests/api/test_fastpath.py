@@ -15,7 +15,7 @@ from api.app import create_app
 from api.auth import ANONYMOUS
 from api.documents import DocumentCache, JobView
 from api.fastpath import FastRoute
-from api.routes.jobs import read_job, read_page
+from api.polls import read_job, read_page
 from store.db import upgrade_database
 from store.models import JobStatus
 from store.settings import Settings
@@ -157,13 +157,14 @@ def test_postgres_polls_answer_on_the_async_lookup_what_the_thread_pool_path_ans
             state.documents = DocumentCache()  # both read the row: nothing from the other's cache
             async_answer = client.get(f"/v1/jobs/{job_id}?view={view.value}")
             state.documents = DocumentCache()
-            _same_answer(async_answer, read_job(state, job_id, view, None, None))
+            _same_answer(async_answer, read_job(state, job_id=job_id, view=view, if_none_match=None, owner=None))
         for status, limit in ((None, 20), (None, 2), (JobStatus.queued, 1)):  # limit < 3: a next cursor too
             query = f"limit={limit}&view={view.value}" + (f"&status={status.value}" if status else "")
             state.documents = DocumentCache()
             async_answer = client.get(f"/v1/jobs?{query}")
             state.documents = DocumentCache()
-            _same_answer(async_answer, read_page(state, status, limit, None, view, None, None))
+            _same_answer(async_answer, read_page(state, status=status, limit=limit, cursor=None, view=view,
+                                                 if_none_match=None, owner=None))
             etag = async_answer.headers["ETag"]
             assert client.get(f"/v1/jobs?{query}", headers={"If-None-Match": etag}).status_code == 304
     assert state.async_versions.opened >= 1

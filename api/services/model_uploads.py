@@ -1,0 +1,149 @@
+"""The teacher-weights upload rule: what an uploaded file must be to become a model, and how it is kept.
+
+The bytes are never trusted: they are read as safetensors or with
+`torch.load(weights_only=True)` (a pickle that would run code is refused by the
+restricted unpickler, never executed) and must load strictly into the named
+architecture. What is kept is always safetensors, so nothing downstream unpickles.
+Problems are `WeightsError` naming `file`, or `InvalidFormValue` naming the form field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy.orm import Session
+
+from api.services.errors import InvalidFormValue
+from api.services.upload_staging import ReceivedUpload
+from core.errors import WeightsError
+from core.models import (
+    UnknownArchitecture, build_model, check_arch, is_safetensors, load_state, read_state_dict, save_state,
+)
+from core.models.compat import DatasetShape, fit_problems, weights_shape
+from core.spec import check_plain_text
+from store import repository
+from store.models import ModelRecord
+from store.settings import Settings
+from store.storage import Storage, discard_quietly, store_file
+
+log = logging.getLogger(__name__)
+
+
+class ModelUploadForm(BaseModel):
+    """The text fields sent next to the `file` part."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    arch: str = Field(max_length=60, description="Architecture the weights belong to: 'timm/<name>', "
+                      "'torchvision/<name>' or a short name such as 'resnet20'.")
+    num_classes: int | None = Field(None, ge=2, le=100_000, description="Output classes of the classifier head; "
+                                    "default: read from the weights.")
+    in_channels: int | None = Field(None, ge=1, le=4, description="Input image channels: 1 (grey) or 3 (RGB); "
+                                    "default: read from the weights.")
+    name: str | None = Field(None, min_length=1, max_length=200, description="Label; default: the file name.")
+
+    _plain_name = field_validator("name")(classmethod(lambda cls, v: check_plain_text(v)))
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str) -> str:
+        """Refuse an architecture no registry knows, with the registries' own message, before the file is read."""
+        try:
+            return check_arch(arch)
+        except UnknownArchitecture as exc:
+            raise ValueError(str(exc)) from None
+
+
+@dataclass
+class CheckedWeights:
+    """Uploaded weights that load strictly into their architecture, as a plain state dict."""
+
+    state: dict[str, Any]
+    num_classes: int
+    in_channels: int
+    is_safetensors: bool  # stored as uploaded; other formats are stored converted to safetensors
+
+
+def check_weights(path: Path, *, arch: str, num_classes: int | None, in_channels: int | None) -> CheckedWeights:
+    """The file must be safetensors or a weights-only PyTorch state dict that loads strictly into `arch`.
+
+    Class count and input channels come from the form when given, else from the weights'
+    head and stem shapes. Every problem with the bytes names `file`; a count that is
+    neither given nor readable names its field.
+    """
+    try:
+        state = read_state_dict(path, field="file")
+        found = weights_shape(state, arch)
+    except WeightsError as exc:
+        raise WeightsError(exc.message, "file") from exc
+    except KeyError as exc:
+        raise InvalidFormValue(f"unknown architecture '{arch}'", "arch") from exc
+    if problems := fit_problems(found, dataset=DatasetShape(num_classes, in_channels)):
+        raise WeightsError(f"the weights do not fit the form: {'; '.join(problems)}", "file")
+    num_classes = num_classes or found.num_classes
+    in_channels = in_channels or found.in_channels
+    for value, name in ((num_classes, "num_classes"), (in_channels, "in_channels")):
+        if value is None:
+            raise InvalidFormValue(f"cannot read {name} from the weights of {arch}; give it", name)
+    assert num_classes is not None and in_channels is not None
+    try:
+        load_state(build_model(arch, num_classes, in_channels), state, field="file")
+    except WeightsError as exc:
+        raise WeightsError(f"{exc.message} ({arch}, {num_classes} classes, {in_channels} channels)", "file") from exc
+    return CheckedWeights(state, num_classes, in_channels, is_safetensors(path))
+
+
+def _sha256(path: Path) -> str:
+    """The digest of the converted file: the record names the bytes kept, not the bytes uploaded."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def store_model(
+    *, upload: ReceivedUpload, form: ModelUploadForm, settings: Settings, session: Session, storage: Storage,
+    owner: str | None,
+) -> ModelRecord:
+    """Check the weights, keep them as safetensors in the file store, then record them for `owner`.
+
+    Blocking (file and database work): the route runs it in the thread pool. A failure after
+    the file was placed removes it again, so a model row and its file exist together or not at all."""
+    checked = check_weights(upload.path, arch=form.arch, num_classes=form.num_classes, in_channels=form.in_channels)
+    model_id = repository.new_model_id()
+    relpath = f"models/{model_id}.safetensors"
+    destination = settings.distill_home / relpath
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    size_bytes, sha256 = upload.size_bytes, upload.sha256
+    if checked.is_safetensors:
+        os.replace(upload.path, destination)
+    else:  # a PyTorch state dict: stored as safetensors, so nothing downstream ever unpickles
+        save_state(checked.state, destination)
+        size_bytes, sha256 = destination.stat().st_size, _sha256(destination)
+    record = ModelRecord(
+        id=model_id,
+        name=form.name or upload.default_name(model_id),
+        arch=form.arch,
+        num_classes=checked.num_classes,
+        in_channels=checked.in_channels,
+        relpath=relpath,
+        size_bytes=size_bytes,
+        sha256=sha256,
+    )
+    try:
+        store_file(storage, relpath, destination)
+        record.owner = owner
+        record = repository.create_model(session, record)
+    except BaseException:
+        destination.unlink(missing_ok=True)
+        discard_quietly(storage, relpath)
+        raise
+    log.info("model %s: stored %s (%d bytes, %s)", model_id, form.arch, upload.size_bytes, upload.sha256[:12])
+    return record

@@ -1,0 +1,96 @@
+"""What a job spec needs from this server, checked before anything is created.
+
+`JobSpec` validates a spec on its own; only the server knows whether the dataset
+and teacher weights it names exist, belong to the caller, and fit each other. A job
+(api.routes.jobs) and every distinct child of a sweep (api.routes.sweeps) pass the
+same checks here, so a bad spec is a 422 naming its field at submission, not a
+failed job minutes later.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from api.services.errors import InvalidFormValue, PathNotAllowed, UnknownDataset, UnknownModel
+from core.errors import DistillError, SpecError
+from core.models.compat import DatasetShape, WeightsShape, fit_problems
+from core.spec import JobSpec, control_character_field
+from core.spec.sweep import Child
+from store import repository
+from store.settings import Settings
+
+# scikit-learn's digits: 10 classes of 8x8 grey images (core.data reads it the same way).
+DIGITS_NUM_CLASSES, DIGITS_IN_CHANNELS = 10, 1
+
+
+def check_no_control_characters(document: dict[str, Any]) -> None:
+    """Text a person will read back (names, labels) holds no control characters; PostgreSQL refuses a NUL."""
+    if (field := control_character_field(document)) is not None:
+        raise InvalidFormValue(f"{field}: text must not contain control characters", field)
+
+
+def _dataset_shape(
+    spec: JobSpec, session: Session, settings: Settings, owner: str | None
+) -> tuple[int | None, int | None]:
+    """(num_classes, in_channels) of the spec's dataset where the server knows them; an error if it does not exist."""
+    dataset = spec.dataset
+    if dataset.path is not None:
+        raise PathNotAllowed("the API never reads server paths sent by a client: upload the data with "
+                             "POST /v1/datasets and pass its id as dataset.id", "dataset.path")
+    if dataset.name is not None:
+        if dataset.name == "digits":
+            return DIGITS_NUM_CLASSES, DIGITS_IN_CHANNELS
+        if dataset.name in settings.dataset_roots:
+            return None, None
+        known = ", ".join(sorted({"digits", *settings.dataset_roots}))
+        raise UnknownDataset(f"unknown dataset '{dataset.name}'; known: {known}", "dataset.name")
+    assert dataset.id is not None  # JobSpec guarantees exactly one source
+    try:
+        record = repository.get_dataset(session, dataset.id, owner)
+    except repository.NotFound:
+        raise UnknownDataset(f"no uploaded dataset with id '{dataset.id}'", "dataset.id") from None
+    return record.num_classes, record.in_channels
+
+
+def check_spec_against_server(spec: JobSpec, *, session: Session, settings: Settings, owner: str | None) -> None:
+    """What JobSpec cannot know alone: the dataset and the teacher weights exist here, belong to the
+    caller (`owner`; None: anyone's) and fit each other."""
+    num_classes, in_channels = _dataset_shape(spec, session, settings, owner)
+    model_id = spec.teacher.weights
+    if model_id is None:
+        return
+    try:
+        model = repository.get_model(session, model_id, owner)
+    except repository.NotFound:
+        raise UnknownModel(f"no uploaded model with id '{model_id}' (upload weights with POST /v1/models)",
+                           "teacher.weights") from None
+    problems = fit_problems(WeightsShape(model.arch, model.num_classes, model.in_channels),
+                            arch=spec.teacher.arch, dataset=DatasetShape(num_classes, in_channels))
+    if problems:
+        raise SpecError(f"model '{model_id}' does not fit this job: {'; '.join(problems)}", "teacher.weights")
+
+
+def check_children_against_server(
+    children: list[Child], *, session: Session, settings: Settings, owner: str | None
+) -> None:
+    """Datasets and teacher weights exist here, for every distinct child (named by its combination).
+
+    A problem names the grid path that produced it when one of the child's overrides is to
+    blame (`grid.teacher.weights`), else the base spec's field (`base.dataset.id`)."""
+    seen: set[str] = set()
+    for child in children:
+        key = json.dumps({"dataset": child.spec["dataset"], "teacher": child.spec["teacher"]}, sort_keys=True)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            check_spec_against_server(JobSpec.model_validate(child.spec), session=session, settings=settings,
+                                      owner=owner)
+        except DistillError as error:
+            combination = json.dumps(child.overrides, sort_keys=True)
+            field = error.field or ""
+            blamed = next((f"grid.{path}" for path in child.overrides if field.startswith(path)), f"base.{field}")
+            raise type(error)(f"combination {child.index} {combination}: {error.message}", blamed) from None
