@@ -2,7 +2,7 @@
 
 A provider computes one or more named teacher signals (core.terms.base names them) for a
 batch. Several providers read the same teacher forward on x; each says in `plan` whether
-it needs that forward at all and whether it needs its graph (input grad: Grad-CAM maps,
+it needs that forward at all and whether it needs its graph (input grad: explanation maps,
 the oracle's grad_x), so the forward runs once per batch, with a graph only when asked.
 """
 
@@ -41,12 +41,13 @@ class Batch:
 class TeacherPass:
     """The teacher's forward on x: with `graph`, `inputs` required grad and `logits`/`features` keep the graph."""
 
+    model: nn.Module  # the teacher that ran, for explainers that read more than the gradient of its logits
     inputs: torch.Tensor
     logits: torch.Tensor
     features: torch.Tensor  # the explained layer's output
     classes: torch.Tensor  # teacher top-1 on x, no graph: the class every map explains
     graph: bool
-    mapped: torch.Tensor | None = None  # what the explainer reads when not `features` (B-cos: the encoded input)
+    mapped: torch.Tensor | None = None  # what the explainer reads when not `features` (`Explainer.layer`'s output)
 
     @property
     def explained(self) -> torch.Tensor:
@@ -60,7 +61,8 @@ class TeacherForward:
     def __init__(self, teacher: nn.Module, layer: nn.Module, map_source: nn.Module | None = None) -> None:
         self.teacher = teacher
         self.tap = FeatureTap(layer)
-        self.map_tap = FeatureTap(map_source) if map_source is not None else None  # the B-cos input encoder
+        # the module the explainer reads when not the explained layer (`core.explain.map_source`)
+        self.map_tap = FeatureTap(map_source) if map_source is not None else None
 
     def _mapped(self) -> torch.Tensor | None:
         return self.map_tap.take() if self.map_tap is not None else None
@@ -71,11 +73,12 @@ class TeacherForward:
                 inputs = x.detach().requires_grad_()
                 logits = self.teacher(inputs)
                 features = self.tap.take()
-            return TeacherPass(inputs, logits, features, logits.detach().argmax(dim=1), True, self._mapped())
+            return TeacherPass(self.teacher, inputs, logits, features, logits.detach().argmax(dim=1), True,
+                               self._mapped())
         with torch.no_grad():
             logits = self.teacher(x)
             features = self.tap.take()
-        return TeacherPass(x, logits, features, logits.argmax(dim=1), False, self._mapped())
+        return TeacherPass(self.teacher, x, logits, features, logits.argmax(dim=1), False, self._mapped())
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """Logits alone, no graph (e.g. on the oracle input x*)."""

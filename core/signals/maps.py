@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from core.train.checkpoint import SIDE_REVISION
-from core.explain import explanation_maps
+from core.explain import ForwardPass, explanation_maps
 from core.signals.base import GRAPH, NO_PASS, PASS, Batch, Provider, TeacherPass
 from core.terms.base import TARGET_CLASSES, TARGET_MAPS
 
@@ -30,7 +30,8 @@ class LiveTeacherMaps(Provider):
 
     def compute(self, batch: Batch, teacher: TeacherPass | None) -> dict[str, torch.Tensor]:
         assert teacher is not None and teacher.graph
-        maps = explanation_maps(self.explainer, teacher.logits, teacher.explained, teacher.inputs, teacher.classes)
+        forward = ForwardPass(teacher.model, teacher.inputs, teacher.logits, teacher.explained)
+        maps = explanation_maps(self.explainer, forward, teacher.classes)
         return {TARGET_MAPS: maps.detach(), TARGET_CLASSES: teacher.classes}
 
 

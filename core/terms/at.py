@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from core.explain import match_size
+from core.explain import resize_to_larger
 from core.terms.base import STUDENT_FEATURES, TEACHER_FEATURES, BatchContext, Term
 from core.terms.registry import TermUnit, register
 
@@ -29,7 +29,9 @@ class AttentionTransfer(Term):
 
     def forward(self, ctx: BatchContext) -> torch.Tensor:
         assert ctx.student_features is not None and ctx.teacher_features is not None
-        student_att, teacher_att = match_size(attention_map(ctx.student_features), attention_map(ctx.teacher_features))
+        student_att, teacher_att = resize_to_larger(
+            attention_map(ctx.student_features), attention_map(ctx.teacher_features)
+        )
         student_q = F.normalize(student_att.flatten(1), dim=1)
         teacher_q = F.normalize(teacher_att.flatten(1), dim=1)
         return (student_q - teacher_q).pow(2).mean()

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from core.explain import EXPLAINERS, match_size, minmax_normalize
+from core.explain import EXPLAINERS, minmax_normalize, resize_to_larger
 from core.strict import StrictModel
 from core.terms.base import STUDENT_MAPS, TARGET_MAPS, BatchContext, Term
 from core.terms.registry import TermUnit, register
@@ -40,7 +40,7 @@ class ExplanationAlignment(Term):
     """L_exp(E_S(x), E_T(x)) for the teacher's top-1 class, maps resized to the larger.
 
     - `cosine`: mean_i 1 - cos(flatten(E_S,i), flatten(E_T,i)) (e2KD: Parchami-Araghi et al.,
-      "Good Teachers Explain", CVPR 2024).
+      "Good Teachers Explain", ECCV 2024).
     - `mse`: MSE(minmax(E_S), minmax(E_T)), maps min-max normalised per sample (the VISAPP 2026
       explanation-guided distillation paper's choice).
     Reads maps only on guided steps (every `every`-th global step), so the maps cost nothing
@@ -61,7 +61,7 @@ class ExplanationAlignment(Term):
 
     def forward(self, ctx: BatchContext) -> torch.Tensor:
         assert ctx.student_maps is not None and ctx.target_maps is not None
-        student_maps, target_maps = match_size(ctx.student_maps, ctx.target_maps)
+        student_maps, target_maps = resize_to_larger(ctx.student_maps, ctx.target_maps)
         if self.distance == "cosine":
             cosine = F.cosine_similarity(student_maps.flatten(1), target_maps.flatten(1), dim=1, eps=1e-8)
             return (1.0 - cosine).mean()

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from core.explain import match_size
+from core.explain import resize_to_larger
 from core.terms.base import STUDENT_FEATURES, TEACHER_FEATURES, BatchContext, Term
 from core.terms.registry import TermUnit, register
 
@@ -29,7 +29,7 @@ class FitNetHint(Term):
 
     def forward(self, ctx: BatchContext) -> torch.Tensor:
         assert ctx.student_features is not None and ctx.teacher_features is not None
-        hint, guided = match_size(self.regressor(ctx.student_features), ctx.teacher_features)
+        hint, guided = resize_to_larger(self.regressor(ctx.student_features), ctx.teacher_features)
         return F.mse_loss(hint, guided)
 
 

@@ -16,7 +16,7 @@ from torch import nn
 
 from core.data import DataBundle
 from core.models import predict_logits
-from core.explain import FeatureTap, explanation_maps, get_explainer, map_source
+from core.explain import FeatureTap, ForwardPass, explanation_maps, get_explainer, map_source
 from core.models import explained_layer
 from core.signals import Batch, TeacherSignals, build_signals
 from core.terms import BatchContext, ExplanationSpec, WeightedSum
@@ -88,7 +88,7 @@ class DistillationObjective:
         if needs and self.teacher is None:
             raise ValueError(f"terms {sorted(needs)} need a teacher")
         self.student_tap = FeatureTap(explained_layer(self.student))
-        # An explainer that reads another module than the explained layer (B-cos: the input encoder) taps it too.
+        # An explainer that reads another module than the explained layer (`Explainer.layer`) taps it too.
         source = map_source(self.student, self.explanation.explainer) if self.explanation is not None else None
         self.student_map_tap = FeatureTap(source) if source is not None else None
         if self.teacher is not None:
@@ -137,10 +137,8 @@ class DistillationObjective:
         student_maps = None
         if explaining:
             assert self.explanation is not None
-            student_maps = explanation_maps(
-                self.explanation.explainer, student_logits, explained, student_inputs,
-                teacher[TARGET_CLASSES], True,
-            )
+            forward = ForwardPass(self.student, student_inputs, student_logits, explained)
+            student_maps = explanation_maps(self.explanation.explainer, forward, teacher[TARGET_CLASSES], True)
         context = BatchContext(
             labels=batch.y,
             student_logits=student_logits,

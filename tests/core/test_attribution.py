@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from core.explain.reference import captum_maps, map_cosine, resize_to_larger
+from core.explain import map_cosine, resize_to_larger
+from core.explain.reference import captum_maps
 from core.models import build_model
 
 torch.set_num_threads(1)

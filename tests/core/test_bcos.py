@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from core.explain.reference import captum_maps
 from core.models.compat import DatasetShape, WeightsShape, fit_problems, weights_shape
 from core.data import DataBundle
-from core.explain import FeatureTap, bcos_maps, explaining_forwards, map_source
+from core.explain import FeatureTap, bcos_maps, explainer_problem, explaining_forwards, map_source
 from core.models import build_model, explained_layer, explained_layer_path, input_problem, set_input_normalisation
 from core.spec import JobSpec
 from core.terms import cross_entropy_only
@@ -187,6 +187,16 @@ def test_bcos_explainer_refuses_other_models(digits16: DataBundle) -> None:
 
     with pytest.raises(ValueError, match="only B-cos"):
         captum_maps(model, digits16.test_x[:2], torch.zeros(2, dtype=torch.long), "bcos")
+    with pytest.raises(ValueError, match="only B-cos"):
+        map_source(model, "bcos")  # what training asks before it taps the encoder
+
+
+def test_the_bcos_explainer_states_which_architectures_it_fits() -> None:
+    """Spec validation asks the explainer; the words are the API's 422 text."""
+    assert explainer_problem("bcos", "resnet8") == (
+        "the bcos explainer explains only B-cos models (bcos/<name>), not 'resnet8'")
+    assert explainer_problem("bcos", "bcos/cifar10_resnet8") is None
+    assert explainer_problem("gradcam", "bcos/cifar10_resnet8") is None
 
 
 @pytest.mark.parametrize(
@@ -224,9 +234,9 @@ def _bcos_job(method: str, student: str, **loss: object) -> JobSpec:
 
 
 def test_bcos_teacher_to_bcos_student_with_e2kd_bcos_runs(tmp_path) -> None:
-    from core.run import run_job
+    from core.run import run_distillation
 
-    result = run_job(_bcos_job("e2kd-bcos", "bcos/cifar10_resnet8"), tmp_path)
+    result = run_distillation(_bcos_job("e2kd-bcos", "bcos/cifar10_resnet8"), tmp_path)
 
     assert result["explainer"] == "bcos"
     assert -1.0 <= result["explanation_cosine"] <= 1.0 and 0.0 <= result["explanation_cosine_gradcam"] <= 1.0
@@ -248,9 +258,9 @@ def test_bcos_teacher_to_bcos_student_with_e2kd_bcos_runs(tmp_path) -> None:
 
 
 def test_bcos_teacher_to_standard_student_with_gradcam_runs(tmp_path) -> None:
-    from core.run import run_job
+    from core.run import run_distillation
 
-    result = run_job(_bcos_job("e2kd", "resnet8"), tmp_path)
+    result = run_distillation(_bcos_job("e2kd", "resnet8"), tmp_path)
 
     assert result["explainer"] == "gradcam"
     assert result["explanation_cosine"] == result["explanation_cosine_gradcam"]

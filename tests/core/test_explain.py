@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from captum.attr import InputXGradient, LayerGradCam, Saliency
 
-from core.explain.reference import captum_maps
 from core.explain import (
     EXPLAINERS,
     Explainer,
     FeatureTap,
+    ForwardPass,
     explainer_problem,
     explaining_forwards,
     explanation_maps,
+    get_explainer,
     gradcam_maps,
     input_gradient_maps,
     input_x_gradient_maps,
     map_source,
-    match_size,
     minmax_normalize,
+    register,
+    shown_explainers,
 )
+from core.explain.reference import captum_maps
 from core.models import build_model, explained_layer
 
 
@@ -62,12 +67,21 @@ def test_input_maps_equal_captum_saliency_and_input_x_gradient_summed_over_chann
     torch.testing.assert_close(input_x_gradient, ixg_ref, atol=1e-5, rtol=1e-5)
 
 
+# Models for the registry-wide tests: each explainer is tested on the first one it fits.
+_ARCHS = ("resnet8", "bcos/cifar10_resnet8")
+
+
+def _arch_for(explainer: str) -> str:
+    return next(arch for arch in _ARCHS if get_explainer(explainer).arch_problem(arch) is None)
+
+
 def _training_form(model: torch.nn.Module, explainer: str, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The map as training makes it: from the model's own forward, through the tap the objective uses."""
     tap = FeatureTap(map_source(model, explainer) or explained_layer(model))
     inputs = x.clone().requires_grad_()
     with explaining_forwards(explainer, model):
-        maps = explanation_maps(explainer, model(inputs), tap.take(), inputs, target)
+        forward = ForwardPass(model, inputs, model(inputs), tap.take())
+        maps = explanation_maps(explainer, forward, target)
     tap.remove()
     return maps
 
@@ -75,29 +89,82 @@ def _training_form(model: torch.nn.Module, explainer: str, x: torch.Tensor, targ
 @pytest.mark.parametrize("explainer", list(EXPLAINERS))
 def test_every_explainer_makes_the_same_map_in_its_training_and_its_captum_form(explainer: str) -> None:
     """Training optimises the same maps that core.explain.reference serves and evaluates, for every registered name."""
-    arch = "bcos/cifar10_resnet8" if EXPLAINERS[explainer].bcos_only else "resnet8"
-    model, x, target = _model_and_batch(arch, seed=2)
+    model, x, target = _model_and_batch(_arch_for(explainer), seed=2)
     reference = captum_maps(model, x, target, explainer)
     assert reference.abs().max() > 1e-4  # a non-trivial map, so the comparison means something
     torch.testing.assert_close(_training_form(model, explainer, x, target), reference, atol=1e-5, rtol=1e-4)
 
 
-def test_an_explainer_added_as_one_registry_entry_serves_training_evaluation_and_validation(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    def doubled_saliency(model: torch.nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+@pytest.mark.parametrize("explainer", list(EXPLAINERS))
+def test_every_training_form_costs_the_passes_it_declares(explainer: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The training form reads the forward already run: no forward beyond `forward_passes`, `backward_passes` grads."""
+    method = get_explainer(explainer)
+    model, x, target = _model_and_batch(_arch_for(explainer), seed=4)
+    tap = FeatureTap(map_source(model, explainer) or explained_layer(model))
+    inputs = x.clone().requires_grad_()
+    with explaining_forwards(explainer, model):
+        forward = ForwardPass(model, inputs, model(inputs), tap.take())
+        passes = {"forward": 0, "backward": 0}
+        hook = model.register_forward_hook(lambda *_: passes.__setitem__("forward", passes["forward"] + 1))
+        real_grad = torch.autograd.grad
+
+        def counting_grad(*args: object, **kwargs: object) -> tuple[torch.Tensor, ...]:
+            passes["backward"] += 1
+            return real_grad(*args, **kwargs)
+
+        monkeypatch.setattr(torch.autograd, "grad", counting_grad)
+        explanation_maps(explainer, forward, target, create_graph=True)
+    hook.remove()
+    tap.remove()
+    assert passes == {"forward": method.forward_passes, "backward": method.backward_passes}
+
+
+class _DoubledSaliency(Explainer):
+    """A toy explainer, as a new module would define it: twice the input gradient, and no 'cnn' models."""
+
+    name = "toy"
+    label = "toy"
+    reference = "captum Saliency (abs), summed over channels, doubled"
+    needs_input_grad = True
+
+    def arch_problem(self, arch: str) -> str | None:
+        return "the toy explainer does not explain 'cnn'" if arch == "cnn" else None
+
+    def maps(self, forward: ForwardPass, target: torch.Tensor, create_graph: bool = False) -> torch.Tensor:
+        return 2 * input_gradient_maps(forward.logits, forward.inputs, target, create_graph)
+
+    def attribute(self, model: torch.nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return 2 * Saliency(model).attribute(inputs, target=target, abs=True).sum(dim=1, keepdim=True)
 
-    def doubled_maps(logits: torch.Tensor, inputs: torch.Tensor, target: torch.Tensor, graph: bool) -> torch.Tensor:
-        return 2 * input_gradient_maps(logits, inputs, target, graph)
 
-    monkeypatch.setitem(EXPLAINERS, "toy", Explainer("toy", "inputs", doubled_maps, doubled_saliency))
-    model, x, target = _model_and_batch("cnn", seed=3)
+@pytest.fixture
+def toy() -> Iterator[Explainer]:
+    register(_DoubledSaliency)
+    try:
+        yield get_explainer("toy")
+    finally:
+        EXPLAINERS.pop("toy")
 
+
+def test_an_explainer_added_as_one_registered_class_serves_training_evaluation_and_validation(toy: Explainer) -> None:
+    assert isinstance(toy, _DoubledSaliency)
     assert explainer_problem("toy", "resnet8") is None
+    assert explainer_problem("toy", "cnn") == "the toy explainer does not explain 'cnn'"
+    assert shown_explainers("toy") == ["toy", "gradcam"]
+    model, x, target = _model_and_batch("resnet8", seed=3)
     evaluated = captum_maps(model, x, target, "toy")
     torch.testing.assert_close(evaluated, 2 * captum_maps(model, x, target, "input_gradient"))
     torch.testing.assert_close(_training_form(model, "toy", x, target), evaluated, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="already registered"):
+        register(_DoubledSaliency)
+
+
+def test_the_training_form_refuses_a_forward_that_lacks_what_the_explainer_reads() -> None:
+    model, x, target = _model_and_batch("cnn")
+    with pytest.raises(ValueError, match="needs the tapped activations"):
+        explanation_maps("gradcam", ForwardPass(model, x, model(x)), target)
+    with pytest.raises(ValueError, match="needs inputs that required grad"):
+        explanation_maps("input_gradient", ForwardPass(model, x, model(x)), target)
 
 
 def test_gradcam_with_create_graph_sends_gradients_to_every_student_parameter_it_depends_on() -> None:
@@ -138,15 +205,6 @@ def test_feature_tap_refuses_a_stale_activation() -> None:
     tap.remove()
     model(x)
     assert tap.activation is None
-
-
-def test_match_size_resizes_the_smaller_map_to_the_larger() -> None:
-    small, large = torch.rand(2, 1, 4, 4), torch.rand(2, 1, 8, 8)
-    a, b = match_size(small, large)
-    assert a.shape == b.shape == (2, 1, 8, 8)
-    assert torch.equal(b, large)
-    b2, a2 = match_size(large, small)
-    assert b2.shape == a2.shape == (2, 1, 8, 8) and torch.equal(b2, large)
 
 
 def test_minmax_normalize_maps_each_sample_to_unit_range_and_constant_maps_to_zero() -> None:

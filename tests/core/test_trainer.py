@@ -18,7 +18,7 @@ from core.signals import AutoencoderMaps, Batch, CachedTeacherMaps, LiveTeacherM
 from core.spec import JobSpec
 from core.terms import build_terms, cross_entropy_only
 from core.train.loop import DistillationObjective, OptimConfig, train
-from core.train.autoencoder import explainer_objective
+from core.train.autoencoder import autoencoder_objective
 
 CPU = torch.device("cpu")
 
@@ -81,9 +81,9 @@ def test_cached_teacher_maps_give_the_same_first_epoch_losses_and_skip_recomputa
     calls = {"teacher_maps": 0}
     real = maps_module.explanation_maps
 
-    def counting(explainer, logits, activations, inputs, target, create_graph=False):  # spy: calls the real one
+    def counting(explainer, forward, target, create_graph=False):  # spy: calls the real one
         calls["teacher_maps"] += not create_graph
-        return real(explainer, logits, activations, inputs, target, create_graph)
+        return real(explainer, forward, target, create_graph)
 
     monkeypatch.setattr(maps_module, "explanation_maps", counting)
     _, cached_history, objective = _distill(digits16, trained_teacher, cache=True)
@@ -279,7 +279,7 @@ def test_augmented_training_is_still_deterministic(digits16: DataBundle) -> None
 
 
 def test_explainer_autoencoder_learns_the_teachers_maps(digits16: DataBundle, trained_teacher: torch.nn.Module) -> None:
-    autoencoder, objective = explainer_objective(trained_teacher, digits16, "gradcam", CPU, seed=0)
+    autoencoder, objective = autoencoder_objective(trained_teacher, digits16, "gradcam", CPU, seed=0)
     assert objective.train_targets.shape == (len(digits16.train_x), 1, 4, 4)
     assert 0.0 <= float(objective.train_targets.min()) and float(objective.train_targets.max()) <= 1.0
     untrained = objective.held_out()["test_map_mse"]
@@ -295,7 +295,7 @@ def test_explainer_autoencoder_learns_the_teachers_maps(digits16: DataBundle, tr
 
 
 def test_autoencoder_target_replaces_the_teachers_maps(digits16: DataBundle, trained_teacher: torch.nn.Module) -> None:
-    autoencoder, _ = explainer_objective(trained_teacher, digits16, "gradcam", CPU, seed=0)
+    autoencoder, _ = autoencoder_objective(trained_teacher, digits16, "gradcam", CPU, seed=0)
     spec_loss = _loss("xdistill")
     objective = DistillationObjective(build_model("cnn", 10, 1), build_terms(spec_loss, 128, 128), digits16, CPU,
                                       teacher=trained_teacher, explanation=spec_loss.explanation,
