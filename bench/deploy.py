@@ -32,7 +32,7 @@ QUICK_OVERRIDES = {
 
 def demo_job(quick: bool, folder: Path | None) -> tuple[Path, dict[str, Any]]:
     """Run (or reuse) the demo job; returns its folder and metrics."""
-    from core.run import run_job
+    from core.run import run_distillation
     from core.spec import JobSpec
 
     if folder is not None:  # a finished run of the demo spec, e.g. `distill run examples/digits-e2kd.json --out DIR`
@@ -42,7 +42,7 @@ def demo_job(quick: bool, folder: Path | None) -> tuple[Path, dict[str, Any]]:
         document.update(QUICK_OVERRIDES)
     spec = JobSpec.model_validate(document)
     out = common.CACHE_DIR / "deploy" / (spec.name + ("-quick" if quick else ""))
-    return out, run_job(spec, out)
+    return out, run_distillation(spec, out)
 
 
 def models(out: Path, metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Path], Any]:

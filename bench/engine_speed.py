@@ -103,6 +103,17 @@ def reset_peak_rss() -> None:
         pass
 
 
+def engine_module(name: str, before_regrouping: str):  # noqa: ANN201 - a module
+    """An engine module by its name in this checkout or, when `--against` runs an engine from before core/ was
+    regrouped into sub-packages, by its name there (the child code is the same on both sides)."""
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError:
+        return importlib.import_module(before_regrouping)
+
+
 def build(args: argparse.Namespace, method: Method):  # noqa: ANN201 - returns a tuple of engine objects
     import torch
 
@@ -158,9 +169,9 @@ class EpochClock:
 
 def epoch_end_callbacks(clock: EpochClock):  # noqa: ANN201 - a core.train.callbacks object, imported late
     """Engine callbacks that mark the clock at each epoch's last report: after held-out accuracy and checkpoint."""
-    from core.train.callbacks import NullCallbacks
+    callbacks = engine_module("core.train.callbacks", "core.callbacks")
 
-    class EpochEnds(NullCallbacks):
+    class EpochEnds(callbacks.NullCallbacks):
         def on_progress(self, progress) -> None:  # noqa: ANN001
             if "test_accuracy" in progress.metrics:
                 clock.mark()
@@ -173,8 +184,9 @@ def engine_epochs(args: argparse.Namespace, method: Method) -> list[tuple[float,
     import torch
 
     from core.terms import build_terms
-    from core.train.loop import DistillationObjective, OptimConfig, train
 
+    loop = engine_module("core.train.loop", "core.trainer")
+    DistillationObjective, OptimConfig, train = loop.DistillationObjective, loop.OptimConfig, loop.train  # noqa: N806
     data, teacher, student, spec = build(args, method)
     device = torch.device("cpu")
     terms = build_terms(spec.loss, layer_channels(student, data.in_channels), layer_channels(teacher, data.in_channels))
@@ -202,8 +214,7 @@ def bare_epochs(args: argparse.Namespace, method: Method) -> list[tuple[float, f
     import torch
     import torch.nn.functional as F
 
-    from core.models import predict_logits
-    from core.models import explained_layer
+    from core.models import explained_layer, predict_logits
 
     data, teacher, student, spec = build(args, method)
     loss_spec, training = spec.loss, spec.training

@@ -16,7 +16,7 @@ way (dynamic weights detached). It writes `quality_bcos.{json,md}` with both exp
 `--paper-rows` adds, at 50 shots/class, the e2KD paper's own settings (KL at T=1 without CE,
 explanation weight 1 and 5, guidance on every 4th step only) next to kd at the same T.
 
-Every row is one `core.run.run_job` per (shots, seed): the cached teacher's weights, a fresh
+Every row is one `core.run.run_distillation` per (shots, seed): the cached teacher's weights, a fresh
 resnet8 student, `report.heatmaps = 0`. The seed is both `training.seed` (initialisation, order)
 and `dataset.split_seed` (which `shots_per_class` images per class), so rows with the same seed
 see the same images, and the e2kd - kd differences are paired by seed. Evaluation uses a fixed,
@@ -124,7 +124,7 @@ def run_one(task: tuple[dict[str, Any], str, int]) -> dict[str, Any]:
     """One student run in a worker process (its own torch threads); reuses a finished run's result."""
     spec_dict, out_dir, threads = task
     common.set_threads(threads)
-    from core.run import run_job
+    from core.run import run_distillation
     from core.spec import JobSpec
 
     out = Path(out_dir)
@@ -136,7 +136,7 @@ def run_one(task: tuple[dict[str, Any], str, int]) -> dict[str, Any]:
     if out.exists():
         shutil.rmtree(out)  # a different or unfinished spec: start clean
     started = time.perf_counter()
-    metrics = run_job(JobSpec.model_validate(spec_dict), out)
+    metrics = run_distillation(JobSpec.model_validate(spec_dict), out)
     minutes = (time.perf_counter() - started) / 60
     keys = ("student_accuracy", "teacher_accuracy", "agreement", "explanation_cosine", "explanation_cosine_gradcam",
             "ece", "seconds")
@@ -266,7 +266,7 @@ def main() -> None:
          "cosine of the B-cos contribution maps, Grad-CAM cosine beside it." % args.lr) if args.bcos else
         ("Student resnet8 (78k parameters); SGD momentum 0.9, lr %.3g, cosine schedule, weight decay 5e-4, no augmentation "
          "(so teacher maps are cached); presets at their defaults (T=4, explanation weight 1, AT weight 1000, oracle gamma 1)." % args.lr),
-        f"Minutes per run: wall time of one run_job at {args.threads} torch thread(s), {args.workers} runs in parallel; "
+        f"Minutes per run: wall time of one run_distillation at {args.threads} torch thread(s), {args.workers} runs in parallel; "
         f"total wall time {wall_minutes:.1f} min for {len(tasks)} runs, {reused} of them reused from an earlier "
         "invocation (they count their original minutes).",
     ]

@@ -1,6 +1,6 @@
 """`distill`: the one console script, and the composition root (it alone may import every layer).
 
-    distill run SPEC.json --out DIR     one job in this process (same as python -m core.run)
+    distill run SPEC.json --out DIR     one job in this process, no server (cli.run)
     distill serve [--host] [--port] [--workers N] [--api-workers M]
                                         migrations + N workers + the API: the one command a newcomer runs
     distill api [--host] [--port] [--workers M]
@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distill", description="Explanation-guided knowledge distillation service.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    # `run` is parsed by core.run itself (spec, --out, --data): listed here for `distill --help` only.
+    # `run` is parsed by cli.run itself (spec, --out, --data): listed here for `distill --help` only.
     commands.add_parser("run", help="run one job spec in this process: run SPEC.json --out DIR [--data NAME=PATH]",
                         add_help=False)
 
@@ -86,7 +86,7 @@ def _positive(text: str) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["run"]:
-        from core.run import main as run_main
+        from cli.run import main as run_main
 
         return run_main(argv[1:])
     args = _parser().parse_args(argv)

@@ -7,44 +7,29 @@ name nor a tampered row can reach another file on the server.
 
 - `job_dir(settings, job_id) -> Path`: DISTILL_HOME/jobs/<job_id>/ (the engine's --out folder).
 - `record_job_outputs(session, settings, job_id, folder=None) -> list[Artifact]`: walks the job's
-  working folder for student.safetensors, student.onnx, teacher.safetensors, metrics.json, report.html,
-  README.md (the model card), heatmaps/*.png
-  and records each through repository.add_artifact under its storage key `jobs/<id>/<name>`
+  working folder for the files of the artifact manifest (core.publish.manifest) and records each through repository.add_artifact under its storage key `jobs/<id>/<name>`
   (checkpoints are not artifacts). With the S3 backend the folder is a scratch copy whose files the
   worker has already pushed to those keys.
 - `artifact_path(settings, artifact) -> Path`: the absolute file, refusing anything that resolves
   outside DISTILL_HOME.
-- `content_type_for(name) -> str`.
+- `content_type_for(name) -> str`: the manifest's media type (re-exported here for the store's callers).
 """
 
 from __future__ import annotations
 
 import logging
 import re
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from sqlalchemy.orm import Session
 
+from core.publish.manifest import PATTERNS as ARTIFACT_PATTERNS
+from core.publish.manifest import content_type_for  # noqa: F401  (the store's callers import it from here)
 from store import repository
 from store.models import Artifact
 from store.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-# What a job publishes, in the order clients see it; anything else in the folder (checkpoints) stays private.
-ARTIFACT_PATTERNS = (
-    "student.safetensors", "student.onnx", "teacher.safetensors", "metrics.json", "report.html", "README.md",
-    "report.md", "heatmaps/*.png",
-)
-
-CONTENT_TYPES = {
-    ".safetensors": "application/octet-stream",
-    ".json": "application/json",
-    ".png": "image/png",
-    ".md": "text/markdown",
-    ".html": "text/html",
-    ".onnx": "application/octet-stream",
-}
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
 
@@ -58,10 +43,6 @@ def job_dir(settings: Settings, job_id: str) -> Path:
     if not _SAFE_ID.match(job_id):
         raise ValueError(f"not a job id: {job_id!r}")
     return settings.jobs_dir / job_id
-
-
-def content_type_for(name: str) -> str:
-    return CONTENT_TYPES.get(PurePosixPath(name).suffix.lower(), "application/octet-stream")
 
 
 def record_job_outputs(

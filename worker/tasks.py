@@ -21,9 +21,7 @@ from typing import Any, TypeVar
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
 from core.errors import DistillError, JobCancelled, is_storage_full
-from core.run import run_job as run_engine
-from core.spec import JobSpec
-from core.run import run_teacher
+from core.run import run_distillation, run_teacher
 from core.publish.tracking import DEFAULT_EXPERIMENT, TrackingConfig
 from store import repository
 from store.artifacts import record_job_outputs, redact_paths
@@ -35,7 +33,7 @@ from store.settings import Settings
 from worker.callbacks import WorkerCallbacks, json_safe
 from worker.heartbeat import HeartbeatThread
 from worker.logsetup import job_context
-from worker.resolve import resolve_spec
+from worker.resolve import StoredUploads, parse_stored_spec
 from worker.runtime import WorkerRuntime, get_runtime
 
 log = logging.getLogger(__name__)
@@ -118,13 +116,16 @@ def _execute(
         if fetched:
             log.info("fetched %d files of earlier attempts from %s storage", fetched, sync.storage.kind)
         sync.mark_current()
-        spec = with_database_retry("resolve the spec", lambda: _resolve(runtime, stored_spec))
+        # The engine runs the spec as stored (upload ids); it reads the uploads through the store.
+        spec = parse_stored_spec(stored_spec)
+        uploads = StoredUploads(runtime.sessions, settings, sync.storage, retry=with_database_retry)
         sync.folder.mkdir(parents=True, exist_ok=True)
         if kind is JobKind.teacher:
-            metrics = run_teacher(spec, sync.folder, callbacks, named_datasets=settings.dataset_roots)
-        else:  # metrics.json shows the spec as stored (ids, never the server paths resolve_spec put in).
-            metrics = run_engine(
-                spec, sync.folder, callbacks, named_datasets=settings.dataset_roots, reported_spec=stored_spec,
+            metrics = run_teacher(spec, sync.folder, callbacks, named_datasets=settings.dataset_roots,
+                                  resolver=uploads)
+        else:
+            metrics = run_distillation(
+                spec, sync.folder, callbacks, named_datasets=settings.dataset_roots, resolver=uploads,
                 tracking=_tracking(settings, job_id),
             )
         sync.push(mirror=True)
@@ -153,11 +154,6 @@ def _execute(
         log.exception("internal error in %s", callbacks.stage)
         message = redact_paths(f"{type(exc).__name__}: {exc}", settings)
         return Outcome(JobStatus.failed, error=JobError("internal_error", message, None, where=callbacks.stage))
-
-
-def _resolve(runtime: WorkerRuntime, stored_spec: dict[str, Any]) -> JobSpec:
-    with runtime.sessions() as session:
-        return resolve_spec(session, runtime.settings, stored_spec)
 
 
 def _record(runtime: WorkerRuntime, job_id: str, folder: Path) -> None:

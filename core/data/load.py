@@ -23,6 +23,7 @@ from core.data.images import MemoryImages
 from core.data.splits import check_classes, few_shot, random_split
 from core.data.stream import StreamImages
 from core.errors import DataError
+from core.resolver import LocalFiles, Resolver
 from core.spec import DatasetSpec
 
 log = logging.getLogger(__name__)
@@ -37,17 +38,18 @@ def memory_budget_bytes() -> int:
 
 def load_dataset(
     spec: DatasetSpec, seed: int | None = None, named: Mapping[str, Path] | None = None,
-    memory_budget: int | None = None,
+    memory_budget: int | None = None, resolver: Resolver | None = None,
 ) -> DataBundle:
     """Resolve the spec's source, split, subsample (shots_per_class) and normalise.
 
     `seed` overrides `spec.split_seed` (tests use it to compare splits). `named` maps
-    operator-registered names to paths; `digits` is always known. `spec.id` must have been
-    resolved to `spec.path` by the host. `memory_budget` (bytes) overrides the setting.
+    operator-registered names to paths; `digits` is always known. `resolver` reads an
+    uploaded dataset's `spec.id` (the host's: a worker fetches it from its store; by default
+    ids are refused, as on the command line). `memory_budget` (bytes) overrides the setting.
     """
     seed = spec.split_seed if seed is None else seed
     budget = memory_budget_bytes() if memory_budget is None else memory_budget
-    source = _source(spec, dict(named or {}))
+    source = _source(spec, dict(named or {}), resolver or LocalFiles())
     if isinstance(source, sources.ArraySource):
         bundle = _from_arrays(source, spec, seed)
     else:
@@ -58,7 +60,9 @@ def load_dataset(
     return bundle
 
 
-def _source(spec: DatasetSpec, named: dict[str, Path]) -> sources.ArraySource | sources.FolderSource:
+def _source(
+    spec: DatasetSpec, named: dict[str, Path], resolver: Resolver
+) -> sources.ArraySource | sources.FolderSource:
     if spec.name == "digits":
         return sources.digits()
     if spec.name is not None:
@@ -68,7 +72,8 @@ def _source(spec: DatasetSpec, named: dict[str, Path]) -> sources.ArraySource | 
         return sources.read_path(Path(named[spec.name]))
     if spec.path is not None:
         return sources.read_path(Path(spec.path))
-    raise DataError("dataset id was not resolved to a path", field="dataset.id")
+    assert spec.id is not None  # DatasetSpec holds exactly one of name, path, id
+    return sources.read_path(resolver.resolve_dataset(spec.id), field="dataset.id")
 
 
 def _from_arrays(source: sources.ArraySource, spec: DatasetSpec, seed: int) -> DataBundle:

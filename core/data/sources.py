@@ -56,14 +56,15 @@ def digits() -> ArraySource:
     return ArraySource(x, data.target.astype(np.int64), None, None, [str(i) for i in range(10)])
 
 
-def read_path(path: Path) -> ArraySource | FolderSource:
+def read_path(path: Path, field: str = "dataset.path") -> ArraySource | FolderSource:
+    """The source at `path`; `field` is the spec field that named it (`dataset.id` for an upload's local copy)."""
     if not path.exists():
-        raise DataError("the dataset path does not exist", field="dataset.path")
+        raise DataError("the dataset path does not exist", field=field)
     if path.is_file() and path.suffix == ".npz":
         return npz(path)
     if path.is_dir():
         return image_folder(path)
-    raise DataError("dataset path must be an ImageFolder directory or a .npz file", field="dataset.path")
+    raise DataError("dataset path must be an ImageFolder directory or a .npz file", field=field)
 
 
 def npz(path: Path) -> ArraySource:

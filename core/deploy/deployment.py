@@ -17,10 +17,9 @@ from torch import nn
 from core.data import DataBundle
 from core.deploy.onnx import OnnxExportError, export_checked, export_onnx
 from core.deploy.latency import latency_table
+from core.publish.manifest import STUDENT_ONNX, STUDENT_WEIGHTS
 
 log = logging.getLogger(__name__)
-
-STUDENT_ONNX = "student.onnx"
 
 
 def warning(code: str, message: str) -> dict[str, str]:
@@ -40,7 +39,8 @@ def deployment(
 ) -> tuple[dict[str, Any], list[dict[str, str]]]:
     """Export and check `student.onnx` (when `onnx`), time both models, measure their files.
 
-    Returns the metrics fields (`onnx`, `latency`, `sizes`, `size_compression_ratio`) and warnings.
+    Returns the metrics fields (`onnx`, `latency`, `sizes`, `size_compression_ratio`, and the headline
+    `student_latency_ms` / `teacher_latency_ms` read from the table: each model is timed once) and warnings.
     """
     warnings: list[dict[str, str]] = []
     onnx_info: dict[str, Any] | None = None
@@ -57,7 +57,7 @@ def deployment(
         onnx_files = {"student": student_path if onnx_info else None, "teacher": teacher_path}
         rows = latency_table({"teacher": teacher, "student": student}, onnx_files, data.test_x, latency_runs)
         sizes = {
-            "student_safetensors_bytes": _size(out_dir / "student.safetensors"),
+            "student_safetensors_bytes": _size(out_dir / STUDENT_WEIGHTS),
             "student_onnx_bytes": _size(student_path) if onnx_info else None,
             "teacher_safetensors_bytes": _size(teacher_weights),
             "teacher_onnx_bytes": _size(teacher_path),
@@ -65,7 +65,10 @@ def deployment(
     ratio = None
     if sizes["student_safetensors_bytes"] and sizes["teacher_safetensors_bytes"]:
         ratio = sizes["teacher_safetensors_bytes"] / sizes["student_safetensors_bytes"]
-    return {"onnx": onnx_info, "latency": rows, "sizes": sizes, "size_compression_ratio": ratio}, warnings
+    shipped = {"onnx": onnx_info, "latency": rows, "sizes": sizes, "size_compression_ratio": ratio}
+    for model in ("student", "teacher"):
+        shipped[f"{model}_latency_ms"] = cpu_batch1_ms(rows, model)
+    return shipped, warnings
 
 
 def cpu_batch1_ms(rows: list[dict[str, Any]], model: str) -> float | None:

@@ -3,50 +3,25 @@
 Accuracy alone does not say whether distillation worked: agreement says how far
 the student imitates the teacher's decisions, explanation cosine whether it
 decides from the same evidence, ECE whether its confidence can be trusted, and
-parameters and latency what the compression bought.
+parameters what the compression bought (latency too: the deployment table times both
+models once, core.deploy, and metrics.json's headline latencies are read from it).
 """
 
 from __future__ import annotations
 
-import copy
 import logging
-import statistics
-import time
 
 import torch
 from torch import nn
 
-from core.explain.reference import captum_maps, map_cosine
+from core.explain.reference import captum_maps
 from core.data import DataBundle
-from core.explain import shown_explainers
+from core.explain import map_cosine, shown_explainers
 from core.evaluate.calibration import expected_calibration_error
 from core.evaluate.diagnostics import diagnostics
 from core.models import count_params, predict_logits
 
 log = logging.getLogger(__name__)
-
-WARMUP_RUNS = 3
-
-
-def cpu_latency_ms(model: nn.Module, example: torch.Tensor, runs: int = 20) -> float:
-    """Median wall time (ms) of one batch-1 forward pass on the CPU, after `WARMUP_RUNS` untimed ones.
-
-    Timed on a CPU copy so the caller's model stays where it is, whatever device trained it;
-    the median ignores the odd pass slowed down by another process.
-    """
-    if runs < 1:
-        raise ValueError("latency runs must be >= 1")
-    cpu_model = copy.deepcopy(model).cpu().eval()
-    example = example[:1].detach().cpu()
-    times_ms: list[float] = []
-    with torch.inference_mode():
-        for _ in range(WARMUP_RUNS):
-            cpu_model(example)
-        for _ in range(runs):
-            start = time.perf_counter()
-            cpu_model(example)
-            times_ms.append((time.perf_counter() - start) * 1000.0)
-    return statistics.median(times_ms)
 
 
 def evaluate(
@@ -55,7 +30,6 @@ def evaluate(
     data: DataBundle,
     device: torch.device,
     *,
-    latency_runs: int = 20,
     batch_size: int = 256,
     explainer: str = "gradcam",
 ) -> dict:
@@ -88,8 +62,6 @@ def evaluate(
         "ece": expected_calibration_error(student_logits.softmax(dim=1), test_y),
         "student_params": student_params,
         "teacher_params": teacher_params,
-        "student_latency_ms": cpu_latency_ms(student, test_x, latency_runs),
-        "teacher_latency_ms": cpu_latency_ms(teacher, test_x, latency_runs),
         "compression_ratio": teacher_params / student_params,
     }
     log.info("evaluated on %d test images: %s", len(test_y), {k: round(v, 4) for k, v in metrics.items()})

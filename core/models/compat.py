@@ -3,7 +3,7 @@
 A weights file (or an uploaded model's record) is described by a `WeightsShape`, a
 dataset by a `DatasetShape`; `fit_problems` compares them and says, in words a user can
 act on, what does not fit. The API checks an uploaded model against a job's dataset with
-it, the upload route checks a file against the form's claims, and `core.run` checks a
+it, the upload route checks a file against the form's claims, and `core.stages` checks a
 teacher file against the loaded data, so the three can never disagree. The grey-vs-RGB
 rule (how many channels an image has) lives here too, for the same reason.
 """

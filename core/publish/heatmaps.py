@@ -28,6 +28,7 @@ from core.atomic import atomic_path
 from core.explain.reference import captum_maps, map_cosine
 from core.data import DataBundle
 from core.models import predict_logits
+from core.publish.manifest import HEATMAP_FOLDER, HEATMAP_GRID
 from core.explain import get_explainer, shown_explainers
 from core.models import explained_layer_path
 
@@ -128,7 +129,7 @@ def render_heatmaps(
     tiles = render_gallery(student, teacher, data, out_dir, count, device, explainer)
     if not tiles:
         return []
-    return [out_dir / tile.file for tile in tiles] + [out_dir / "heatmaps" / "grid.png"]
+    return [out_dir / tile.file for tile in tiles] + [out_dir / HEATMAP_GRID]
 
 
 def render_gallery(
@@ -154,7 +155,7 @@ def render_gallery(
     heat, cosines = _explained_pairs((teacher, student), x, teacher_top1, shown, images.shape[-2:])
     scale = max(1, math.ceil(MIN_PANEL_PX / max(images.shape[-2:])))
 
-    folder = out_dir / "heatmaps"
+    folder = out_dir / HEATMAP_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     provenance = _provenance(teacher, student, shown)
     names = data.class_names
@@ -169,11 +170,11 @@ def render_gallery(
         with atomic_path(folder / f"{row:04d}.png") as tmp:
             image.save(tmp, format="PNG", pnginfo=provenance)
         rows.append(image)
-        tiles.append(HeatmapTile(f"heatmaps/{row:04d}.png", index, *(names[c] for c in classes),
+        tiles.append(HeatmapTile(f"{HEATMAP_FOLDER}/{row:04d}.png", index, *(names[c] for c in classes),
                                  row_cosines[shown[0]], row_cosines))
 
     order = misclassified_first(tiles)
-    with atomic_path(folder / "grid.png") as tmp:
+    with atomic_path(out_dir / HEATMAP_GRID) as tmp:
         _grid([rows[i] for i in order], [tiles[i].misclassified for i in order]).save(
             tmp, format="PNG", pnginfo=provenance
         )

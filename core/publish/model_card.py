@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from core.explain import EXPLAINERS
+from core.publish.manifest import HEATMAP_FOLDER, METRICS, MODEL_CARD, REPORT, STUDENT_ONNX, STUDENT_WEIGHTS, summary_of
 
-MODEL_CARD = "README.md"
 WEAK_CLASS_MARGIN = 0.10  # a class the student gets this much worse than the teacher is called out
 
 
@@ -114,17 +114,21 @@ def _metrics_table(result: dict[str, Any]) -> list[str]:
     return ["| metric | teacher | student |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows]
 
 
+def _file_line(name: str, detail: str = "") -> str:
+    """One entry of the card's file list, worded by the artifact manifest."""
+    return f"- `{name}`: {summary_of(name)}{detail}."
+
+
 def write_model_card(out_dir: Path, result: dict[str, Any]) -> Path:
     spec = result.get("spec", {})
     student, teacher = spec.get("student", {}).get("arch"), spec.get("teacher", {}).get("arch")
     onnx = result.get("onnx")
-    files = ["- `student.safetensors`: the weights (load with `safetensors`, no pickle)."]
+    files = [_file_line(STUDENT_WEIGHTS)]
     if onnx:
-        files.append(f"- `student.onnx`: the same network for onnxruntime (dynamic batch axis, opset {onnx['opset']}); "
-                     f"logits within {onnx['max_abs_diff']:.2g} of PyTorch on every test image.")
-    files += ["- `metrics.json`: every number below, the per-epoch history and the latency table.",
-              "- `report.html`: curves, calibration, per-class accuracy and the heatmap gallery "
-              f"(`heatmaps/*.png`: input | teacher | student {_explainer_label(result)} maps{_beside(result)})."]
+        files.append(_file_line(STUDENT_ONNX, f" (dynamic batch axis, opset {onnx['opset']}); logits within "
+                                f"{onnx['max_abs_diff']:.2g} of PyTorch on every test image"))
+    files += [_file_line(METRICS), _file_line(REPORT, f" (`{HEATMAP_FOLDER}/*.png`: input | teacher | student "
+                                                       f"{_explainer_label(result)} maps{_beside(result)})")]
     body = [
         front_matter(result),
         "",

@@ -16,10 +16,10 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from core.publish.manifest import REPORT
 from core.publish.charts import Series, bar_chart, line_chart, reliability_chart
 from core.explain import EXPLAINERS, shown_explainers
 
-REPORT = "report.html"
 # Repeated in the page itself, so a copy opened from disk is as locked down as the served one.
 PAGE_POLICY = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 

@@ -22,13 +22,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from core.publish.manifest import HEATMAP_FOLDER, TRACKED_FILES
+
 log = logging.getLogger(__name__)
 
 DEFAULT_EXPERIMENT = "distill"
 CONNECT_TIMEOUT_S = 3.0
 # MLflow's HTTP client retries for minutes by default; a job should not wait that long on a side channel.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
-ARTIFACTS = ("student.safetensors", "student.onnx", "report.html", "README.md", "metrics.json")
 FINAL_METRICS = (
     "student_accuracy", "teacher_accuracy", "agreement", "explanation_cosine", "ece", "teacher_ece",
     "student_params", "teacher_params", "compression_ratio", "size_compression_ratio",
@@ -137,11 +138,11 @@ def _log_run(config: TrackingConfig, out_dir: Path, result: dict[str, Any]) -> s
                     if isinstance(result.get(key), int | float) and math.isfinite(result[key])]
         for start in range(0, len(metrics), 1000):
             client.log_batch(run_id, metrics=metrics[start : start + 1000])
-        for name in ARTIFACTS:
+        for name in TRACKED_FILES:
             if (out_dir / name).is_file():
                 client.log_artifact(run_id, str(out_dir / name))
-        if (out_dir / "heatmaps").is_dir():
-            client.log_artifacts(run_id, str(out_dir / "heatmaps"), artifact_path="heatmaps")
+        if (out_dir / HEATMAP_FOLDER).is_dir():
+            client.log_artifacts(run_id, str(out_dir / HEATMAP_FOLDER), artifact_path=HEATMAP_FOLDER)
     except Exception:
         client.set_terminated(run_id, status="FAILED")
         raise

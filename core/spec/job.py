@@ -1,4 +1,4 @@
-"""The job spec: the public contract shared by `POST /v1/jobs` and `python -m core.run`.
+"""The job spec: the public contract shared by `POST /v1/jobs` and `distill run`.
 
 One pydantic model validates both, so a spec that the CLI accepts is a spec the
 service accepts (minus server paths, which the API refuses on its own).
@@ -239,16 +239,5 @@ class JobSpec(_Strict):
 __all__ = [
     "PRESETS", "DatasetSpec", "ExplanationSpec", "ExportSpec", "JobSpec", "LossSpec", "Method", "ReportSpec", "StudentSpec",
     "TeacherSpec", "TrainingSpec", "XDistillSpec", "check_plain_text", "control_character_field",
-    "has_control_characters", "public_spec",
+    "has_control_characters",
 ]
-
-def public_spec(spec: JobSpec) -> dict[str, Any]:
-    """The spec as artifacts and metrics show it: a server path (`dataset.path`, `teacher.weights`,
-    which the worker resolves from upload ids) is reduced to its file name, so no artifact reveals
-    where the server keeps its files."""
-    document = spec.model_dump(mode="json")
-    for section, key in (("dataset", "path"), ("teacher", "weights")):
-        value = document[section].get(key)
-        if isinstance(value, str) and ("/" in value or "\\" in value):
-            document[section][key] = value.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
-    return document

@@ -25,7 +25,7 @@ from core.train.objective import StepOutput
 from core.signals import Batch
 
 
-class ExplainerAutoencoder(nn.Module):
+class ExplanationAutoencoder(nn.Module):
     """x -> map in [0, 1] of size `map_size`: two stride-2 conv stages down, two upsampling stages back."""
 
     def __init__(self, in_channels: int, map_size: tuple[int, int], width: int = 16) -> None:
@@ -61,7 +61,7 @@ def teacher_map_targets(
 class AutoencoderObjective:
     """MSE between the autoencoder's prediction and the teacher's normalised map of the same sample."""
 
-    autoencoder: ExplainerAutoencoder
+    autoencoder: ExplanationAutoencoder
     train_targets: torch.Tensor  # (N_train, 1, h, w), indexed by training-sample index
     test_x: torch.Tensor
     test_targets: torch.Tensor
@@ -96,13 +96,25 @@ class AutoencoderObjective:
         pass
 
 
-def explainer_objective(
+def autoencoder_objective(
     teacher: nn.Module, data: DataBundle, explainer: str, device: torch.device, seed: int
-) -> tuple[ExplainerAutoencoder, AutoencoderObjective]:
+) -> tuple[ExplanationAutoencoder, AutoencoderObjective]:
     """A fresh autoencoder (seeded) and the objective that fits it to the teacher's maps on `data`."""
     train_targets = teacher_map_targets(teacher, data.train_x, explainer, device)
     test_targets = teacher_map_targets(teacher, data.test_x, explainer, device)
     torch.manual_seed(seed)
-    autoencoder = ExplainerAutoencoder(data.in_channels, tuple(train_targets.shape[-2:])).to(device)
+    autoencoder = ExplanationAutoencoder(data.in_channels, tuple(train_targets.shape[-2:])).to(device)
     objective = AutoencoderObjective(autoencoder, train_targets, data.test_x, test_targets, device)
     return autoencoder, objective
+
+
+def restored_autoencoder(
+    teacher: nn.Module, data: DataBundle, explainer: str, state: dict[str, Any], device: torch.device
+) -> ExplanationAutoencoder:
+    """The autoencoder a finished stage fitted, from its saved `state`; its map size (not a parameter, so
+    not in the state) is the teacher's map size, read from one training image."""
+    first = data.train.take(slice(0, 1))
+    map_size = tuple(captum_maps(teacher, first, torch.zeros(1, dtype=torch.long), explainer).shape[-2:])
+    autoencoder = ExplanationAutoencoder(data.in_channels, map_size).to(device)
+    autoencoder.load_state_dict(state)
+    return autoencoder

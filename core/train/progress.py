@@ -29,7 +29,7 @@ class LogCallbacks:
     """One line per epoch end: readable in a log file, no carriage returns."""
 
     def on_stage(self, stage: str) -> None:
-        pass  # run_job logs every stage start itself
+        pass  # the engine (core.stages) logs every stage start itself
 
     def on_progress(self, progress: Progress) -> None:
         if _is_epoch_end(progress):

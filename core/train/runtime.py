@@ -1,6 +1,6 @@
 """Process-wide torch setup, done once when a process that trains starts: threads, lazy imports, cuDNN.
 
-Every entry point that trains calls `configure_torch` first: `distill run` / `python -m core.run`
+Every entry point that trains calls `configure_torch` first: `distill run` (cli.run)
 and each Celery worker process (worker_init). Doing it once per process, before any job,
 keeps two costs out of every job's stage times:
 

@@ -29,3 +29,12 @@ def test_client_package_imports_no_server_code() -> None:
 def test_cli_client_verbs_import_only_the_client() -> None:
     for name in ("connection.py", "jobs.py", "uploads.py", "render.py", "watch.py"):
         assert _imported_top_levels(ROOT / "cli" / name) & SERVER_PACKAGES <= {"cli"}, name
+
+
+def test_core_imports_no_host_package() -> None:
+    """The engine is a library its hosts call (the worker, `distill run`): it never imports one of them."""
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(_imported_top_levels(path) & (SERVER_PACKAGES - {"core"}))
+        for path in sorted((ROOT / "core").rglob("*.py"))
+    }
+    assert {name: bad for name, bad in offenders.items() if bad} == {}

@@ -7,7 +7,8 @@ import torch
 
 from core.data import DataBundle, load_dataset
 from core.evaluate import evaluate, expected_calibration_error
-from core.evaluate.metrics import cpu_latency_ms
+from core.deploy.deployment import cpu_batch1_ms
+from core.deploy.latency import time_calls, torch_rows
 from core.models import predict_logits
 from core.models import build_model, count_params
 from core.spec import DatasetSpec
@@ -88,12 +89,18 @@ def test_predict_logits_matches_an_eval_forward_and_restores_training_mode(digit
     assert torch.allclose(logits, expected, atol=1e-5)
 
 
-def test_cpu_latency_is_positive_and_leaves_the_model_alone(digits: DataBundle) -> None:
+def test_headline_latency_is_the_tables_cpu_batch1_median_and_timing_leaves_the_model_alone(
+    digits: DataBundle,
+) -> None:
+    """metrics.json's `<model>_latency_ms` is read from the deployment table: each model is timed once."""
     model = _model("cnn").train()
-    assert cpu_latency_ms(model, digits.test_x, runs=3) > 0
-    assert model.training
+    rows = [row.as_dict() for row in torch_rows("student", model, digits.test_x[:4], 3, ["cpu"])]
+    assert model.training  # timed on a copy
+    batch1 = next(row for row in rows if row["batch"] == 1)
+    assert cpu_batch1_ms(rows, "student") == batch1["median_ms"] > 0
+    assert cpu_batch1_ms(rows, "teacher") is None
     with pytest.raises(ValueError, match="latency runs"):
-        cpu_latency_ms(model, digits.test_x, runs=0)
+        time_calls(lambda: None, runs=0)
 
 
 # --- evaluate -----------------------------------------------------------------------------------------------
@@ -101,7 +108,7 @@ def test_cpu_latency_is_positive_and_leaves_the_model_alone(digits: DataBundle) 
 
 def test_a_student_that_is_the_teacher_agrees_fully(digits: DataBundle) -> None:
     teacher = _model("resnet8")
-    metrics = evaluate(teacher, teacher, digits, CPU, latency_runs=3)
+    metrics = evaluate(teacher, teacher, digits, CPU)
     assert metrics["agreement"] == 1.0
     assert metrics["explanation_cosine"] == pytest.approx(1.0, abs=1e-5)
     assert metrics["student_accuracy"] == metrics["teacher_accuracy"]
@@ -111,7 +118,7 @@ def test_a_student_that_is_the_teacher_agrees_fully(digits: DataBundle) -> None:
 def test_metrics_of_a_constant_student_are_known(digits: DataBundle) -> None:
     teacher = _model("resnet8")
     student = _constant_model(label=3, confidence_logit=2.0)
-    metrics = evaluate(student, teacher, digits, CPU, latency_runs=3)
+    metrics = evaluate(student, teacher, digits, CPU)
 
     teacher_top1 = predict_logits(teacher, digits.test_x, CPU).argmax(dim=1)
     assert metrics["student_accuracy"] == pytest.approx(float((digits.test_y == 3).float().mean()))
@@ -124,19 +131,18 @@ def test_metrics_of_a_constant_student_are_known(digits: DataBundle) -> None:
     assert metrics["ece"] == pytest.approx(abs(metrics["student_accuracy"] - confidence), abs=1e-6)
 
 
-def test_evaluate_reports_sizes_latency_and_compression(digits: DataBundle) -> None:
+def test_evaluate_reports_sizes_and_compression(digits: DataBundle) -> None:
     teacher, student = _model("resnet14"), _model("resnet8")
-    metrics = evaluate(student, teacher, digits, CPU, latency_runs=3)
+    metrics = evaluate(student, teacher, digits, CPU)
     assert metrics["student_params"] == count_params(student)
     assert metrics["teacher_params"] == count_params(teacher)
     assert metrics["compression_ratio"] == pytest.approx(count_params(teacher) / count_params(student))
     assert metrics["compression_ratio"] > 1.0
-    assert metrics["student_latency_ms"] > 0 and metrics["teacher_latency_ms"] > 0
     assert 0.0 <= metrics["explanation_cosine"] <= 1.0  # Grad-CAM maps are non-negative
     assert 0.0 <= metrics["ece"] <= 1.0
     expected_keys = {
         "student_accuracy", "teacher_accuracy", "agreement", "explanation_cosine", "ece", "student_params",
-        "teacher_params", "student_latency_ms", "teacher_latency_ms", "compression_ratio",
+        "teacher_params", "compression_ratio",  # latencies come from the deployment table
         "per_class_accuracy", "reliability", "teacher_ece",
         "explanation_cosine_gradcam", "explainer",
     }

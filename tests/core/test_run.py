@@ -1,4 +1,4 @@
-"""Whole jobs on digits, one per method preset, plus the command line and the progress output."""
+"""Whole jobs on digits, one per method preset, resuming and refusing a folder, and the progress output."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from core.train.callbacks import NullCallbacks, Progress
 from core.errors import JobCancelled, SpecError
 from core.models import build_model, save_weights
 from core.train.progress import LogCallbacks, TqdmCallbacks, terminal_callbacks
-from core.run import main, run_job, spec_sha256
+from core.resume import resume_digest
+from core.run import run_distillation
 from core.spec import JobSpec
 
 METRIC_KEYS = {
@@ -82,7 +83,7 @@ def test_each_preset_runs_end_to_end_and_writes_every_artifact(
 ) -> None:
     spec = JobSpec.model_validate({**tiny_spec(method), "loss": loss})
     recorder = StageRecorder()
-    result = run_job(spec, tmp_path, recorder)
+    result = run_distillation(spec, tmp_path, recorder)
 
     for name in ("student.safetensors", "teacher.safetensors", "metrics.json", "heatmaps/grid.png",
                  "heatmaps/0000.png", "heatmaps/0001.png"):
@@ -111,20 +112,20 @@ def test_each_preset_runs_end_to_end_and_writes_every_artifact(
 
 def test_a_finished_run_is_not_redone(tmp_path: Path) -> None:
     spec = JobSpec.model_validate(tiny_spec("kd", teacher={"epochs": 1}, training={"epochs": 1}))
-    first = run_job(spec, tmp_path)
+    first = run_distillation(spec, tmp_path)
     recorder = StageRecorder()
-    again = run_job(spec, tmp_path, recorder)
+    again = run_distillation(spec, tmp_path, recorder)
     assert recorder.stages == [] and again == json.loads(json.dumps(first))
 
 
 def test_an_out_folder_refuses_a_different_spec(tmp_path: Path) -> None:
     spec = JobSpec.model_validate(tiny_spec("kd", teacher={"epochs": 1}, training={"epochs": 1}))
     with pytest.raises(JobCancelled):
-        run_job(spec, tmp_path, StageRecorder(cancel_after_steps=1))
+        run_distillation(spec, tmp_path, StageRecorder(cancel_after_steps=1))
     other = JobSpec.model_validate(tiny_spec("kd", teacher={"epochs": 1}, training={"epochs": 1, "seed": 1}))
-    assert spec_sha256(other) != spec_sha256(spec)
+    assert resume_digest(other) != resume_digest(spec)
     with pytest.raises(SpecError, match="different spec"):
-        run_job(other, tmp_path)
+        run_distillation(other, tmp_path)
 
 
 def test_cancelling_mid_distillation_raises_and_keeps_the_checkpoint(tmp_path: Path) -> None:
@@ -132,7 +133,7 @@ def test_cancelling_mid_distillation_raises_and_keeps_the_checkpoint(tmp_path: P
     steps_per_epoch = 7  # 200 images, batch 32
     recorder = StageRecorder(cancel_after_steps=steps_per_epoch + steps_per_epoch + 2)  # teacher + 1 epoch + 2 steps
     with pytest.raises(JobCancelled):
-        run_job(spec, tmp_path, recorder)
+        run_distillation(spec, tmp_path, recorder)
     assert recorder.stages[-1] == "distilling"
     checkpoint = torch.load(tmp_path / "checkpoints" / "distilling.pt", weights_only=True)
     assert checkpoint["epoch"] == 1
@@ -147,7 +148,7 @@ def test_given_teacher_weights_are_used_and_not_retrained(tmp_path: Path) -> Non
         tiny_spec("kd", teacher={"weights": str(tmp_path / "given.safetensors"), "epochs": 0}, training={"epochs": 1})
     )
     recorder = StageRecorder()
-    result = run_job(spec, tmp_path / "out", recorder)
+    result = run_distillation(spec, tmp_path / "out", recorder)
     assert "training_teacher" not in recorder.stages and result["history"]["teacher"] == []
     assert not (tmp_path / "out" / "teacher.safetensors").exists()
     assert result["teacher_params"] == sum(p.numel() for p in teacher.parameters())
@@ -160,54 +161,8 @@ def test_teacher_weights_for_another_dataset_are_a_spec_error_naming_the_field(
     save_weights(build_model("cnn", classes, channels), tmp_path / "wrong.safetensors")
     spec = JobSpec.model_validate(tiny_spec("kd", teacher={"weights": str(tmp_path / "wrong.safetensors")}))
     with pytest.raises(SpecError, match=message) as caught:
-        run_job(spec, tmp_path / "out")
+        run_distillation(spec, tmp_path / "out")
     assert caught.value.field == "teacher.weights"
-
-
-def test_cli_runs_a_spec_file_and_prints_the_summary(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    spec_file = tmp_path / "spec.json"
-    spec_file.write_text(json.dumps(tiny_spec("scratch", teacher={"epochs": 1}, training={"epochs": 1},
-                                              report={"heatmaps": 0})))
-    assert main([str(spec_file), "--out", str(tmp_path / "out")]) == 0
-    summary = json.loads(capsys.readouterr().out)
-    assert set(summary) == {"student_accuracy", "teacher_accuracy", "agreement", "explanation_cosine", "ece"}
-    assert (tmp_path / "out" / "student.safetensors").is_file()
-
-
-@pytest.mark.parametrize(
-    ("content", "field"),
-    [
-        (json.dumps(tiny_spec("kd", training={"lr": -1})), "training.lr"),
-        (json.dumps({**tiny_spec("kd"), "methd": "kd"}), "methd"),
-        (json.dumps(tiny_spec("distil")), "method"),
-        ('{"dataset": ', "Invalid JSON"),
-    ],
-)
-def test_cli_rejects_an_invalid_spec_with_exit_code_2_naming_the_field(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, field: str
-) -> None:
-    spec_file = tmp_path / "spec.json"
-    spec_file.write_text(content)
-    assert main([str(spec_file), "--out", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err
-    assert field in err and "Traceback" not in err
-    assert not (tmp_path / "out").exists()
-
-
-def test_cli_reports_a_spec_error_found_at_run_time_with_exit_code_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    spec_file = tmp_path / "spec.json"
-    spec_file.write_text(json.dumps(tiny_spec("kd", teacher={"weights": str(tmp_path / "missing.safetensors")})))
-    assert main([str(spec_file), "--out", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err
-    assert "teacher.weights" in err and "Traceback" not in err
-
-
-def test_cli_rejects_a_malformed_data_option(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit) as caught:
-        main([str(tmp_path / "spec.json"), "--out", str(tmp_path), "--data", "no-equals-sign"])
-    assert caught.value.code == 2
 
 
 class FakeTerminal(io.StringIO):

@@ -22,7 +22,8 @@ def _write(path: Path, data: bytes) -> None:
 def _fill_job_folder(folder: Path) -> None:
     _write(folder / "student.safetensors", b"s" * 10)
     _write(folder / "metrics.json", b'{"student_accuracy": 0.9}')
-    _write(folder / "report.md", b"# report")
+    _write(folder / "README.md", b"# model card")
+    _write(folder / "report.md", b"# report")  # nothing writes it, so nothing publishes it
     _write(folder / "heatmaps" / "0001.png", b"p" * 3)
     _write(folder / "heatmaps" / "0000.png", b"p" * 4)
     _write(folder / "checkpoints" / "epoch_1.safetensors", b"c")
@@ -39,7 +40,7 @@ def test_record_job_outputs_records_published_files_only(session: Session, setti
 
     by_name = {artifact.name: artifact for artifact in recorded}
     assert sorted(by_name) == [
-        "heatmaps/0000.png", "heatmaps/0001.png", "metrics.json", "report.md", "student.safetensors",
+        "README.md", "heatmaps/0000.png", "heatmaps/0001.png", "metrics.json", "student.safetensors",
     ]  # fmt: skip
     student = by_name["student.safetensors"]
     assert (student.content_type, student.size_bytes) == ("application/octet-stream", 10)

@@ -1,4 +1,4 @@
-"""A job on an uploaded dataset: neither metrics.json nor the job row names a server folder."""
+"""A job on an uploaded dataset: neither metrics.json, its resume identity nor the job row names a server folder."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import json
 
 import numpy as np
 
+from core.resume import resume_digest
+from core.spec import JobSpec
 from store import repository
 from store.db import Database
 from store.models import DatasetRecord
@@ -41,5 +43,7 @@ def test_metrics_of_an_uploaded_dataset_job_show_the_dataset_id_not_its_path(
     assert metrics["spec"]["dataset"]["id"] == "ds_upload1"
     assert metrics["spec"]["dataset"].get("path") is None
     assert home not in metrics_file.read_text()
+    # The resume identity is the stored spec's: another worker, with another DISTILL_HOME, resumes this run.
+    assert metrics["spec_sha256"] == resume_digest(JobSpec.model_validate(spec))
     finished = read_job(job.id)
     assert home not in json.dumps([finished.metrics, finished.spec, finished.progress])

@@ -1,6 +1,9 @@
-"""Stored spec -> engine spec: upload ids become server paths, and only on the server."""
+"""The stored spec reaches the engine as stored (ids); the worker's resolver turns ids into paths on the server."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -10,7 +13,7 @@ from store.db import Database
 from store.models import DatasetRecord, ModelRecord
 from store.settings import Settings
 from tests.worker.jobspecs import tiny_spec
-from worker.resolve import resolve_spec
+from worker.resolve import StoredUploads, parse_stored_spec
 
 
 def _dataset(database: Database) -> DatasetRecord:
@@ -31,40 +34,50 @@ def _model(database: Database) -> ModelRecord:
         return repository.create_model(session, record)
 
 
-def test_uploaded_dataset_and_model_ids_become_paths_under_home(
+def test_the_engine_gets_the_stored_spec_with_its_upload_ids(database: Database) -> None:
+    dataset, model = _dataset(database), _model(database)
+    stored = tiny_spec(dataset={"name": None, "id": dataset.id}, teacher={"weights": model.id})
+    spec = parse_stored_spec(stored)
+    assert spec.dataset.id == dataset.id and spec.dataset.path is None
+    assert spec.teacher.weights == model.id
+    assert spec.model_dump(mode="json") == parse_stored_spec(spec.model_dump(mode="json")).model_dump(mode="json")
+
+
+def test_uploaded_dataset_and_model_ids_resolve_to_paths_under_home(
     worker_settings: Settings, database: Database
 ) -> None:
     dataset, model = _dataset(database), _model(database)
-    stored = tiny_spec(dataset={"name": None, "id": dataset.id}, teacher={"weights": model.id})
-    with database.sessions() as session:
-        spec = resolve_spec(session, worker_settings, stored)
-    assert spec.dataset.id is None
-    assert spec.dataset.path == str(worker_settings.distill_home / "datasets/ds_1/data.npz")
-    assert spec.dataset.image_size == 16  # the rest of the spec is untouched
-    assert spec.teacher.weights == str(worker_settings.distill_home / "models/mdl_1.safetensors")
-    assert stored["dataset"]["id"] == dataset.id  # the stored document is not mutated
+    uploads = StoredUploads(database.sessions, worker_settings)
+    assert uploads.resolve_dataset(dataset.id) == worker_settings.distill_home / "datasets/ds_1/data.npz"
+    assert uploads.resolve_weights(model.id) == worker_settings.distill_home / "models/mdl_1.safetensors"
 
 
-def test_named_dataset_passes_through(worker_settings: Settings, database: Database) -> None:
-    with database.sessions() as session:
-        spec = resolve_spec(session, worker_settings, tiny_spec())
-    assert spec.dataset.name == "digits" and spec.dataset.path is None
+def test_every_lookup_goes_through_the_retry(worker_settings: Settings, database: Database) -> None:
+    dataset = _dataset(database)
+    waits: list[str] = []
+
+    def retry(what: str, step: Callable[[], Path]) -> Path:
+        waits.append(what)
+        return step()
+
+    StoredUploads(database.sessions, worker_settings, retry=retry).resolve_dataset(dataset.id)
+    assert waits == [f"resolve dataset {dataset.id}"]
 
 
 def test_missing_dataset_is_a_data_error_on_dataset_id(worker_settings: Settings, database: Database) -> None:
-    with database.sessions() as session, pytest.raises(DataError) as raised:
-        resolve_spec(session, worker_settings, tiny_spec(dataset={"name": None, "id": "ds_gone"}))
+    with pytest.raises(DataError) as raised:
+        StoredUploads(database.sessions, worker_settings).resolve_dataset("ds_gone")
     assert raised.value.field == "dataset.id"
     assert "ds_gone" in raised.value.message
 
 
 def test_missing_model_is_a_weights_error_on_teacher_weights(worker_settings: Settings, database: Database) -> None:
-    with database.sessions() as session, pytest.raises(WeightsError) as raised:
-        resolve_spec(session, worker_settings, tiny_spec(teacher={"weights": "mdl_gone"}))
+    with pytest.raises(WeightsError) as raised:
+        StoredUploads(database.sessions, worker_settings).resolve_weights("mdl_gone")
     assert raised.value.field == "teacher.weights"
 
 
-def test_a_stored_spec_that_no_longer_validates_names_the_field(worker_settings: Settings, database: Database) -> None:
-    with database.sessions() as session, pytest.raises(SpecError) as raised:
-        resolve_spec(session, worker_settings, tiny_spec(student={"arch": "no-such-net"}))
+def test_a_stored_spec_that_no_longer_validates_names_the_field() -> None:
+    with pytest.raises(SpecError) as raised:
+        parse_stored_spec(tiny_spec(student={"arch": "no-such-net"}))
     assert raised.value.field == "student.arch"
