@@ -105,13 +105,16 @@ def reset_peak_rss() -> None:
 
 def engine_module(name: str, before_regrouping: str):  # noqa: ANN201 - a module
     """An engine module by its name in this checkout or, when `--against` runs an engine from before core/ was
-    regrouped into sub-packages, by its name there (the child code is the same on both sides)."""
+    regrouped into sub-packages, by its name there (the child code is the same on both sides).
+
+    Decided by the layout of the `core` package this process imported, not by trying the new name: the
+    installed checkout would otherwise lend the old engine the new modules it lacks."""
     import importlib
 
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError:
-        return importlib.import_module(before_regrouping)
+    import core
+
+    regrouped = (Path(core.__file__).parent / "train").is_dir()
+    return importlib.import_module(name if regrouped else before_regrouping)
 
 
 def build(args: argparse.Namespace, method: Method):  # noqa: ANN201 - returns a tuple of engine objects

@@ -4,6 +4,9 @@ Instead of matching the teacher's probabilities exactly (KL), the student only h
 correlate with them: per sample across classes (inter-class relation) and per class across
 the batch (intra-class relation). A linear relation is enough, which tolerates the gap to a
 much stronger teacher.
+
+Turned on by `{"loss": {"dist": {"weight": 1.0, "beta": 2.0, "gamma": 2.0, "temperature": 4.0}}}`
+(with CE: `{"method": "dist"}`); an explanation term may be added on top.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ KD's loss splits into a target-class part (does the student share the teacher's 
 in the label?) and a non-target part (does it rank the other classes like the teacher?);
 DKD weighs them separately, so the "dark knowledge" of the non-target classes is not
 suppressed when the teacher is confident.
+
+Turned on by `{"loss": {"dkd": {"weight": 1.0, "alpha": 1.0, "beta": 8.0, "temperature": 4.0}}}`
+(with CE: `{"method": "dkd"}`); an explanation term may be added on top.
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""Explanation alignment: the student explains the teacher's top-1 class with the teacher's evidence."""
+"""Explanation alignment: the student explains the teacher's top-1 class with the teacher's evidence.
+
+Turned on by `{"loss": {"explanation": {"weight": 1.0, "explainer": "gradcam", "distance": "cosine"}}}`
+(e2KD, `{"method": "e2kd"}`), `"distance": "mse"` (`{"method": "xai-mse"}`) or
+`"target": "autoencoder"` (XDistillation, `{"method": "xdistill"}`), on top of any KD base.
+"""
 
 from __future__ import annotations
 

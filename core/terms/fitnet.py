@@ -1,4 +1,7 @@
-"""FitNet hint (Romero et al., ICLR 2015) at the explained layer."""
+"""FitNet hint (Romero et al., ICLR 2015) at the explained layer.
+
+Turned on by `{"loss": {"fitnet": 1.0}}` (with CE: `{"method": "fitnet"}`).
+"""
 
 from __future__ import annotations
 

@@ -3,6 +3,8 @@
 The teacher's soft targets are taken on x* = x - gamma * |x| * grad_x CE(T(x), y), one
 signed-gradient-like step that lowers the teacher's loss; the student always sees x.
 The `teacher_logits` signal (core.signals) applies it for every term that reads them.
+
+Turned on by `{"loss": {"kd": 1.0, "oracle_gamma": 1.0}}` (`{"method": "oracle"}`).
 """
 
 from __future__ import annotations

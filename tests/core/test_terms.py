@@ -157,3 +157,28 @@ def test_build_terms_refuses_a_loss_without_any_term() -> None:
     spec = JobSpec.model_validate({"dataset": {"name": "digits"}, "method": "scratch", "loss": {"ce": 0.0}})
     with pytest.raises(ValueError):
         build_terms(spec.loss, 8, 8)
+
+
+TERM_MODULES = ("ce", "kd", "dkd", "dist", "explanation", "oracle", "at", "fitnet")
+
+
+@pytest.mark.parametrize("module_name", TERM_MODULES)
+def test_each_term_module_docstring_carries_specs_that_turn_it_on(module_name: str) -> None:
+    """Every JSON snippet in a term module's docstring is a valid spec fragment that turns that term on."""
+    import importlib
+    import json
+    import re
+
+    from core.terms import term_weights
+
+    doc = importlib.import_module(f"core.terms.{module_name}").__doc__ or ""
+    snippets = [json.loads(text) for text in re.findall(r"`(\{.*?\})`", doc.replace("\n", " "))
+                if text.startswith(('{"loss"', '{"method"'))]
+    assert snippets, f"core/terms/{module_name}.py names no spec snippet"
+    base = {"dataset": {"name": "digits"}, "teacher": {"arch": "resnet20"}, "student": {"arch": "resnet8"}}
+    for snippet in snippets:
+        spec = JobSpec.model_validate({**base, **snippet})
+        if module_name == "oracle":  # a setting of the teacher's logits, not a weighted term
+            assert spec.loss.oracle_gamma, snippet
+        else:
+            assert module_name in term_weights(spec.loss), (snippet, term_weights(spec.loss))
