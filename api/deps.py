@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from celery import Celery
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -103,3 +103,7 @@ async def require_api_key(
 
 
 CallerDep = Annotated[Caller, Depends(require_api_key)]
+
+# The id of an uploaded model or dataset in a path: the shape the repository mints (a prefix and hex), checked
+# before any lookup so a malformed id is a 422 naming the parameter, not a query.
+UploadId = Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_-]+$")]

@@ -14,8 +14,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from fastapi import Request
+from fastapi import Depends, Request
 
 from api.deps import CallerDep, StateDep
 from api.errors import ApiError
@@ -74,3 +75,12 @@ async def rate_limit(request: Request, state: StateDep, caller: CallerDep) -> No
             f"more than {settings.rate_limit_per_min} requests a minute to this route group; retry later",
             headers={"Retry-After": str(max(1, math.ceil(wait_s)))},
         )  # fmt: skip
+
+
+def write_route(status_code: int, **options: Any) -> dict[str, Any]:
+    """The decorator options of a route that creates or changes something: its success status and `rate_limit`.
+
+    Every POST route takes them from here, so none can be added without the limit; `options` are the
+    route's own (summary, responses, ...), passed on to the decorator unchanged.
+    """
+    return {"status_code": status_code, "dependencies": [Depends(rate_limit)], **options}

@@ -27,10 +27,14 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from api.errors import ApiError
+from api.ratelimit import write_route
+from api.schemas import ERROR_RESPONSES, UPLOAD_ERROR_RESPONSES, ErrorResponse
 from api.services.upload_staging import MIB, ReceivedUpload, tmp_dir
+from store import repository
 from store.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -219,6 +223,17 @@ def multipart_openapi(form_model: type[BaseModel], example: dict[str, Any]) -> d
     }
 
 
+def upload_route(
+    form_model: type[BaseModel], example: dict[str, Any], *, summary: str, description: str
+) -> dict[str, Any]:
+    """The decorator options of an upload route: 201, rate-limited, its multipart body (`multipart_openapi`)
+    and the upload errors, the same for every upload so their documents cannot drift apart."""
+    return write_route(
+        201, summary=summary, description=description, openapi_extra=multipart_openapi(form_model, example),
+        responses=UPLOAD_ERROR_RESPONSES,
+    )
+
+
 # --- the upload routes' one path ------------------------------------------------------------------------
 
 
@@ -238,3 +253,22 @@ async def handle_upload(
     finally:
         upload.discard()
     return present(stored)
+
+
+# --- reading one upload back ----------------------------------------------------------------------------
+
+
+def upload_not_found(noun: str) -> dict[int | str, dict[str, Any]]:
+    """The documented answers of a route that reads one `noun` upload: 404 `<noun>_not_found`, then the common ones."""
+    return {404: {"model": ErrorResponse, "description": f"`{noun}_not_found`."}, **ERROR_RESPONSES}
+
+
+def owned_upload(
+    read: Callable[[Session, str, str | None], Stored], noun: str, session: Session, upload_id: str, owner: str | None
+) -> Stored:
+    """`read`'s row for `upload_id` if `owner` may see it, else 404 `<noun>_not_found` naming `<noun>_id`:
+    another key's upload answers exactly like a missing one, so its id stays unconfirmed."""
+    try:
+        return read(session, upload_id, owner)
+    except repository.NotFound:
+        raise ApiError(404, f"{noun}_not_found", f"no {noun} with id '{upload_id}'", f"{noun}_id") from None

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from cli.connection import EXIT_ERROR, EXIT_OK, add_verb
 from cli.render import job_summary, jobs_table, size
-from cli.watch import detached, follow_as_lines, follow_with_bar, outcome
+from cli.watch import follow_as_lines, follow_to_end, follow_with_bar
 from client import ClientError, DistillClient
 
 JOB_STATUSES = ("queued", "running", "cancelling", "succeeded", "failed", "cancelled")
@@ -68,11 +68,7 @@ def _submit(args: argparse.Namespace, client: DistillClient) -> int:
         return EXIT_OK
     print(f"submitted {job.id} ({job.name}); following it - Ctrl-C detaches, the job keeps running",
           file=sys.stderr)
-    try:
-        final = follow_with_bar(client, job.id)
-    except KeyboardInterrupt:
-        return detached(job.id)
-    return outcome(final)
+    return follow_to_end(follow_with_bar, client, job.id)
 
 
 def _jobs(args: argparse.Namespace, client: DistillClient) -> int:
@@ -101,11 +97,7 @@ def _cancel(args: argparse.Namespace, client: DistillClient) -> int:
 
 
 def _logs(args: argparse.Namespace, client: DistillClient) -> int:
-    try:
-        final = follow_as_lines(client, args.job)
-    except KeyboardInterrupt:
-        return detached(args.job)
-    return outcome(final)
+    return follow_to_end(follow_as_lines, client, args.job)
 
 
 def _download(args: argparse.Namespace, client: DistillClient) -> int:

@@ -7,6 +7,7 @@ reopens a broken stream (server restart, proxy timeout) for the same job.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from typing import TextIO
 
@@ -119,3 +120,12 @@ def detached(job_id: str) -> int:
           f"(follow: distill logs {job_id}, cancel: distill cancel {job_id})", file=sys.stderr)
     return EXIT_DETACHED
 
+
+def follow_to_end(follow: Callable[[DistillClient, str], Job], client: DistillClient, job_id: str) -> int:
+    """Follow `job_id` with `follow` (the bar or the lines) and exit with its outcome; Ctrl-C only detaches,
+    the same for every verb that follows a job, since the job keeps running on the server either way."""
+    try:
+        final = follow(client, job_id)
+    except KeyboardInterrupt:
+        return detached(job_id)
+    return outcome(final)

@@ -92,22 +92,22 @@ class DistillClient:
             raise _error_from(response)
         return response
 
+    def _post_retried_once(self, path: str, body: dict[str, Any], idempotency_key: str | None) -> httpx.Response:
+        """POST `body` with an Idempotency-Key (a fresh one unless given), once more a second later if the
+        connection dropped: safe, because the server answers a repeated key and body with what it already made."""
+        key = idempotency_key or f"client-{uuid.uuid4()}"
+        try:
+            return self._request("POST", path, json=body, headers={"Idempotency-Key": key})
+        except ConnectionFailed:
+            time.sleep(1.0)
+        return self._request("POST", path, json=body, headers={"Idempotency-Key": key})
+
     # --- jobs ---------------------------------------------------------------------------------------------
 
     def submit(self, spec: dict[str, Any], idempotency_key: str | None = None) -> Job:
         """POST the spec. The Idempotency-Key (a fresh one unless given) makes the one retry after a dropped
         connection safe: the server answers a repeat with the job it already made."""
-        key = idempotency_key or f"client-{uuid.uuid4()}"
-        for attempt in (1, 2):
-            try:
-                response = self._request("POST", "/v1/jobs", json=spec, headers={"Idempotency-Key": key})
-            except ConnectionFailed:
-                if attempt == 2:
-                    raise
-                time.sleep(1.0)
-                continue
-            return Job.from_json(response.json())
-        raise AssertionError("unreachable")
+        return Job.from_json(self._post_retried_once("/v1/jobs", spec, idempotency_key).json())
 
     def get(self, job_id: str) -> Job:
         return Job.from_json(self._request("GET", f"/v1/jobs/{job_id}").json())
@@ -248,17 +248,7 @@ class DistillClient:
     def submit_sweep(self, document: dict[str, Any], idempotency_key: str | None = None) -> Sweep:
         """POST {"base", "grid", "rank_by"}: one child job per combination, validated as a whole first.
         Retried once after a dropped connection, safely (Idempotency-Key)."""
-        key = idempotency_key or f"client-{uuid.uuid4()}"
-        for attempt in (1, 2):
-            try:
-                response = self._request("POST", "/v1/sweeps", json=document, headers={"Idempotency-Key": key})
-            except ConnectionFailed:
-                if attempt == 2:
-                    raise
-                time.sleep(1.0)
-                continue
-            return Sweep.from_json(response.json())
-        raise AssertionError("unreachable")
+        return Sweep.from_json(self._post_retried_once("/v1/sweeps", document, idempotency_key).json())
 
     def get_sweep(self, sweep_id: str) -> Sweep:
         return Sweep.from_json(self._request("GET", f"/v1/sweeps/{sweep_id}").json())

@@ -13,38 +13,37 @@ class DistillError(Exception):
 
     code = "distill_error"
 
+    def __init_subclass__(cls, code: str | None = None, **kwargs: object) -> None:
+        """Take the subclass's `code` as a class keyword, so each error is its name, base and docstring
+        on a few lines; a subclass without one keeps its base's code."""
+        super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.code = code
+
     def __init__(self, message: str, field: str | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.field = field
 
 
-class SpecError(DistillError):
+class SpecError(DistillError, code="invalid_spec"):
     """The spec is valid JSON but cannot run (e.g. teacher class count != dataset class count)."""
 
-    code = "invalid_spec"
 
-
-class DataError(DistillError):
+class DataError(DistillError, code="invalid_dataset"):
     """The dataset is missing, unreadable or unusable (one class, undecodable images...)."""
 
-    code = "invalid_dataset"
 
-
-class WeightsError(DistillError):
+class WeightsError(DistillError, code="invalid_weights"):
     """Weights do not load into the named architecture, or are not safetensors."""
-
-    code = "invalid_weights"
 
 
 class JobCancelled(Exception):
     """Raised between steps when the callbacks ask to stop; not a failure."""
 
 
-class StorageFull(DistillError):
+class StorageFull(DistillError, code="storage_full"):
     """The data folder ran out of space (ENOSPC or a quota) while the job wrote its files."""
-
-    code = "storage_full"
 
 
 _STORAGE_FULL_ERRNOS = frozenset({28, 122})  # ENOSPC, EDQUOT (Linux numbers; errno names them below)

@@ -61,12 +61,10 @@ def run_distillation(
     callbacks ask to stop (checkpoints are kept, so rerunning continues the run).
     """
     run = _open(spec, out_dir, callbacks, resolver)
-    metrics_path = run.out_dir / METRICS
-    if run.state.done("rendering") and metrics_path.exists():
+    if (finished := _finished_metrics(run, "rendering")) is not None:
         log.info("job %s: already finished in %s", spec.name, run.out_dir)
-        return json.loads(metrics_path.read_text())
+        return finished
 
-    torch.manual_seed(spec.training.seed)
     data = _prepare(run, named_datasets)
     teacher, student, history = train_models(run, data)
     explainer = spec.loss.explanation.explainer
@@ -77,7 +75,7 @@ def run_distillation(
     with run.stage("rendering"):
         tiles = render_gallery(student, teacher, data, run.out_dir, spec.report.heatmaps, run.device, explainer)
     result = _metrics_document(run, metrics, history, tiles, (teacher, student), list(data.class_names), warnings)
-    write_json(metrics_path, result)
+    write_json(run.out_dir / METRICS, result)
     _publish(run.out_dir, result, tracking)
     _finish(run, "rendering")
     log.info(
@@ -103,10 +101,8 @@ def run_teacher(
     `run_distillation` would train it for this spec, so a child given these weights matches one that
     trained its own teacher with the same settings."""
     run = _open(spec, out_dir, callbacks, resolver)
-    metrics_path = run.out_dir / METRICS
-    if run.state.done("evaluating") and metrics_path.exists():
-        return json.loads(metrics_path.read_text())
-    torch.manual_seed(spec.training.seed)
+    if (finished := _finished_metrics(run, "evaluating")) is not None:
+        return finished
     data = _prepare(run, named_datasets)
     teacher, history = train_teacher(run, data)
     with run.stage("evaluating"):
@@ -124,7 +120,7 @@ def run_teacher(
         "seconds": dict(run.seconds),
         "spec_sha256": run.state.digest,
     }
-    write_json(metrics_path, result)
+    write_json(run.out_dir / METRICS, result)
     _finish(run, "evaluating")
     log.info("job %s: teacher done, accuracy %.4f", spec.name, accuracy)
     return result
@@ -137,9 +133,19 @@ def _open(spec: JobSpec, out_dir: Path, callbacks: RunCallbacks | None, resolver
     return RunContext(spec, out_dir, callbacks or NullCallbacks(), resolver or LocalFiles())
 
 
+def _finished_metrics(run: RunContext, last_stage: str) -> dict[str, Any] | None:
+    """What metrics.json holds when an earlier attempt finished the run through `last_stage`, else None:
+    a rerun of a finished run redoes nothing and answers the same."""
+    metrics_path = run.out_dir / METRICS
+    if run.state.done(last_stage) and metrics_path.exists():
+        return json.loads(metrics_path.read_text())
+    return None
+
+
 def _prepare(run: RunContext, named_datasets: Mapping[str, Path] | None) -> DataBundle:
-    """The preparing_data stage. Given teacher weights are resolved first, so a deleted upload fails the job
-    before its data are fetched and decoded."""
+    """The run's seed, then the preparing_data stage. Given teacher weights are resolved first, so a deleted
+    upload fails the job before its data are fetched and decoded."""
+    torch.manual_seed(run.spec.training.seed)
     with run.stage("preparing_data"):
         run.given_teacher()
         return load_dataset(run.spec.dataset, named=named_datasets, resolver=run.resolver)

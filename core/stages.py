@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -167,6 +167,25 @@ def _load(model: nn.Module, path: Path, data: DataBundle) -> nn.Module:
     return model
 
 
+def _train_to_file(
+    run: RunContext, model: nn.Module, objective: DistillationObjective, data: DataBundle, epochs: int, stage: str,
+    weights: Path, forwards: AbstractContextManager[None] | None = None,
+) -> tuple[nn.Module, History]:
+    """A stage whose result is a weights file: train `model` (inside `forwards`, the mode its explainer
+    wants, when given), then write `weights`, the file a rerun loads instead of training again.
+
+    The objective holds hooks and cached maps on the models, so it is closed even when training fails
+    or is cancelled; the weights are written only once training finished.
+    """
+    try:
+        with forwards if forwards is not None else nullcontext():
+            history = run.train(model, objective, data, run.config(epochs), stage)
+    finally:
+        objective.close()
+    save_weights(model, weights)
+    return model, history
+
+
 def train_teacher(run: RunContext, data: DataBundle) -> tuple[nn.Module, History]:
     """The given teacher (checked against the dataset before a shape mismatch could confuse), or one trained
     here with cross-entropy alone into teacher.safetensors."""
@@ -183,12 +202,7 @@ def train_teacher(run: RunContext, data: DataBundle) -> tuple[nn.Module, History
 
     def fit() -> tuple[nn.Module, History]:
         objective = DistillationObjective(teacher, cross_entropy_only(), data, run.device)
-        try:
-            history = run.train(teacher, objective, data, run.config(spec.teacher.epochs), "training_teacher")
-        finally:
-            objective.close()
-        save_weights(teacher, weights)
-        return teacher, history
+        return _train_to_file(run, teacher, objective, data, spec.teacher.epochs, "training_teacher", weights)
 
     return resumable_stage(run, "training_teacher", weights, lambda: _load(teacher, weights, data).to(run.device), fit)
 
@@ -234,13 +248,8 @@ def distill_student(
             explanation=spec.loss.explanation if explaining else None, oracle_gamma=spec.loss.oracle_gamma,
             autoencoder=autoencoder if explaining else None, cache_maps=not spec.dataset.augment,
         )
-        try:
-            with explaining_forwards(spec.loss.explanation.explainer, student, teacher):
-                history = run.train(student, objective, data, run.config(spec.training.epochs), "distilling")
-        finally:
-            objective.close()
-        save_weights(student, weights)
-        return student, history
+        forwards = explaining_forwards(spec.loss.explanation.explainer, student, teacher)
+        return _train_to_file(run, student, objective, data, spec.training.epochs, "distilling", weights, forwards)
 
     return resumable_stage(run, "distilling", weights, lambda: _load(student, weights, data).to(run.device), fit)
 

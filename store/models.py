@@ -27,19 +27,20 @@ class UTCDateTime(TypeDecorator[datetime]):
     impl = DateTime(timezone=True)
     cache_ok = True
 
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+    @staticmethod
+    def _as_utc(value: datetime | None) -> datetime | None:
+        """The one normalisation, both ways: a naive value is taken as UTC, an aware one converted to it."""
         if value is None:
             return None
         if value.tzinfo is None:
             return value.replace(tzinfo=timezone.utc)
         return value.astimezone(timezone.utc)
 
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return self._as_utc(value)
+
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=timezone.utc)
-        return value.astimezone(timezone.utc)
+        return self._as_utc(value)
 
 
 # Deterministic constraint names, so migrations can address them on every backend.

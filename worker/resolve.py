@@ -9,15 +9,17 @@ engine, and no server path reaches the spec, metrics.json or the run's resume id
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
-from core.errors import DataError, SpecError, WeightsError
+from core.errors import DataError, DistillError, SpecError, WeightsError
 from core.spec import JobSpec
 from store import repository
+from store.models import DatasetRecord, ModelRecord
 from store.settings import Settings
 from store.storage import MissingObject, Storage, fetch_cached, get_storage
 
@@ -34,6 +36,24 @@ def parse_stored_spec(stored: dict[str, Any]) -> JobSpec:
         first = exc.errors()[0]
         field = ".".join(str(part) for part in first["loc"]) or None
         raise SpecError(f"stored spec no longer validates: {first['msg']}", field=field) from exc
+
+
+@dataclass(frozen=True)
+class _UploadKind:
+    """What differs between resolving a dataset and a teacher's weights: the row's lookup, and the error
+    and spec field a missing upload is reported as (the user fixes the spec, so it is not a crash)."""
+
+    noun: str
+    lookup: Callable[[Session, str], DatasetRecord | ModelRecord]
+    error: type[DistillError]
+    field: str
+
+    def failure(self, upload_id: str, problem: str) -> DistillError:
+        return self.error(f"{self.noun} '{upload_id}' {problem}", field=self.field)
+
+
+_DATASET = _UploadKind("dataset", repository.get_dataset, DataError, "dataset.id")
+_MODEL = _UploadKind("model", repository.get_model, WeightsError, "teacher.weights")
 
 
 def _no_retry(what: str, step: Callable[[], T]) -> T:
@@ -60,27 +80,28 @@ class StoredUploads:
         return self._retry(f"resolve model {reference}", lambda: self._model_path(reference))
 
     def _dataset_path(self, dataset_id: str) -> Path:
-        try:
-            with self._sessions() as session:
-                relpath = repository.get_dataset(session, dataset_id).relpath
-        except repository.NotFound:
-            raise DataError(f"dataset '{dataset_id}' does not exist (deleted?)", field="dataset.id") from None
+        relpath = self._relpath(_DATASET, dataset_id)
         # The upload's folder is datasets/<folder>; an npz upload records the file inside it.
         parts = relpath.split("/")
         root_key, inner = "/".join(parts[:2]), "/".join(parts[2:])
         try:
             root = fetch_cached(self._storage, self._settings, root_key, folder=True)
         except (MissingObject, ValueError):
-            raise DataError(f"dataset '{dataset_id}' has no stored files", field="dataset.id") from None
+            raise _DATASET.failure(dataset_id, "has no stored files") from None
         return root / inner if inner else root
 
     def _model_path(self, model_id: str) -> Path:
-        try:
-            with self._sessions() as session:
-                relpath = repository.get_model(session, model_id).relpath
-        except repository.NotFound:
-            raise WeightsError(f"model '{model_id}' does not exist (deleted?)", field="teacher.weights") from None
+        relpath = self._relpath(_MODEL, model_id)
         try:
             return fetch_cached(self._storage, self._settings, relpath, folder=False)
         except MissingObject:
-            raise WeightsError(f"model '{model_id}' has no stored weights", field="teacher.weights") from None
+            raise _MODEL.failure(model_id, "has no stored weights") from None
+
+    def _relpath(self, kind: _UploadKind, upload_id: str) -> str:
+        """The stored path of an upload row; a row deleted since the job was created fails the job as the
+        user's error on the spec field that named it, not as a crash."""
+        try:
+            with self._sessions() as session:
+                return kind.lookup(session, upload_id).relpath
+        except repository.NotFound:
+            raise kind.failure(upload_id, "does not exist (deleted?)") from None

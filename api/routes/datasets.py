@@ -7,17 +7,14 @@ kept, is the upload rule in api.services.dataset_uploads.
 from __future__ import annotations
 
 from functools import partial
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Request
 
-from api.deps import CallerDep, SessionDep, SettingsDep, StorageDep
-from api.errors import ApiError
+from api.deps import CallerDep, SessionDep, SettingsDep, StorageDep, UploadId
 from api.routes import API_V1
-from api.ratelimit import rate_limit
-from api.schemas import ERROR_RESPONSES, UPLOAD_ERROR_RESPONSES, DatasetList, DatasetOut, ErrorResponse
+from api.schemas import ERROR_RESPONSES, DatasetList, DatasetOut
 from api.services.dataset_uploads import DatasetUploadForm, store_dataset
-from api.uploads import handle_upload, multipart_openapi
+from api.uploads import handle_upload, owned_upload, upload_not_found, upload_route
 from store import repository
 
 router = APIRouter(prefix=f"{API_V1}/datasets", tags=["datasets"])
@@ -26,19 +23,15 @@ _UPLOAD_EXAMPLE = {"file": "(binary: flowers.zip with train/<class>/*.jpg and te
                    "name": "flowers"}
 
 
-@router.post(
-    "",
-    status_code=201,
-    dependencies=[Depends(rate_limit)],
+@router.post("", **upload_route(
+    DatasetUploadForm, _UPLOAD_EXAMPLE,
     summary="Upload a dataset (.zip ImageFolder tree or .npz)",
     description="multipart/form-data with `file` and optional `name`. A .zip holds `train/<class>/*` images "
     "and optionally a held-out split in `val/`, `valid/`, `validation/` or `test/` (the first found; the response's "
     "`test_split` names it, null = jobs hold out a seeded random share); photos of any size. "
     "A .npz holds arrays `x`, `y` and optionally `x_test`, `y_test` "
     "(numeric only: object arrays are refused).",
-    openapi_extra=multipart_openapi(DatasetUploadForm, _UPLOAD_EXAMPLE),
-    responses=UPLOAD_ERROR_RESPONSES,
-)
+))
 async def upload_dataset(
     request: Request, settings: SettingsDep, session: SessionDep, storage: StorageDep, caller: CallerDep
 ) -> DatasetOut:
@@ -53,13 +46,6 @@ def list_datasets(session: SessionDep, caller: CallerDep) -> DatasetList:
     return DatasetList(items=[DatasetOut.from_record(record) for record in records])
 
 
-@router.get("/{dataset_id}", summary="One uploaded dataset",
-            responses={404: {"model": ErrorResponse, "description": "`dataset_not_found`."}, **ERROR_RESPONSES})
-def get_dataset(
-    dataset_id: Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_-]+$")], session: SessionDep,
-    caller: CallerDep,
-) -> DatasetOut:
-    try:
-        return DatasetOut.from_record(repository.get_dataset(session, dataset_id, caller.scope))
-    except repository.NotFound:
-        raise ApiError(404, "dataset_not_found", f"no dataset with id '{dataset_id}'", "dataset_id") from None
+@router.get("/{dataset_id}", summary="One uploaded dataset", responses=upload_not_found("dataset"))
+def get_dataset(dataset_id: UploadId, session: SessionDep, caller: CallerDep) -> DatasetOut:
+    return DatasetOut.from_record(owned_upload(repository.get_dataset, "dataset", session, dataset_id, caller.scope))

@@ -24,7 +24,7 @@ from api.polls import (
     PAGE_MAX_LIMIT, job_not_found, poll_job, poll_page,
 )
 from api.routes import API_V1
-from api.ratelimit import rate_limit
+from api.ratelimit import write_route
 from api.schemas import (
     ERROR_RESPONSES, WRITE_ERROR_RESPONSES, JOB_SPEC_EXAMPLES, ErrorResponse, JobOut, JobPage, as_json_errors,
 )
@@ -52,18 +52,16 @@ def load_job(session: Session, job_id: str, owner: str | None) -> Job:
         raise job_not_found(job_id) from None
 
 
-@router.post(
-    "",
-    status_code=201,
+@router.post("", **write_route(
+    201,
     response_model=JobOut,
-    dependencies=[Depends(rate_limit)],
     summary="Submit a distillation job",
     responses={
         200: {"model": JobOut, "description": "Replay: the Idempotency-Key was seen with this same body."},
         409: {"model": ErrorResponse, "description": "Idempotency-Key reused with another body."},
         **WRITE_ERROR_RESPONSES,
     },
-)
+))
 def create_job(
     spec: Annotated[JobSpec, Body(openapi_examples=JOB_SPEC_EXAMPLES)],  # type: ignore[arg-type]
     session: SessionDep,
@@ -125,16 +123,14 @@ async def get_job(state: StateDep, job_id: JobId, caller: CallerDep, view: ViewQ
     return await poll_job(state, job_id=job_id, view=view, if_none_match=if_none_match, owner=caller.scope)
 
 
-@router.post(
-    "/{job_id}/cancel",
-    status_code=202,
+@router.post("/{job_id}/cancel", **write_route(
+    202,
     response_model=JobOut,
-    dependencies=[Depends(rate_limit)],
     summary="Cancel a job",
     description="A queued job is cancelled at once; a running one becomes `cancelling` and stops at its next step.",
     responses={**_NOT_FOUND, 409: {"model": ErrorResponse, "description": "The job already ended (`job_finished`)."},
                **WRITE_ERROR_RESPONSES},
-)
+))
 def cancel_job(job_id: JobId, session: SessionDep, caller: CallerDep) -> Response:
     try:
         job = repository.request_cancel(session, job_id, caller.scope)  # IllegalTransition -> 409 job_finished

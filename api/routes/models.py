@@ -7,17 +7,14 @@ upload rule in api.services.model_uploads.
 from __future__ import annotations
 
 from functools import partial
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Request
+from fastapi import APIRouter, Request
 
-from api.deps import CallerDep, SessionDep, SettingsDep, StorageDep
-from api.errors import ApiError
+from api.deps import CallerDep, SessionDep, SettingsDep, StorageDep, UploadId
 from api.routes import API_V1
-from api.ratelimit import rate_limit
-from api.schemas import ERROR_RESPONSES, UPLOAD_ERROR_RESPONSES, ErrorResponse, ModelList, ModelOut
+from api.schemas import ERROR_RESPONSES, ModelList, ModelOut
 from api.services.model_uploads import ModelUploadForm, store_model
-from api.uploads import handle_upload, multipart_openapi
+from api.uploads import handle_upload, owned_upload, upload_not_found, upload_route
 from store import repository
 
 router = APIRouter(prefix=f"{API_V1}/models", tags=["models"])
@@ -26,19 +23,15 @@ _UPLOAD_EXAMPLE = {"file": "(binary: resnet20-digits.safetensors)", "arch": "res
                    "in_channels": 1, "name": "resnet20-digits"}
 
 
-@router.post(
-    "",
-    status_code=201,
-    dependencies=[Depends(rate_limit)],
+@router.post("", **upload_route(
+    ModelUploadForm, _UPLOAD_EXAMPLE,
     summary="Upload teacher weights (safetensors or a .pt/.pth state dict)",
     description="multipart/form-data with `file` (safetensors, or a PyTorch state dict read with "
     "torch.load(weights_only=True); `{'state_dict': ...}`/`{'model': ...}` wrappers and `module.` prefixes are "
     "unwrapped), `arch`, optional `num_classes` and `in_channels` (read from the weights when left out) and "
     "optional `name`. The weights must load strictly into the architecture; pickles that are not weights-only are "
     "refused without running them. Stored as safetensors.",
-    openapi_extra=multipart_openapi(ModelUploadForm, _UPLOAD_EXAMPLE),
-    responses=UPLOAD_ERROR_RESPONSES,
-)
+))
 async def upload_model(
     request: Request, settings: SettingsDep, session: SessionDep, storage: StorageDep, caller: CallerDep
 ) -> ModelOut:
@@ -53,13 +46,6 @@ def list_models(session: SessionDep, caller: CallerDep) -> ModelList:
     return ModelList(items=[ModelOut.from_record(record) for record in records])
 
 
-@router.get("/{model_id}", summary="One uploaded model",
-            responses={404: {"model": ErrorResponse, "description": "`model_not_found`."}, **ERROR_RESPONSES})
-def get_model(
-    model_id: Annotated[str, Path(min_length=1, max_length=40, pattern=r"^[A-Za-z0-9_-]+$")], session: SessionDep,
-    caller: CallerDep,
-) -> ModelOut:
-    try:
-        return ModelOut.from_record(repository.get_model(session, model_id, caller.scope))
-    except repository.NotFound:
-        raise ApiError(404, "model_not_found", f"no model with id '{model_id}'", "model_id") from None
+@router.get("/{model_id}", summary="One uploaded model", responses=upload_not_found("model"))
+def get_model(model_id: UploadId, session: SessionDep, caller: CallerDep) -> ModelOut:
+    return ModelOut.from_record(owned_upload(repository.get_model, "model", session, model_id, caller.scope))

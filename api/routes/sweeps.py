@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from api.deps import CallerDep, CeleryDep, SessionDep, SessionMakerDep, SettingsDep, StateDep
 from api.errors import ApiError
-from api.ratelimit import rate_limit
+from api.ratelimit import write_route
 from api.routes import API_V1
 from api.schemas import ERROR_RESPONSES, WRITE_ERROR_RESPONSES, ErrorResponse, as_json_errors
 from api.sweep_events import sweep_events
@@ -41,10 +41,8 @@ def load_sweep(session: Session, sweep_id: str, owner: str | None) -> Sweep:
         raise ApiError(404, "sweep_not_found", f"no sweep with id '{sweep_id}'", "sweep_id") from None
 
 
-@router.post(
-    "",
-    status_code=201,
-    dependencies=[Depends(rate_limit)],
+@router.post("", **write_route(
+    201,
     summary="Start a sweep: one child job per grid combination",
     description="Every combination is validated before anything is created; a bad value is named by its grid "
     "path and combination. When the children train their teacher, it is trained once per sweep (a teacher job) "
@@ -52,7 +50,7 @@ def load_sweep(session: Session, sweep_id: str, owner: str | None) -> Sweep:
     responses={200: {"model": SweepOut, "description": "Replay of an Idempotency-Key seen with this body."},
                409: {"model": ErrorResponse, "description": "Idempotency-Key reused with another body."},
                **WRITE_ERROR_RESPONSES},
-)
+))
 def create(
     request: SweepRequest, session: SessionDep, settings: SettingsDep, celery: CeleryDep, response: Response,
     caller: CallerDep,
@@ -88,8 +86,8 @@ def read(sweep_id: SweepId, session: SessionDep, caller: CallerDep) -> SweepOut:
     return SweepOut.from_sweep(load_sweep(session, sweep_id, caller.scope))
 
 
-@router.post("/{sweep_id}/cancel", status_code=202, summary="Cancel every unfinished child (and teacher)",
-             dependencies=[Depends(rate_limit)], responses={**_NOT_FOUND, **WRITE_ERROR_RESPONSES})
+@router.post("/{sweep_id}/cancel", **write_route(202, summary="Cancel every unfinished child (and teacher)",
+                                                responses={**_NOT_FOUND, **WRITE_ERROR_RESPONSES}))
 def cancel(sweep_id: SweepId, session: SessionDep, caller: CallerDep) -> SweepOut:
     load_sweep(session, sweep_id, caller.scope)
     return SweepOut.from_sweep(cancel_sweep(session, sweep_id, caller.scope))

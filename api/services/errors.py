@@ -10,43 +10,29 @@ from __future__ import annotations
 from core.errors import DataError, DistillError, SpecError
 
 
-class UnsafeArchive(DataError):
+class UnsafeArchive(DataError, code="unsafe_archive"):
     """An archive member could land outside its folder, or the archive unpacks past the size caps."""
 
-    code = "unsafe_archive"
 
-
-class InvalidFormValue(DistillError):
+class InvalidFormValue(DistillError, code="validation_error"):
     """A form or spec value the request validation could not judge alone (e.g. a count the weights do not say)."""
 
-    code = "validation_error"
 
-
-class PathNotAllowed(SpecError):
+class PathNotAllowed(SpecError, code="path_not_allowed"):
     """A spec named a server path: the API only reads data uploaded to it or configured by the operator."""
 
-    code = "path_not_allowed"
 
-
-class UnknownDataset(SpecError):
+class UnknownDataset(SpecError, code="unknown_dataset"):
     """The spec's dataset is neither built in, nor configured, nor an upload the caller may use."""
 
-    code = "unknown_dataset"
 
-
-class UnknownModel(SpecError):
+class UnknownModel(SpecError, code="unknown_model"):
     """The spec's teacher weights are not an upload the caller may use."""
 
-    code = "unknown_model"
 
-
-class InvalidSweep(SpecError):
+class InvalidSweep(SpecError, code="invalid_sweep"):
     """A sweep grid that cannot become child specs (an unknown path, an empty list, a bad value)."""
 
-    code = "invalid_sweep"
 
-
-class TooManyChildren(InvalidSweep):
+class TooManyChildren(InvalidSweep, code="too_many_children"):
     """The grid's combinations exceed the configured child limit (DISTILL_SWEEP_MAX_CHILDREN)."""
-
-    code = "too_many_children"

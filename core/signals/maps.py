@@ -124,7 +124,7 @@ class CachedTeacherMaps(Provider):
 
 
 class AutoencoderMaps(Provider):
-    """XDistillation: the fitted explainer autoencoder's prediction of the teacher's map on x.
+    """XDistillation: the fitted explanation autoencoder's prediction of the teacher's map on x.
 
     The class explained is still the teacher's top-1, from the shared forward (no graph).
     """

@@ -5,8 +5,9 @@ in the label?) and a non-target part (does it rank the other classes like the te
 DKD weighs them separately, so the "dark knowledge" of the non-target classes is not
 suppressed when the teacher is confident.
 
-Turned on by `{"loss": {"dkd": {"weight": 1.0, "alpha": 1.0, "beta": 8.0, "temperature": 4.0}}}`
-(with CE: `{"method": "dkd"}`); an explanation term may be added on top.
+The preset `{"method": "dkd"}` is CE plus this term at weight 1; set its parts with
+`{"loss": {"dkd": {"weight": 1.0, "alpha": 1.0, "beta": 8.0, "temperature": 4.0}}}`, and add an
+explanation term on top for DKD + XAI.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""One training loop for every stage: the teacher (CE only), the explainer autoencoder, the student.
+"""One training loop for every stage: the teacher (CE only), the explanation autoencoder, the student.
 
 What differs between stages is the `Objective` (core.train.objective): it turns a batch into a
 loss. `train` only loops, steps, checkpoints and reports progress; `epoch_batches` is the
