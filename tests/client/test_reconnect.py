@@ -16,7 +16,9 @@ pytestmark = pytest.mark.slow
 def test_logs_keeps_following_the_same_job_across_a_server_restart(served: Served) -> None:
     try:
         with DistillClient(served.url) as client:
-            job = client.submit(tiny_demo_spec("restarted", epochs=4))
+            # Long enough to still be distilling when the stop reaches the worker: a job that finishes during the
+            # stop (4 epochs take about a second) leaves the follower nothing to reconnect to.
+            job = client.submit(tiny_demo_spec("restarted", epochs=24))
         follower = TerminalRun("logs", job.id, url=served.url)
         follower.wait_for(r"running: distilling", 120)
 
