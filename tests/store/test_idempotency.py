@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import pytest
 from sqlalchemy import func, select
@@ -67,8 +68,9 @@ def test_different_keys_create_different_jobs(session: Session) -> None:
     assert first.id != second.id
 
 
-def test_concurrent_posts_with_one_key_create_one_job(database: Database) -> None:
-    contenders = 6
+def _race(database: Database, contenders: int, create: Callable[[Session], tuple[str, bool]]) -> list[tuple[str, bool]]:
+    """Run `create` (-> (id, created)) in `contenders` threads released at once, each with its own session;
+    any exception in a thread fails the test."""
     barrier = threading.Barrier(contenders)
     outcomes: list[tuple[str, bool]] = []
     errors: list[BaseException] = []
@@ -77,8 +79,7 @@ def test_concurrent_posts_with_one_key_create_one_job(database: Database) -> Non
         try:
             with database.session() as session:
                 barrier.wait(timeout=30)
-                job, created = repository.create_job(session, spec(), "a", idempotency_key="shared-key")
-                outcomes.append((job.id, created))
+                outcomes.append(create(session))
         except BaseException as error:  # surfaced below
             errors.append(error)
 
@@ -87,10 +88,24 @@ def test_concurrent_posts_with_one_key_create_one_job(database: Database) -> Non
         thread.start()
     for thread in threads:
         thread.join(timeout=60)
-
     assert errors == []
-    assert len({job_id for job_id, _ in outcomes}) == 1
-    assert sorted(created for _, created in outcomes) == [False] * (contenders - 1) + [True]
+    return outcomes
+
+
+def _one_created(outcomes: list[tuple[str, bool]]) -> bool:
+    """Every contender got the same row, and exactly one of them created it."""
+    created = sorted(flag for _, flag in outcomes)
+    return len({row_id for row_id, _ in outcomes}) == 1 and created == [False] * (len(outcomes) - 1) + [True]
+
+
+def test_concurrent_posts_with_one_key_create_one_job(database: Database) -> None:
+    def create(session: Session) -> tuple[str, bool]:
+        job, created = repository.create_job(session, spec(), "a", idempotency_key="shared-key")
+        return job.id, created
+
+    outcomes = _race(database, 6, create)
+
+    assert len(outcomes) == 6 and _one_created(outcomes)
     with database.session() as session:
         assert _job_count(session) == 1
 
@@ -110,29 +125,13 @@ def test_a_sweep_key_replays_the_sweep_and_refuses_another_request(session: Sess
 
 
 def test_concurrent_sweeps_with_one_key_create_one_sweep(database: Database) -> None:
-    contenders = 4
-    barrier = threading.Barrier(contenders)
-    outcomes: list[tuple[str, bool]] = []
-    errors: list[BaseException] = []
+    def create(session: Session) -> tuple[str, bool]:
+        sweep, created, _ = create_sweep(session, _sweep_plan(), "shared-sweep-key")
+        return sweep.id, created
 
-    def post() -> None:
-        try:
-            with database.session() as session:
-                barrier.wait(timeout=30)
-                sweep, created, _ = create_sweep(session, _sweep_plan(), "shared-sweep-key")
-                outcomes.append((sweep.id, created))
-        except BaseException as error:  # surfaced below
-            errors.append(error)
+    outcomes = _race(database, 4, create)
 
-    threads = [threading.Thread(target=post) for _ in range(contenders)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-
-    assert errors == []
-    assert len({sweep_id for sweep_id, _ in outcomes}) == 1
-    assert sorted(created for _, created in outcomes) == [False] * (contenders - 1) + [True]
+    assert len(outcomes) == 4 and _one_created(outcomes)
     with database.session() as session:
         assert session.scalar(select(func.count()).select_from(Sweep)) == 1
         assert _job_count(session) == 3  # one shared teacher and two children
