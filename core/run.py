@@ -26,7 +26,7 @@ from torch import nn
 from core.data import DataBundle, load_dataset
 from core.deploy.deployment import deployment
 from core.evaluate import evaluate
-from core.models import explained_layer_path, predict_logits
+from core.models import count_params, explained_layer_path, predict_logits
 from core.publish.heatmaps import HeatmapTile, render_gallery
 from core.publish.manifest import HEATMAP_GRID, METRICS, TEACHER_WEIGHTS
 from core.publish.model_card import write_model_card
@@ -112,7 +112,7 @@ def run_teacher(
     weights = run.out_dir / TEACHER_WEIGHTS
     result: dict[str, Any] = {
         "teacher_accuracy": accuracy,
-        "teacher_params": sum(p.numel() for p in teacher.parameters()),
+        "teacher_params": count_params(teacher),
         "num_classes": data.num_classes,
         "in_channels": data.in_channels,
         "weights_sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
