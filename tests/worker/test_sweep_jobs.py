@@ -62,9 +62,13 @@ def test_sweeper_releases_children_a_dead_worker_left_waiting(
                               metrics={"num_classes": 10, "in_channels": 1, "weights_sha256": "0" * 64})
     drain_queue()
     sweeper = Sweeper(runtime)
+    finished = read_job(teacher_id).finished_at  # the clock's zero, not the wall: a loaded CI may lag a second
+    assert finished is not None
+    finished = finished if finished.tzinfo else finished.replace(tzinfo=timezone.utc)
+    stale = timedelta(seconds=runtime.settings.stale_after_s)
 
-    assert sweeper.tick() == []  # within the grace period the finishing worker may still release them
-    later = datetime.now(timezone.utc) + timedelta(seconds=runtime.settings.stale_after_s + 1)
-    assert sorted(sweeper.tick(later)) == sorted(child_ids)
+    # within the grace period the finishing worker may still release them
+    assert sweeper.tick(finished + stale / 2) == []
+    assert sorted(sweeper.tick(finished + stale + timedelta(seconds=1))) == sorted(child_ids)
     assert {read_job(child_id).status for child_id in child_ids} == {JobStatus.queued.value}
     assert sorted(drain_queue()) == sorted(child_ids)

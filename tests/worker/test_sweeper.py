@@ -26,10 +26,15 @@ def test_stale_running_job_is_requeued_then_enqueued(
     with database.sessions() as session:
         assert repository.claim_job(session, job.id, "vanished-worker", max_attempts=2) is not None
     sweeper = Sweeper(runtime)
+    # The clock is the claim's own heartbeat, not the wall: on a loaded machine more than the
+    # test's one-second stale period can pass between the claim and the first tick.
+    claimed_at = read_job(job.id).heartbeat_at
+    assert claimed_at is not None
+    heartbeat = claimed_at if claimed_at.tzinfo else claimed_at.replace(tzinfo=timezone.utc)
+    stale = timedelta(seconds=runtime.settings.stale_after_s)
 
-    assert sweeper.tick() == []  # heartbeat still fresh
-    later = datetime.now(timezone.utc) + timedelta(seconds=runtime.settings.stale_after_s + 1)
-    assert sweeper.tick(now=later) == [job.id]
+    assert sweeper.tick(now=heartbeat + stale / 2) == []  # heartbeat still fresh
+    assert sweeper.tick(now=heartbeat + stale + timedelta(seconds=1)) == [job.id]
 
     after = read_job(job.id)
     assert after.status == JobStatus.queued.value
