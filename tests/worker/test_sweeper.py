@@ -15,6 +15,13 @@ from worker.runtime import WorkerRuntime
 from worker.sweeper import Sweeper
 
 
+def _heartbeat(job: Job) -> datetime:
+    """The job's last heartbeat in UTC: the tests' clock, since a loaded machine can lag the wall by
+    more than their one-second stale period between a claim and a tick."""
+    assert job.heartbeat_at is not None
+    return job.heartbeat_at if job.heartbeat_at.tzinfo else job.heartbeat_at.replace(tzinfo=timezone.utc)
+
+
 def test_stale_running_job_is_requeued_then_enqueued(
     runtime: WorkerRuntime,
     database: Database,
@@ -26,11 +33,7 @@ def test_stale_running_job_is_requeued_then_enqueued(
     with database.sessions() as session:
         assert repository.claim_job(session, job.id, "vanished-worker", max_attempts=2) is not None
     sweeper = Sweeper(runtime)
-    # The clock is the claim's own heartbeat, not the wall: on a loaded machine more than the
-    # test's one-second stale period can pass between the claim and the first tick.
-    claimed_at = read_job(job.id).heartbeat_at
-    assert claimed_at is not None
-    heartbeat = claimed_at if claimed_at.tzinfo else claimed_at.replace(tzinfo=timezone.utc)
+    heartbeat = _heartbeat(read_job(job.id))
     stale = timedelta(seconds=runtime.settings.stale_after_s)
 
     assert sweeper.tick(now=heartbeat + stale / 2) == []  # heartbeat still fresh
@@ -96,13 +99,15 @@ def test_a_busy_worker_does_not_resend_the_backlog(
 
 
 def test_finished_or_running_jobs_are_left_alone(
-    runtime: WorkerRuntime, database: Database, make_job: Callable[..., Job], drain_queue: Callable[[], list[str]]
+    runtime: WorkerRuntime, database: Database, make_job: Callable[..., Job], read_job: Callable[[str], Job],
+    drain_queue: Callable[[], list[str]],
 ) -> None:
     cancelled, running = make_job(), make_job()
     with database.sessions() as session:
         repository.request_cancel(session, cancelled.id)
         repository.claim_job(session, running.id, WORKER_ID, max_attempts=2)
-    assert Sweeper(runtime).tick() == []
+    stale = timedelta(seconds=runtime.settings.stale_after_s)
+    assert Sweeper(runtime).tick(now=_heartbeat(read_job(running.id)) + stale / 2) == []
     assert drain_queue() == []
 
 
