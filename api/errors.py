@@ -20,6 +20,9 @@ from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from core.errors import DistillError, is_storage_full
+from core.redact import scrub_paths
+from api.services.errors import UploadChecksBusy
+from store.artifacts import redact_paths
 from store.models import TERMINAL_STATUSES
 from store.repository import IdempotencyConflict, IllegalTransition, NotFound
 from store.storage import StorageError
@@ -141,9 +144,12 @@ async def _on_distill_error(request: Request, exc: Exception) -> JSONResponse:
     """Where domain errors become HTTP, once: core.errors and api.services.errors carry the code and field.
 
     Every one is the client's input to fix (a spec, a form value, an uploaded file), so 422;
-    the services raise them without knowing about HTTP, and a route needs no try/except."""
+    the services raise them without knowing about HTTP, and a route needs no try/except. The message
+    passes the path rule once more (store.artifacts.redact_paths): a library's text may have slipped in."""
     assert isinstance(exc, DistillError)
-    return error_response(422, exc.code, exc.message, exc.field)
+    settings = getattr(request.app.state, "settings", None)
+    message = redact_paths(exc.message, settings) if settings is not None else scrub_paths(exc.message)
+    return error_response(422, exc.code, message, exc.field)
 
 
 async def _on_storage_error(request: Request, exc: Exception) -> JSONResponse:
@@ -158,6 +164,12 @@ async def _on_database_unavailable(request: Request, exc: Exception) -> JSONResp
         503, "database_unavailable", "the database is unreachable; retry shortly",
         headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
     )  # fmt: skip
+
+
+async def _on_checks_busy(request: Request, exc: Exception) -> JSONResponse:
+    """Every dataset-check slot is taken: the upload was fine, the server is busy; retry later."""
+    assert isinstance(exc, UploadChecksBusy)
+    return error_response(503, "upload_checks_busy", str(exc), "file", headers={"Retry-After": str(exc.retry_after_s)})
 
 
 def storage_full_response() -> JSONResponse:
@@ -186,6 +198,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(IdempotencyConflict, _on_idempotency_conflict)
     app.add_exception_handler(DistillError, _on_distill_error)
     app.add_exception_handler(StorageError, _on_storage_error)
+    app.add_exception_handler(UploadChecksBusy, _on_checks_busy)
     for database_error in (OperationalError, InterfaceError, PoolTimeoutError):
         app.add_exception_handler(database_error, _on_database_unavailable)
     app.add_exception_handler(OSError, _on_os_error)

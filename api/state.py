@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from api.documents import DocumentCache
 from api.events import EventHub, EventStreamConfig
 from api.metrics import ApiMetrics
+from api.services.upload_checks import UploadChecks
 from store import repository
 from store.async_reads import AsyncVersionLookup, supports_async_reads
 from store.db import Database
@@ -54,6 +55,8 @@ class AppState:
     async_versions: AsyncVersionLookup | None = field(init=False)
     # One poller per followed job, shared by every stream that follows it (api.events).
     event_hub: EventHub = field(init=False)
+    # The dataset uploads' checking processes (api.services.upload_checks), at most DISTILL_UPLOAD_CHECKS at once.
+    upload_checks: UploadChecks = field(init=False)
 
     def __post_init__(self) -> None:
         """Derive what depends on the database dialect, so no caller can build a state that disagrees with it."""
@@ -62,6 +65,7 @@ class AppState:
         self.versions = repository.VersionLookup(reader) if self.inline_reads else None
         self.async_versions = AsyncVersionLookup(reader) if supports_async_reads(reader) else None
         self.event_hub = EventHub(reader, lambda: self.event_stream)
+        self.upload_checks = UploadChecks(self.settings.upload_checks, self.settings.max_image_pixels)
 
     async def run_read(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a short read-only database call: inline on SQLite, in the thread pool elsewhere.
@@ -78,6 +82,7 @@ class AppState:
     async def aclose(self) -> None:
         """Release the broker client, the lookups' own connections and the pools, in that order (app shutdown)."""
         self.celery.close()
+        self.upload_checks.close()
         if self.versions is not None:
             self.versions.close()
         if self.async_versions is not None:

@@ -25,6 +25,10 @@ class DistillError(Exception):
         self.message = message
         self.field = field
 
+    def __reduce__(self) -> tuple[type, tuple[str, str | None]]:
+        """Pickle with the field too: a check run in a child process raises it back to the API."""
+        return type(self), (self.message, self.field)
+
 
 class SpecError(DistillError, code="invalid_spec"):
     """The spec is valid JSON but cannot run (e.g. teacher class count != dataset class count)."""

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from core.publish.manifest import PATTERNS as ARTIFACT_PATTERNS
 from core.publish.manifest import content_type_for  # noqa: F401  (the store's callers import it from here)
+from core.redact import scrub_paths
 from store import repository
 from store.models import Artifact
 from store.settings import Settings
@@ -78,17 +79,15 @@ def record_job_outputs(
 def redact_paths(text: str, settings: Settings) -> str:
     """`text` with server folders replaced by placeholders: error messages reach clients, paths must not.
 
-    DISTILL_HOME becomes `<data>`, an operator-registered dataset folder `<dataset:NAME>`; longer
-    paths first, so a dataset folder inside DISTILL_HOME keeps its own name.
+    DISTILL_HOME becomes `<data>`, an operator-registered dataset folder `<dataset:NAME>` (the
+    longer first, so a dataset folder inside DISTILL_HOME keeps its own name), any other absolute
+    path `<path>`: core.redact.scrub_paths, the one rule, with this deployment's folders.
     """
-    replacements = {str(settings.distill_home): "<data>"}
+    known: dict[str | Path, str] = {settings.distill_home: "<data>"}
     for name, root in settings.dataset_roots.items():
-        replacements[str(root.expanduser().resolve())] = f"<dataset:{name}>"
-        replacements[str(root)] = f"<dataset:{name}>"
-    for folder in sorted(replacements, key=len, reverse=True):
-        if folder and folder != "/":
-            text = text.replace(folder, replacements[folder])
-    return text
+        known[root.expanduser().resolve()] = f"<dataset:{name}>"
+        known[root] = f"<dataset:{name}>"
+    return scrub_paths(text, known)
 
 
 def artifact_path(settings: Settings, artifact: Artifact) -> Path:

@@ -31,6 +31,26 @@ class Settings(BaseSettings):
         0, alias="DISTILL_RATE_LIMIT_PER_MIN", ge=0, description="POST requests per key per minute; 0 = unlimited."
     )
     max_upload_mb: int = Field(512, alias="DISTILL_MAX_UPLOAD_MB", ge=1)
+    max_unpacked_mb: int = Field(
+        0, alias="DISTILL_MAX_UNPACKED_MB", ge=0,
+        description="Largest unpacked size of an uploaded archive; 0 = 4 x DISTILL_MAX_UPLOAD_MB.",
+    )
+    max_zip_ratio: float = Field(
+        200.0, alias="DISTILL_MAX_ZIP_RATIO", gt=1,
+        description="Largest unpacked/packed size ratio of an uploaded archive (and of each member over 1 MiB).",
+    )
+    max_image_pixels: int = Field(
+        50_000_000, alias="DISTILL_MAX_IMAGE_PIXELS", ge=1,
+        description="Largest width x height of one uploaded image (PIL's decompression-bomb guard is set to it).",
+    )
+    upload_checks: int = Field(
+        2, alias="DISTILL_UPLOAD_CHECKS", ge=1,
+        description="Dataset uploads checked at once, each in a child process; more answer 503 with Retry-After.",
+    )
+    tmp_max_age_s: float = Field(
+        6 * 3600.0, alias="DISTILL_TMP_MAX_AGE_S", gt=0,
+        description="Upload temp folders older than this are removed as abandoned (start-up and periodically).",
+    )
     max_json_kb: int = Field(
         256, alias="DISTILL_MAX_JSON_KB", ge=1, description="Largest JSON request body; bigger gets 413 unread."
     )
@@ -82,6 +102,11 @@ class Settings(BaseSettings):
     def broker_folder(self) -> Path:
         """Where the filesystem transport keeps its messages (used only when BROKER_URL is unset)."""
         return self.distill_home / "broker"
+
+    @property
+    def max_unpacked_bytes(self) -> int:
+        """The unpacked-size bound of an uploaded archive, in bytes (default: 4 x the upload cap)."""
+        return (self.max_unpacked_mb or 4 * self.max_upload_mb) * 1024 * 1024
 
     @property
     def jobs_dir(self) -> Path:

@@ -10,7 +10,7 @@ from functools import partial
 
 from fastapi import APIRouter, Request
 
-from api.deps import CallerDep, SessionDep, SettingsDep, StorageDep, UploadId
+from api.deps import CallerDep, SessionDep, SettingsDep, StateDep, StorageDep, UploadId
 from api.routes import API_V1
 from api.schemas import ERROR_RESPONSES, DatasetList, DatasetOut
 from api.services.dataset_uploads import DatasetUploadForm, store_dataset
@@ -33,9 +33,11 @@ _UPLOAD_EXAMPLE = {"file": "(binary: flowers.zip with train/<class>/*.jpg and te
     "(numeric only: object arrays are refused).",
 ))
 async def upload_dataset(
-    request: Request, settings: SettingsDep, session: SessionDep, storage: StorageDep, caller: CallerDep
+    request: Request, settings: SettingsDep, session: SessionDep, storage: StorageDep, caller: CallerDep,
+    state: StateDep,
 ) -> DatasetOut:
-    store = partial(store_dataset, settings=settings, session=session, storage=storage, owner=caller.owner)
+    store = partial(store_dataset, settings=settings, session=session, storage=storage, owner=caller.owner,
+                    checks=state.upload_checks)
     return await handle_upload(request, settings, form_model=DatasetUploadForm, store=store,
                                present=DatasetOut.from_record)
 

@@ -36,3 +36,11 @@ class InvalidSweep(SpecError, code="invalid_sweep"):
 
 class TooManyChildren(InvalidSweep, code="too_many_children"):
     """The grid's combinations exceed the configured child limit (DISTILL_SWEEP_MAX_CHILDREN)."""
+
+
+class UploadChecksBusy(Exception):
+    """Every dataset-check slot (DISTILL_UPLOAD_CHECKS) is taken: the server is busy, not the input wrong (503)."""
+
+    def __init__(self, slots: int, retry_after_s: int) -> None:
+        super().__init__(f"{slots} dataset uploads are being checked already; retry in {retry_after_s} s")
+        self.retry_after_s = retry_after_s

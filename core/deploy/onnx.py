@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import re
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,12 +25,12 @@ import torch
 from torch import nn
 
 from core.models import predict_logits
+from core.redact import exception_text
 
 log = logging.getLogger(__name__)
 
 ONNX_TOLERANCE = 1e-4  # max |logit difference|, fp32
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
-_ABSOLUTE_PATH = re.compile(r"(?<![\w.])/[^\s'\"]+")
 _CHATTY_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx", "torch.export", "torch._export")
 CHECK_BATCH = 256  # onnxruntime batches in the check: also exercises the dynamic batch axis (last batch smaller)
 
@@ -174,9 +173,5 @@ def export_checked(model: nn.Module, images: torch.Tensor, path: Path) -> OnnxCh
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else ""
-    # The exporter decorates messages with terminal colour codes.
-    line = re.sub(r"\x1b\[[0-9;]*m", "", line)
-    line = _ABSOLUTE_PATH.sub("<path>", line)  # metrics are served: never reveal a server path
-    return f"{type(exc).__name__}: {line}"[:300]
+    """The exporter's first line, scrubbed by the one rule (metrics are served: never a server path)."""
+    return f"{type(exc).__name__}: {exception_text(exc)}"[:300]
