@@ -31,6 +31,7 @@ from store.db import Database, upgrade_database
 from store.queue import make_celery
 from store.settings import Settings, get_settings
 from store.storage import storage_from_settings
+from store.temp_files import TempSweeper
 
 log = logging.getLogger(__name__)
 
@@ -64,12 +65,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for folder in (settings.models_dir, settings.datasets_dir, settings.jobs_dir):
             folder.mkdir(parents=True, exist_ok=True)
         tmp_dir(settings)
+        temp_sweeper = await run_in_threadpool(TempSweeper(settings).start)  # what a killed process left
         if is_embedded(settings):
             await run_in_threadpool(upgrade_database, settings.db_url)
         log.info("API ready (data in %s)", settings.distill_home)
         try:
             yield
         finally:
+            temp_sweeper.stop()
             await state.aclose()
 
     app = FastAPI(

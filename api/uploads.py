@@ -3,8 +3,8 @@
 FastAPI's own form parsing spools the whole upload to the system temp folder
 before a route runs, so a size cap could only act after the fact. Here the
 multipart body is parsed as it arrives and the file part is written in chunks
-to DISTILL_HOME/tmp, stopping (413) as soon as it passes the cap; the temp file
-is removed on every failure path.
+to its own folder under DISTILL_HOME/tmp, stopping (413) as soon as it passes the cap; the temp file
+folder is removed on every failure path (and swept if the process dies: store.temp_files).
 
 What the file must contain, and how it is kept, is not HTTP and lives in the
 services (api.services.model_uploads, api.services.dataset_uploads); every upload
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import tempfile
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +33,7 @@ from starlette.concurrency import run_in_threadpool
 from api.errors import ApiError
 from api.ratelimit import write_route
 from api.schemas import ERROR_RESPONSES, UPLOAD_ERROR_RESPONSES, ErrorResponse
-from api.services.upload_staging import MIB, ReceivedUpload, tmp_dir
+from api.services.upload_staging import MIB, ReceivedUpload, new_upload_folder
 from store import repository
 from store.settings import Settings
 
@@ -78,6 +78,7 @@ class _StreamingForm:
         self.header_value = bytearray()
         self.file_handle: IO[bytes] | None = None
         self.file_path: Path | None = None
+        self.folder: Path | None = None  # the upload's own folder under DISTILL_HOME/tmp
         self.filename = ""
         self.size_bytes = 0
         self.digest = hashlib.sha256()
@@ -110,10 +111,9 @@ class _StreamingForm:
             if self.file_handle is not None:
                 raise ApiError(422, "validation_error", f"send exactly one '{self.file_field}'", self.file_field)
             self.filename = options[b"filename"].decode("utf-8", "replace").replace("\x00", "")
-            self.file_handle = tempfile.NamedTemporaryFile(  # noqa: SIM115 - closed in on_part_end / close()
-                dir=tmp_dir(self.settings), prefix="upload-", suffix=".part", delete=False
-            )
-            self.file_path = Path(self.file_handle.name)
+            self.folder = new_upload_folder(self.settings)
+            self.file_path = self.folder / "file.part"
+            self.file_handle = self.file_path.open("xb")  # noqa: SIM115 - closed in on_part_end / close()
             self.writing_file = True
         elif len(self.fields) >= MAX_FIELDS:
             raise ApiError(422, "validation_error", f"too many form fields (max {MAX_FIELDS})")
@@ -152,8 +152,8 @@ class _StreamingForm:
 
     def discard(self) -> None:
         self.close()
-        if self.file_path is not None:
-            self.file_path.unlink(missing_ok=True)
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 async def receive_upload(request: Request, settings: Settings, file_field: str = "file") -> ReceivedUpload:
@@ -187,7 +187,7 @@ async def receive_upload(request: Request, settings: Settings, file_field: str =
         raise ApiError(422, "validation_error", f"the form needs a file field '{file_field}'", file_field)
     log.info("received upload %r (%d bytes) into %s", form.filename, form.size_bytes, form.file_path.name)
     return ReceivedUpload(fields=form.fields, path=form.file_path, filename=form.filename,
-                          size_bytes=form.size_bytes, sha256=form.digest.hexdigest())
+                          size_bytes=form.size_bytes, sha256=form.digest.hexdigest(), folder=form.folder)
 
 
 # --- form fields ----------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from celery import signals
 
 from store.queue import RUN_JOB_TASK, get_celery
 from store.settings import get_settings
+from store.temp_files import TempSweeper
 from worker.logsetup import configure_logging, current_job_id
 from worker.runtime import get_runtime
 from worker.sweeper import Sweeper
@@ -30,6 +31,7 @@ app = get_celery()
 run_job_task = app.task(name=RUN_JOB_TASK, ignore_result=True)(run_job)
 
 _sweeper: Sweeper | None = None
+_temp_sweepers: list[TempSweeper] = []
 _job_tokens: dict[str, contextvars.Token[str]] = {}
 
 
@@ -67,6 +69,7 @@ def _on_worker_ready(**_: Any) -> None:
     log.info("worker %s ready (database %s)", runtime.worker_id, runtime.settings.db_url.split("://")[0])
     _sweeper = Sweeper(runtime)
     _sweeper.start()
+    _temp_sweepers.append(TempSweeper(runtime.settings).start())  # upload folders a killed API left
 
 
 @signals.worker_shutting_down.connect
@@ -78,4 +81,6 @@ def _on_shutting_down(**_: Any) -> None:
 def _on_worker_shutdown(**_: Any) -> None:
     if _sweeper is not None:
         _sweeper.stop()
+    while _temp_sweepers:
+        _temp_sweepers.pop().stop()
     log.info("worker %s stopped", get_runtime().worker_id)

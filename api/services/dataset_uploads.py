@@ -185,7 +185,7 @@ def store_dataset(
     Blocking (file and database work): the route runs it in the thread pool, and the unpacking
     and checking in `checks`' process when given (the API's; without, in this process). The
     staging folder is always removed; a failure after the move removes the dataset folder too."""
-    staging = new_staging_dir(settings)
+    staging = new_staging_dir(settings, upload.folder)
     try:
         if checks is not None:
             unpacked = checks.run(unpack_dataset, upload, staging=staging, settings=settings)

@@ -28,6 +28,21 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 RETRY_AFTER_S = 10
 _PRELOAD = ["api.services.dataset_uploads"]
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _start_checking_process(max_image_pixels: int) -> None:
+    """In each checking process: PIL's guard at the service's limit, and death with its parent. The
+    parent is the fork server, which exits with the API, so a check never outlives a killed API
+    (and never writes into an upload folder the next start has swept)."""
+    set_pixel_guard(max_image_pixels)
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+    except (OSError, AttributeError):  # not Linux: the check ends on its own
+        pass
 
 
 class UploadChecks:
@@ -47,7 +62,7 @@ class UploadChecks:
                 context.set_forkserver_preload(_PRELOAD)
                 self._executor = ProcessPoolExecutor(
                     max_workers=self.slots, mp_context=context, max_tasks_per_child=1,
-                    initializer=set_pixel_guard, initargs=(self.max_image_pixels,),
+                    initializer=_start_checking_process, initargs=(self.max_image_pixels,),
                 )
             return self._executor
 
