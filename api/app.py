@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from api.auth import ApiKeyMiddleware
 from api.dashboard import mount_dashboard
 from api.deps import require_api_key
+from api.docs_pages import mount_docs
 from api.errors import install_error_handlers
 from api.fastpath import add_fast_routes
 from api.limits import BodyLimitMiddleware
@@ -82,6 +83,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry={"tracing": False, "metrics": False, "logs": False},
         version=API_VERSION,
         description=_DESCRIPTION,
+        docs_url=None,  # served from packaged assets by api.docs_pages, not from a CDN
+        redoc_url=None,
         lifespan=lifespan,
         openapi_tags=[
             {"name": "jobs", "description": "Submit, follow, cancel jobs and download their artifacts."},
@@ -117,3 +120,4 @@ def _include_routes(app: FastAPI) -> None:
             responses={401: {"model": ErrorResponse, "description": "Missing or wrong bearer key."}},
         )
     mount_dashboard(app)  # static page at /ui (the API calls it makes carry the key)
+    mount_docs(app)  # /docs and /redoc, offline
