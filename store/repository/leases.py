@@ -99,8 +99,13 @@ def heartbeat(session: Session, job_id: str, worker_id: str, stage: str | None =
 
 def completed_progress(progress: dict[str, Any] | None) -> dict[str, Any]:
     """A succeeded job's progress reads complete: progress is written throttled during steps, so the last
-    write before the end can say 0.9; the API and the dashboard must both show a finished run as 1.0."""
-    return {**(progress or {}), "fraction": 1.0}
+    write before the end can say 0.9, or epoch 0 of a stage that had just begun; the API and the dashboard
+    must both show a finished run as its last epoch and step, fraction 1.0 (the rest is kept)."""
+    done = {**(progress or {}), "fraction": 1.0}
+    for count, total in (("epoch", "total_epochs"), ("step", "total_steps")):
+        if isinstance(done.get(total), int) and done[total] > 0:
+            done[count] = done[total]
+    return done
 
 
 def finish_job(session: Session, job_id: str, worker_id: str, status: JobStatus,
