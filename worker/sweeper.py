@@ -15,6 +15,14 @@ Every tick it
   between finishing the teacher and releasing them);
 - refreshes this worker's presence (worker.presence).
 Several workers may sweep at once: every state change is a conditional update.
+
+After a database outage, staleness is not judged until the sweeper has seen the
+database answer for one whole stale period: during the outage no worker could
+heart-beat, so every running job looks lost the moment the database returns,
+while its worker is still training and beats again within DISTILL_HEARTBEAT_S.
+Re-queuing it then would throw the run away (and could spend its last attempt);
+waiting one stale period lets live workers beat first, and a job whose worker
+really died is re-queued one period later than usual.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ import contextvars
 import logging
 import threading
 from datetime import datetime, timedelta, timezone
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from store import repository
 from store.models import JobStatus
@@ -47,6 +57,8 @@ class Sweeper:
         self.interval_s = runtime.settings.heartbeat_s
         self.stale_after = timedelta(seconds=runtime.settings.stale_after_s)
         self._resent: dict[str, tuple[datetime, int]] = {}  # job id -> (last re-send, how many)
+        self._database_failed = False  # the last tick could not reach the database
+        self._database_back_at: datetime | None = None  # when it answered again after an outage
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -76,13 +88,16 @@ class Sweeper:
                 return
 
     def tick(self, now: datetime | None = None) -> list[str]:
-        """One sweep; returns the job ids it enqueued."""
-        now = now or datetime.now(timezone.utc)
+        """One sweep; returns the job ids it enqueued. A database error is remembered (then raised)."""
+        try:
+            return self._sweep(now or datetime.now(timezone.utc))
+        except SQLAlchemyError:
+            self._database_failed = True
+            raise
+
+    def _sweep(self, now: datetime) -> list[str]:
         announce(self.runtime)
-        with self.runtime.sessions() as session:
-            requeued = repository.requeue_stale_jobs(
-                session, stale_before=now - self.stale_after, max_attempts=self.runtime.settings.max_attempts
-            )
+        requeued = self._requeue_stale(now)
         for job_id in requeued:
             with job_context(job_id):
                 log.warning("job %s lost its worker; re-queued for another attempt", job_id)
@@ -102,6 +117,19 @@ class Sweeper:
                 log.warning("job %s queued for a while without a worker claiming it; enqueued again", job_id)
                 self._send(job_id, now)
         return [*requeued, *resent]
+
+    def _requeue_stale(self, now: datetime) -> list[str]:
+        """Jobs whose worker stopped heart-beating, back to the queue; none until the database has been
+        back for a stale period after an outage (see the module doc)."""
+        if self._database_failed:
+            self._database_failed, self._database_back_at = False, now
+            log.warning("database reachable again; judging stale jobs from %s on", now + self.stale_after)
+        if self._database_back_at is not None and now - self._database_back_at < self.stale_after:
+            return []
+        with self.runtime.sessions() as session:
+            return repository.requeue_stale_jobs(
+                session, stale_before=now - self.stale_after, max_attempts=self.runtime.settings.max_attempts
+            )
 
     def _send(self, job_id: str, now: datetime) -> None:
         enqueue_job(job_id, self.runtime.celery)
