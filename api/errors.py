@@ -19,9 +19,9 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.services.errors import UploadChecksBusy
 from core.errors import DistillError, is_storage_full
 from core.redact import scrub_paths
-from api.services.errors import UploadChecksBusy
 from store.artifacts import redact_paths
 from store.models import TERMINAL_STATUSES
 from store.repository import IdempotencyConflict, IllegalTransition, NotFound

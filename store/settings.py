@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     )
     upload_checks: int = Field(
         2, alias="DISTILL_UPLOAD_CHECKS", ge=1,
-        description="Dataset uploads checked at once, each in a child process; more answer 503 with Retry-After.",
+        description="Uploads checked at once, each in a child process; more answer 503 with Retry-After.",
     )
     tmp_max_age_s: float = Field(
         6 * 3600.0, alias="DISTILL_TMP_MAX_AGE_S", gt=0,

@@ -10,7 +10,7 @@ from functools import partial
 
 from fastapi import APIRouter, Request
 
-from api.deps import CallerDep, SessionDep, SettingsDep, StorageDep, UploadId
+from api.deps import CallerDep, SessionDep, SettingsDep, StateDep, StorageDep, UploadId
 from api.routes import API_V1
 from api.schemas import ERROR_RESPONSES, ModelList, ModelOut
 from api.services.model_uploads import ModelUploadForm, store_model
@@ -33,9 +33,11 @@ _UPLOAD_EXAMPLE = {"file": "(binary: resnet20-digits.safetensors)", "arch": "res
     "refused without running them. Stored as safetensors.",
 ))
 async def upload_model(
-    request: Request, settings: SettingsDep, session: SessionDep, storage: StorageDep, caller: CallerDep
+    request: Request, settings: SettingsDep, session: SessionDep, storage: StorageDep, caller: CallerDep,
+    state: StateDep,
 ) -> ModelOut:
-    store = partial(store_model, settings=settings, session=session, storage=storage, owner=caller.owner)
+    store = partial(store_model, settings=settings, session=session, storage=storage, owner=caller.owner,
+                    checks=state.upload_checks)
     return await handle_upload(request, settings, form_model=ModelUploadForm, store=store,
                                present=ModelOut.from_record)
 

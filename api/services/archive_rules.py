@@ -26,7 +26,7 @@ from typing import IO
 
 from api.services.errors import UnsafeArchive
 from core.data import IMAGE_SUFFIXES
-from core.errors import DataError
+from core.errors import DataError, is_storage_full
 from core.redact import exception_text
 from store.settings import Settings
 
@@ -161,6 +161,8 @@ def extract_member(archive: zipfile.ZipFile, member: Member, target: Path, budge
         raise _unsafe(f"archive member '{info.filename}' appears twice") from exc
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, EOFError, OSError,
             ValueError) as exc:
+        if is_storage_full(exc):
+            raise  # the server's disk, not the archive: 507 (api.errors)
         raise _invalid(f"cannot unpack '{info.filename}': {exception_text(exc, {target.parent: ''})}") from exc
     return copied
 

@@ -39,8 +39,8 @@ class TooManyChildren(InvalidSweep, code="too_many_children"):
 
 
 class UploadChecksBusy(Exception):
-    """Every dataset-check slot (DISTILL_UPLOAD_CHECKS) is taken: the server is busy, not the input wrong (503)."""
+    """Every upload-check slot (DISTILL_UPLOAD_CHECKS) is taken: the server is busy, not the input wrong (503)."""
 
     def __init__(self, slots: int, retry_after_s: int) -> None:
-        super().__init__(f"{slots} dataset uploads are being checked already; retry in {retry_after_s} s")
+        super().__init__(f"{slots} uploads are being checked already; retry in {retry_after_s} s")
         self.retry_after_s = retry_after_s

@@ -13,6 +13,7 @@ import hashlib
 import logging
 import os
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.orm import Session
 
 from api.services.errors import InvalidFormValue
+from api.services.upload_checks import UploadChecks
 from api.services.upload_staging import ReceivedUpload
 from core.errors import WeightsError
 from core.models import (
@@ -99,6 +101,27 @@ def check_weights(path: Path, *, arch: str, num_classes: int | None, in_channels
     return CheckedWeights(state, num_classes, in_channels, is_safetensors(path))
 
 
+@dataclass
+class KeptWeights:
+    """What the record needs of checked weights, once they sit as safetensors at `path` (no tensors:
+    a check run in a checking process hands back only this, so the API never holds the state dict)."""
+
+    path: Path
+    num_classes: int
+    in_channels: int
+    converted: bool  # False: the upload was safetensors and is kept as it came
+
+
+def check_and_keep(upload_path: Path, converted_path: Path, *, arch: str, num_classes: int | None,
+                   in_channels: int | None) -> KeptWeights:
+    """`check_weights`, then a PyTorch state dict written as safetensors to `converted_path`."""
+    checked = check_weights(upload_path, arch=arch, num_classes=num_classes, in_channels=in_channels)
+    if checked.is_safetensors:
+        return KeptWeights(upload_path, checked.num_classes, checked.in_channels, converted=False)
+    save_state(checked.state, converted_path)  # nothing downstream ever unpickles
+    return KeptWeights(converted_path, checked.num_classes, checked.in_channels, converted=True)
+
+
 def _sha256(path: Path) -> str:
     """The digest of the converted file: the record names the bytes kept, not the bytes uploaded."""
     digest = hashlib.sha256()
@@ -110,29 +133,31 @@ def _sha256(path: Path) -> str:
 
 def store_model(
     *, upload: ReceivedUpload, form: ModelUploadForm, settings: Settings, session: Session, storage: Storage,
-    owner: str | None,
+    owner: str | None, checks: UploadChecks | None = None,
 ) -> ModelRecord:
     """Check the weights, keep them as safetensors in the file store, then record them for `owner`.
 
-    Blocking (file and database work): the route runs it in the thread pool. A failure after
-    the file was placed removes it again, so a model row and its file exist together or not at all."""
-    checked = check_weights(upload.path, arch=form.arch, num_classes=form.num_classes, in_channels=form.in_channels)
+    Blocking (file and database work): the route runs it in the thread pool, and the check (which
+    loads every tensor) in `checks`' process when given. A failure after the file was placed removes
+    it again, so a model row and its file exist together or not at all."""
+    converted = upload.path.with_name("converted.safetensors")
+    keep = partial(check_and_keep, upload.path, converted, arch=form.arch, num_classes=form.num_classes,
+                   in_channels=form.in_channels)
+    kept = checks.run(keep) if checks is not None else keep()
     model_id = repository.new_model_id()
     relpath = f"models/{model_id}.safetensors"
     destination = settings.distill_home / relpath
     destination.parent.mkdir(parents=True, exist_ok=True)
     size_bytes, sha256 = upload.size_bytes, upload.sha256
-    if checked.is_safetensors:
-        os.replace(upload.path, destination)
-    else:  # a PyTorch state dict: stored as safetensors, so nothing downstream ever unpickles
-        save_state(checked.state, destination)
+    os.replace(kept.path, destination)  # same filesystem: a rename
+    if kept.converted:
         size_bytes, sha256 = destination.stat().st_size, _sha256(destination)
     record = ModelRecord(
         id=model_id,
         name=form.name or upload.default_name(model_id),
         arch=form.arch,
-        num_classes=checked.num_classes,
-        in_channels=checked.in_channels,
+        num_classes=kept.num_classes,
+        in_channels=kept.in_channels,
         relpath=relpath,
         size_bytes=size_bytes,
         sha256=sha256,

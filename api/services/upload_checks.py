@@ -1,7 +1,7 @@
-"""Dataset checks out of the API's memory: each runs in a child process, at most K at once.
+"""Upload checks out of the API's memory: each runs in a child process, at most K at once.
 
 Unpacking and decoding an uploaded archive can take as much memory as its images
-allow; in the API process that memory stays (the allocator keeps it) and adds up over
+allow, and loading uploaded weights as much as their tensors; in the API process that memory stays (the allocator keeps it) and adds up over
 concurrent uploads. Here every check runs in a fresh child process (one task per
 child, so its memory goes back to the system when it exits), forked from a server
 process that has already imported the checking code, so a check starts in
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 RETRY_AFTER_S = 10
-_PRELOAD = ["api.services.dataset_uploads"]
+_PRELOAD = ["api.services.dataset_uploads", "api.services.model_uploads"]
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
@@ -74,7 +74,7 @@ class UploadChecks:
             return self._pool().submit(function, *args, **kwargs).result()
         except BrokenProcessPool as exc:
             self._reset()
-            log.warning("a dataset check's process died (out of memory?); the upload is refused")
+            log.warning("an upload check's process died (out of memory?); the upload is refused")
             raise DataError("the check of this file did not finish (it needs more memory than allowed)",
                             "file") from exc
         finally:
