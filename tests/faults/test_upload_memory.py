@@ -94,3 +94,32 @@ def test_four_concurrent_large_pixel_uploads_leave_the_api_near_its_baseline(
     # Decoding one of these frames in the API takes 108 MB; four uploads of four frames each, far more.
     assert sampler.peak - baseline < 100, (baseline, sampler.peak, after)
     assert after - baseline < 40, (baseline, sampler.peak, after)
+
+
+def many_tensors_safetensors(path: Path, count: int = 100_000) -> bytes:
+    """A safetensors file of `count` tiny tensors: a big header and many objects once loaded."""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({f"layer{i}.weight": torch.zeros(4) for i in range(count)}, str(path))
+    return path.read_bytes()
+
+
+def test_a_weights_file_of_many_tensors_leaves_the_api_near_its_baseline(
+    sqlite_url: str, stacks: Callable[..., Stack], tmp_path: Path
+) -> None:
+    stack = stacks(sqlite_url)
+    stack.start_api()
+    assert stack.api is not None and stack.client is not None
+    data = many_tensors_safetensors(tmp_path / "many.safetensors")
+    warm = stack.client.post("/v1/models", data={"arch": "resnet20"}, files={"file": ("w.safetensors", b"junk")})
+    assert warm.status_code == 422, warm.text  # imports and the checking server are up
+    baseline = rss_mib(stack.api.pid)
+
+    response = stack.client.post("/v1/models", data={"arch": "resnet20", "num_classes": "10", "in_channels": "3"},
+                                  files={"file": ("many.safetensors", data)})
+
+    time.sleep(1.0)
+    after = rss_mib(stack.api.pid)
+    assert response.status_code == 422 and response.json()["error"]["field"] == "file", response.text
+    assert after - baseline < 40, (baseline, after)
