@@ -34,6 +34,7 @@ from api.errors import ApiError
 from api.ratelimit import write_route
 from api.schemas import ERROR_RESPONSES, UPLOAD_ERROR_RESPONSES, ErrorResponse
 from api.services.upload_staging import MIB, ReceivedUpload, new_upload_folder
+from core.redact import exception_text
 from store import repository
 from store.settings import Settings
 
@@ -178,7 +179,7 @@ async def receive_upload(request: Request, settings: Settings, file_field: str =
             raise ApiError(400, "invalid_multipart", "the multipart body is truncated")
     except FormParserError as exc:
         form.discard()
-        raise ApiError(400, "invalid_multipart", f"malformed multipart body: {exc}") from exc
+        raise ApiError(400, "invalid_multipart", f"malformed multipart body: {exception_text(exc)}") from exc
     except BaseException:
         form.discard()
         raise

@@ -23,6 +23,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from core.publish.manifest import HEATMAP_FOLDER, TRACKED_FILES
+from core.redact import exception_text
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +110,7 @@ def track_job(config: TrackingConfig, out_dir: Path, result: dict[str, Any]) -> 
         log.warning("experiment tracking skipped: %s", message)
         return None, [{"code": "tracking_failed", "message": message}]
     except Exception as exc:  # noqa: BLE001 - tracking must never fail the job
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+        reason = f"{type(exc).__name__}: {exception_text(exc)}"[:300]  # the warning is served: no server path
         log.warning("experiment tracking failed: %s", reason)
         return None, [{"code": "tracking_failed", "message": f"MLflow run not logged: {reason}"}]
     log.info("logged MLflow run %s in experiment %r", run_id, config.experiment)
