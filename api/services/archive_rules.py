@@ -100,13 +100,13 @@ def check_sizes(members: list[zipfile.ZipInfo], limits: ArchiveLimits) -> None:
     packed = sum(info.compress_size for info in members)
     if declared > limits.max_unpacked_bytes:
         raise _unsafe(f"the archive unpacks to {declared} bytes, over the {limits.max_unpacked_bytes} byte limit")
-    if declared > RATIO_FLOOR_BYTES and declared > limits.max_ratio * max(packed, 1):
-        raise _unsafe(f"the archive unpacks to {declared / max(packed, 1):.0f} times its packed size "
-                      f"(max {limits.max_ratio:g})")
-    for info in members:
+    for info in members:  # the member first: the message can name it
         if info.file_size > RATIO_FLOOR_BYTES and info.file_size > limits.max_ratio * max(info.compress_size, 1):
             raise _unsafe(f"archive member '{info.filename}' unpacks to {info.file_size / max(info.compress_size, 1):.0f}"
                           f" times its packed size (max {limits.max_ratio:g})")
+    if declared > RATIO_FLOOR_BYTES and declared > limits.max_ratio * max(packed, 1):
+        raise _unsafe(f"the archive unpacks to {declared / max(packed, 1):.0f} times its packed size "
+                      f"(max {limits.max_ratio:g})")
 
 
 def plan_zip(archive: zipfile.ZipFile, limits: ArchiveLimits) -> list[Member]:

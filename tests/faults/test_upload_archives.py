@@ -124,7 +124,8 @@ def test_a_small_zip_with_a_huge_zero_member_is_refused_before_writing(
 
     assert response.status_code == 422, response.text
     assert response.json()["error"]["code"] == "unsafe_archive"
-    assert "times its packed size" in response.json()["error"]["message"]
+    message = response.json()["error"]["message"]
+    assert "times its packed size" in message and name in message, message
     _assert_nothing_left(settings)
 
 
