@@ -309,5 +309,11 @@ UPLOAD_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorResponse, "description": "A malformed or truncated multipart body (`invalid_multipart`)."},
     413: {"model": ErrorResponse, "description": "Larger than DISTILL_MAX_UPLOAD_MB (`upload_too_large`)."},
     415: {"model": ErrorResponse, "description": "Not sent as multipart/form-data (`unsupported_media_type`)."},
+    422: {"model": ErrorResponse, "description": "The file is not a usable upload (`invalid_dataset`, "
+          "`invalid_weights`: a broken or unknown archive member, an image over DISTILL_MAX_IMAGE_PIXELS, ...) or "
+          "an archive breaks the archive rules (`unsafe_archive`: escaping names, DISTILL_MAX_UNPACKED_MB, "
+          "DISTILL_MAX_ZIP_RATIO); `error.field` is `file`."},
+    503: {"model": ErrorResponse, "description": "DISTILL_UPLOAD_CHECKS uploads are being checked already "
+          "(`upload_checks_busy`, with `Retry-After`), or the database or file store is unreachable."},
     507: {"model": ErrorResponse, "description": "The server's data folder is full (`storage_full`); nothing kept."},
 }
