@@ -19,7 +19,7 @@ from typing import Any
 from core.atomic import write_text_atomic
 from core.errors import SpecError
 from core.resolver import Resolver
-from core.spec import ExportSpec, JobSpec
+from core.spec import ExportSpec, JobSpec, StudentSpec, TrainingSpec
 from core.terms.registry import identity_loss
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,26 @@ def legacy_digest(spec: JobSpec, resolver: Resolver) -> str | None:
     return _digest(document)
 
 
+# Fields added to a block after run folders were written: at their defaults they are not part of the identity.
+LATER_FIELDS: dict[str, tuple[str, ...]] = {
+    "training": ("milestones", "step_size", "gamma", "warmup_epochs", "label_smoothing"),
+}
+
+
+def _drop_later_defaults(document: dict[str, Any]) -> None:
+    """Remove the LATER_FIELDS that hold their defaults, so a folder written before they existed still resumes."""
+    models = {"training": TrainingSpec, "student": StudentSpec}
+    for block, names in LATER_FIELDS.items():
+        fields = models[block].model_fields
+        for name in names:
+            if name in document.get(block, {}) and document[block][name] == fields[name].get_default(
+                    call_default_factory=True):
+                del document[block][name]
+
+
 def _digest(document: dict[str, Any]) -> str:
     document["loss"] = identity_loss(document["loss"])
+    _drop_later_defaults(document)
     if document.get("export") == ExportSpec().model_dump(mode="json"):
         del document["export"]  # the export block came later too: at its default it is not part of the identity
     canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))

@@ -31,7 +31,7 @@ from core.publish.manifest import STUDENT_WEIGHTS, TEACHER_WEIGHTS
 from core.resolver import Resolver
 from core.resume import RunState
 from core.spec import JobSpec
-from core.terms import build_terms, cross_entropy_only
+from core.terms import build_terms, cross_entropy_only, smooth_labels
 from core.train.autoencoder import autoencoder_objective, restored_autoencoder
 from core.train.callbacks import STAGES, RunCallbacks
 from core.train.checkpoint import load_checkpoint
@@ -239,9 +239,9 @@ def distill_student(
 
     def fit() -> tuple[nn.Module, History]:
         teacher.to(run.device)
-        terms = build_terms(
+        terms = smooth_labels(build_terms(
             spec.loss, _feature_channels(student, data, run.device), _feature_channels(teacher, data, run.device)
-        ).to(run.device)
+        ), spec.training.label_smoothing).to(run.device)
         explaining = spec.loss.explanation.weight > 0
         objective = DistillationObjective(
             student, terms, data, run.device, teacher=teacher,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from core.explain import explainer_problem
@@ -135,13 +135,54 @@ class TrainingSpec(_Strict):
     lr: float = Field(0.05, gt=0.0, le=10.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(5e-4, ge=0.0)
-    scheduler: Literal["cosine", "none"] = "cosine"
+    scheduler: Literal["cosine", "none", "multistep", "step"] = Field(
+        "cosine", description="Learning-rate schedule, stepped per batch: 'cosine' anneals to 0 over the run; "
+        "'multistep' multiplies by `gamma` at each epoch of `milestones`; 'step' every `step_size` epochs; 'none' keeps it."
+    )
+    milestones: list[int] = Field(
+        default_factory=list, max_length=100, validate_default=True,
+        description="'multistep' only: increasing epochs after which the rate is multiplied by `gamma` (e.g. "
+        "[150, 180, 210]); a milestone past the stage's last epoch never fires.",
+    )
+    step_size: int | None = Field(None, ge=1, le=1000, validate_default=True, description="'step' only: epochs between two decays.")
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="'multistep' and 'step': the factor of each decay.")
+    warmup_epochs: int = Field(
+        0, ge=0, le=1000, description="Linear warm-up over this many epochs, for any scheduler: the rate rises from "
+        "lr/(n+1) on the first of the n warm-up steps to the schedule's rate, which it multiplies.",
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0.0, lt=1.0, description="Label smoothing of the cross-entropy term (torch's label_smoothing)."
+    )
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' picks CUDA when present.")
     precision: Literal["fp32", "bf16", "fp16"] = Field(
         "fp32", description="Training arithmetic: autocast to bf16 or fp16 (loss scaling for fp16 on CUDA); "
         "explanation maps stay float32."
     )
+
+    @field_validator("milestones")
+    @classmethod
+    def _milestones_fit(cls, milestones: list[int], info: ValidationInfo) -> list[int]:
+        """Milestones belong to 'multistep', which needs them; a setting that would do nothing is a mistake."""
+        scheduler = info.data.get("scheduler")
+        if scheduler == "multistep" and not milestones:
+            raise ValueError("the 'multistep' scheduler needs at least one milestone epoch")
+        if milestones and scheduler != "multistep":
+            raise ValueError(f"only the 'multistep' scheduler takes milestones (scheduler is {scheduler!r})")
+        if any(m < 1 for m in milestones) or any(a >= b for a, b in zip(milestones, milestones[1:])):
+            raise ValueError("milestones must be epochs >= 1 in strictly increasing order")
+        return milestones
+
+    @field_validator("step_size")
+    @classmethod
+    def _step_size_fits(cls, step_size: int | None, info: ValidationInfo) -> int | None:
+        """`step_size` belongs to 'step', which needs it."""
+        scheduler = info.data.get("scheduler")
+        if scheduler == "step" and step_size is None:
+            raise ValueError("the 'step' scheduler needs step_size (epochs between two decays)")
+        if step_size is not None and scheduler != "step":
+            raise ValueError(f"only the 'step' scheduler takes step_size (scheduler is {scheduler!r})")
+        return step_size
 
 
 class ReportSpec(_Strict):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from core.terms import ce, kd, explanation, oracle, at, fitnet, dkd, dist  # noqa: F401, I001 - the registry, in order
 from core.terms.at import AttentionTransfer, attention_map
 from core.terms.base import BatchContext, Term, WeightedSum
-from core.terms.ce import CrossEntropy, cross_entropy_only
+from core.terms.ce import CrossEntropy, cross_entropy_only, smooth_labels
 from core.terms.explanation import ExplanationAlignment, ExplanationSpec, XDistillSpec
 from core.terms.dist import DIST, DISTSpec
 from core.terms.dkd import DecoupledKD, DKDSpec
@@ -22,5 +22,5 @@ from core.terms.registry import TermSizes, TermUnit, build_terms, register, term
 __all__ = [
     "DIST", "AttentionTransfer", "BatchContext", "DISTSpec", "DKDSpec", "DecoupledKD", "CrossEntropy", "ExplanationAlignment", "ExplanationSpec", "FitNetHint",
     "KnowledgeDistillation", "Term", "TermSizes", "TermUnit", "WeightedSum", "XDistillSpec", "attention_map",
-    "build_terms", "cross_entropy_only", "oracle_inputs", "register", "term_weights", "unregister",
+    "build_terms", "cross_entropy_only", "oracle_inputs", "register", "smooth_labels", "term_weights", "unregister",
 ]

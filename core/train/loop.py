@@ -30,6 +30,7 @@ from core.data import ImageSet, TensorImages
 from core.errors import JobCancelled
 from core.train.objective import DistillationObjective, Objective, StepOutput
 from core.train.precision import Precision
+from core.train.schedule import make_scheduler
 from core.signals import Batch
 from core.spec import TrainingSpec
 
@@ -46,7 +47,11 @@ class OptimConfig:
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    scheduler: str = "cosine"
+    scheduler: str = "cosine"  # cosine | none | multistep | step (core.train.schedule)
+    milestones: tuple[int, ...] = ()  # multistep: epochs after which the rate is multiplied by gamma
+    step_size: int | None = None  # step: epochs between decays
+    gamma: float = 0.1
+    warmup_epochs: int = 0  # linear warm-up, multiplying any schedule
     seed: int = 0
     precision: str = "fp32"  # fp32 | bf16 | fp16 (core.train.precision)
     # One multi-tensor kernel per update step instead of a Python loop over parameters; the same
@@ -63,6 +68,10 @@ class OptimConfig:
             momentum=training.momentum,
             weight_decay=training.weight_decay,
             scheduler=training.scheduler,
+            milestones=tuple(training.milestones),
+            step_size=training.step_size,
+            gamma=training.gamma,
+            warmup_epochs=training.warmup_epochs,
             seed=training.seed,
             precision=training.precision,
         )
@@ -159,10 +168,7 @@ class _Stage:
             self.amp.prepare_model(module)
         self.optimizer = make_optimizer(list(model.parameters()) + objective.extra_parameters(), config)
         self.steps = math.ceil(samples / config.batch_size)
-        self.scheduler = None
-        if config.scheduler == "cosine":
-            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
-                self.optimizer, T_max=max(1, config.epochs * self.steps))
+        self.scheduler = make_scheduler(self.optimizer, config, self.steps)
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0
         # Reading a loss value forces a GPU sync; on the CPU it is free, on a GPU report it now and then.

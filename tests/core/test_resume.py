@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 from core.train.callbacks import NullCallbacks, Progress
 from core.errors import JobCancelled, SpecError
-from core.resume import RUN_STATE, resume_digest
+from core.resume import LATER_FIELDS, RUN_STATE, resume_digest
 from core.run import run_distillation
 from core.spec import ExportSpec, JobSpec
 from core.terms.registry import identity_loss
@@ -156,6 +156,9 @@ def _digest_as_before(spec: JobSpec, home: Path) -> str:
     document["dataset"]["path"] = str(home / "datasets" / "ds_1" / "data.npz")
     document = JobSpec.model_validate(document).model_dump(mode="json")
     document["loss"] = identity_loss(document["loss"])
+    for block, names in LATER_FIELDS.items():  # fields the spec gained since: that worker's spec had none of them
+        for name in names:
+            document[block].pop(name, None)
     if document.get("export") == ExportSpec().model_dump(mode="json"):
         del document["export"]
     return hashlib.sha256(json.dumps(document, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
