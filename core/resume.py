@@ -58,6 +58,7 @@ def legacy_digest(spec: JobSpec, resolver: Resolver) -> str | None:
 # Fields added to a block after run folders were written: at their defaults they are not part of the identity.
 LATER_FIELDS: dict[str, tuple[str, ...]] = {
     "training": ("milestones", "step_size", "gamma", "warmup_epochs", "label_smoothing"),
+    "student": ("weights", "head"),
 }
 
 

@@ -143,11 +143,12 @@ def _finished_metrics(run: RunContext, last_stage: str) -> dict[str, Any] | None
 
 
 def _prepare(run: RunContext, named_datasets: Mapping[str, Path] | None) -> DataBundle:
-    """The run's seed, then the preparing_data stage. Given teacher weights are resolved first, so a deleted
-    upload fails the job before its data are fetched and decoded."""
+    """The run's seed, then the preparing_data stage. Given teacher and student weights are resolved first, so a
+    deleted upload fails the job before its data are fetched and decoded."""
     torch.manual_seed(run.spec.training.seed)
     with run.stage("preparing_data"):
         run.given_teacher()
+        run.given_student()
         return load_dataset(run.spec.dataset, named=named_datasets, resolver=run.resolver)
 
 

@@ -20,13 +20,14 @@ import torch
 from torch import nn
 
 from core.data import DataBundle
-from core.errors import JobCancelled, SpecError
+from core.errors import DistillError, JobCancelled, SpecError
 from core.explain import FeatureTap, explaining_forwards
 from core.models import (
     LayerNotFound, build_model, explained_layer, load_state, load_weights, pick_device, save_weights,
     set_input_normalisation,
 )
 from core.models.compat import DatasetShape, check_weights_file
+from core.models.heads import load_starting_weights
 from core.publish.manifest import STUDENT_WEIGHTS, TEACHER_WEIGHTS
 from core.resolver import Resolver
 from core.resume import RunState
@@ -57,6 +58,7 @@ class RunContext:
         self.seconds: dict[str, float] = {stage: info["seconds"] for stage, info in self.state.stages.items()}
         self.spans = _progress_spans(spec)
         self._given_teacher: Path | None = None
+        self._given_student: Path | None = None
 
     def given_teacher(self) -> Path | None:
         """The file of the given teacher weights (resolved once, through the host's resolver); None when
@@ -64,6 +66,16 @@ class RunContext:
         if self.spec.teacher.weights is not None and self._given_teacher is None:
             self._given_teacher = self.resolver.resolve_weights(self.spec.teacher.weights)
         return self._given_teacher
+
+    def given_student(self) -> Path | None:
+        """The file of the student's starting weights (resolved once, like the teacher's); None: a random start.
+        The host's resolver names the teacher's field in its errors; they are the student's here."""
+        if self.spec.student.weights is not None and self._given_student is None:
+            try:
+                self._given_student = self.resolver.resolve_weights(self.spec.student.weights)
+            except DistillError as error:
+                raise type(error)(error.message, field="student.weights") from error
+        return self._given_student
 
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -84,13 +96,14 @@ class RunContext:
         return OptimConfig.from_training(self.spec.training, epochs)
 
     def train(
-        self, model: nn.Module, objective: Objective, data: DataBundle, config: OptimConfig, stage: str
+        self, model: nn.Module, objective: Objective, data: DataBundle, config: OptimConfig, stage: str,
+        evaluate_start: bool = False,
     ) -> History:
         """core.train.loop.train with this run's device, callbacks, stage checkpoint and progress span."""
         return train(
             model, objective, data.train, None, config, stage=stage, device=self.device, callbacks=self.callbacks,
             checkpoint_path=self.checkpoints / f"{stage}.pt", augment=self.spec.dataset.augment,
-            span=self.spans[stage],
+            span=self.spans[stage], evaluate_start=evaluate_start,
         )
 
 
@@ -169,7 +182,7 @@ def _load(model: nn.Module, path: Path, data: DataBundle) -> nn.Module:
 
 def _train_to_file(
     run: RunContext, model: nn.Module, objective: DistillationObjective, data: DataBundle, epochs: int, stage: str,
-    weights: Path, forwards: AbstractContextManager[None] | None = None,
+    weights: Path, forwards: AbstractContextManager[None] | None = None, evaluate_start: bool = False,
 ) -> tuple[nn.Module, History]:
     """A stage whose result is a weights file: train `model` (inside `forwards`, the mode its explainer
     wants, when given), then write `weights`, the file a rerun loads instead of training again.
@@ -179,7 +192,7 @@ def _train_to_file(
     """
     try:
         with forwards if forwards is not None else nullcontext():
-            history = run.train(model, objective, data, run.config(epochs), stage)
+            history = run.train(model, objective, data, run.config(epochs), stage, evaluate_start)
     finally:
         objective.close()
     save_weights(model, weights)
@@ -234,7 +247,12 @@ def distill_student(
     """The student, trained on the spec's loss terms against the frozen teacher into student.safetensors."""
     spec = run.spec
     run.seed("distilling")
-    student = build_role_model(spec, "student", data).to(run.device)
+    student = build_role_model(spec, "student", data)
+    if (given := run.given_student()) is not None:
+        load_starting_weights(student, given, spec.student.arch, spec.student.head,
+                              DatasetShape(data.num_classes, data.in_channels))
+        set_input_normalisation(student, data.mean, data.std)  # the job's data are the input
+    student = student.to(run.device)
     weights = run.out_dir / STUDENT_WEIGHTS
 
     def fit() -> tuple[nn.Module, History]:
@@ -249,7 +267,8 @@ def distill_student(
             autoencoder=autoencoder if explaining else None, cache_maps=not spec.dataset.augment,
         )
         forwards = explaining_forwards(spec.loss.explanation.explainer, student, teacher)
-        return _train_to_file(run, student, objective, data, spec.training.epochs, "distilling", weights, forwards)
+        return _train_to_file(run, student, objective, data, spec.training.epochs, "distilling", weights, forwards,
+                              evaluate_start=True)
 
     return resumable_stage(run, "distilling", weights, lambda: _load(student, weights, data).to(run.device), fit)
 

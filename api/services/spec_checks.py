@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from api.services.errors import InvalidFormValue, PathNotAllowed, UnknownDataset, UnknownModel
 from core.errors import DistillError, SpecError
 from core.models.compat import DatasetShape, WeightsShape, fit_problems
+from core.models.heads import starting_weights_problems
 from core.spec import JobSpec, control_character_field
 from core.spec.sweep import Child
 from store import repository
@@ -59,6 +60,7 @@ def check_spec_against_server(spec: JobSpec, *, session: Session, settings: Sett
     """What JobSpec cannot know alone: the dataset and the teacher weights exist here, belong to the
     caller (`owner`; None: anyone's) and fit each other."""
     num_classes, in_channels = _dataset_shape(spec, session, settings, owner)
+    _check_student_weights(spec, session, owner, DatasetShape(num_classes, in_channels))
     model_id = spec.teacher.weights
     if model_id is None:
         return
@@ -73,6 +75,24 @@ def check_spec_against_server(spec: JobSpec, *, session: Session, settings: Sett
         raise SpecError(f"model '{model_id}' does not fit this job: {'; '.join(problems)}", "teacher.weights")
 
 
+def _check_student_weights(spec: JobSpec, session: Session, owner: str | None, dataset: DatasetShape) -> None:
+    """The student's starting weights exist here, belong to the caller and fit the student and the dataset
+    (core.models.heads.starting_weights_problems, the engine's own rule: another class count needs head 'reset')."""
+    model_id = spec.student.weights
+    if model_id is None:
+        return
+    try:
+        model = repository.get_model(session, model_id, owner)
+    except repository.NotFound:
+        raise UnknownModel(f"no uploaded model with id '{model_id}' (upload weights with POST /v1/models)",
+                           "student.weights") from None
+    problems = starting_weights_problems(WeightsShape(model.arch, model.num_classes, model.in_channels),
+                                         spec.student.arch, dataset, spec.student.head)
+    if problems:
+        raise SpecError(f"model '{model_id}' does not fit this job's student: {'; '.join(problems)}",
+                        "student.weights")
+
+
 def check_children_against_server(
     children: list[Child], *, session: Session, settings: Settings, owner: str | None
 ) -> None:
@@ -82,7 +102,7 @@ def check_children_against_server(
     blame (`grid.teacher.weights`), else the base spec's field (`base.dataset.id`)."""
     seen: set[str] = set()
     for child in children:
-        key = json.dumps({"dataset": child.spec["dataset"], "teacher": child.spec["teacher"]}, sort_keys=True)
+        key = json.dumps({role: child.spec[role] for role in ("dataset", "teacher", "student")}, sort_keys=True)
         if key in seen:
             continue
         seen.add(key)

@@ -22,6 +22,17 @@ def _yaml_list(key: str, values: list[str]) -> list[str]:
     return [f"{key}:"] + [f"- {json.dumps(value)}" for value in values]
 
 
+def starting_weights(spec: dict[str, Any]) -> str | None:
+    """What the student started from, in words: the uploaded model id, or a CLI file's name (never its folder),
+    and whether its classifier started fresh; None for a random start."""
+    student = spec.get("student") or {}
+    weights = student.get("weights")
+    if not weights:
+        return None
+    name = str(weights).replace("\\", "/").rpartition("/")[2]
+    return f"{name} (classifier re-initialised)" if student.get("head") == "reset" else name
+
+
 def front_matter(result: dict[str, Any]) -> str:
     spec = result.get("spec", {})
     dataset = spec.get("dataset", {})
@@ -30,6 +41,8 @@ def front_matter(result: dict[str, Any]) -> str:
     base_model = teacher.get("weights") if teacher.get("weights") and not dataset.get("path") else teacher.get("arch")
     if teacher.get("weights") and "/" in str(teacher.get("weights")):
         base_model = teacher.get("arch")  # a CLI file path is no model name, and must not leak a path
+    if (student_weights := (spec.get("student") or {}).get("weights")):
+        base_model = str(student_weights).replace("\\", "/").rpartition("/")[2]  # the weights it was fine-tuned from
     tags = ["knowledge-distillation", "image-classification", "pytorch", "safetensors"]
     if result.get("method"):
         tags.append(str(result["method"]))
@@ -119,6 +132,11 @@ def _file_line(name: str, detail: str = "") -> str:
     return f"- `{name}`: {summary_of(name)}{detail}."
 
 
+def _start_words(spec: dict[str, Any]) -> str:
+    start = starting_weights(spec)
+    return f"the weights {start}" if start else "random weights"
+
+
 def write_model_card(out_dir: Path, result: dict[str, Any]) -> Path:
     spec = result.get("spec", {})
     student, teacher = spec.get("student", {}).get("arch"), spec.get("teacher", {}).get("arch")
@@ -139,7 +157,8 @@ def write_model_card(out_dir: Path, result: dict[str, Any]) -> Path:
         f"A small {student} image classifier for the {len(result.get('class_names') or [])} classes of its "
         f"training data ({', '.join(result.get('class_names') or [])}), distilled from a {teacher} teacher with the "
         f"`{result.get('method') or 'custom'}` method, so that it decides like the teacher and, where an explanation "
-        f"term was used, looks at the same evidence ({_explainer_label(result)}). Inputs are "
+        f"term was used, looks at the same evidence ({_explainer_label(result)}). It started from "
+        f"{_start_words(spec)}. Inputs are "
         f"{spec.get('dataset', {}).get('image_size')} px images normalised as in training. It is not meant for "
         "images unlike its training data, nor for decisions about people.",
         "",

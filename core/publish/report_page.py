@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from core.publish.manifest import REPORT
+from core.publish.model_card import starting_weights
 from core.publish.charts import Series, bar_chart, line_chart, reliability_chart
 from core.explain import EXPLAINERS, shown_explainers
 
@@ -77,7 +78,9 @@ def _header(result: dict[str, Any]) -> str:
     dataset = spec.get("dataset", {})
     source = dataset.get("name") or ("uploaded dataset" if dataset.get("id") else "local dataset")
     seconds = sum((result.get("seconds") or {}).values())
-    line = (f"{spec.get('teacher', {}).get('arch')} teacher → {spec.get('student', {}).get('arch')} student, "
+    start = starting_weights(spec)
+    line = (f"{spec.get('teacher', {}).get('arch')} teacher → {spec.get('student', {}).get('arch')} student "
+            f"(started from {start or 'random weights'}), "
             f"method {result.get('method') or 'custom'}, dataset {source} at {dataset.get('image_size')} px; "
             f"{seconds:.0f} s on {result.get('device', '?')}")
     return f"<h1>{escape(_title(result))}</h1><p class=\"sub\">{escape(line)}</p>"

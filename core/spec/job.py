@@ -124,8 +124,25 @@ class TeacherSpec(_Strict):
 class StudentSpec(_Strict):
     arch: str = Field("resnet8", max_length=200, description=f"Student architecture: {ARCH_DESCRIPTION}")
     layer: str | None = Field(None, min_length=1, max_length=200, description=LAYER_DESCRIPTION)
+    weights: str | None = Field(
+        None, description="Starting weights of the student: an uploaded model id (API) or a weights path (CLI), "
+        "read by the teachers' rules (.safetensors, or a .pt/.pth state dict read weights-only); null starts random."
+    )
+    head: Literal["keep", "reset"] = Field(
+        "keep", description="'reset' keeps every tensor of `weights` but the classifier, which starts fresh "
+        "(weights made for another class count, e.g. ImageNet's 1000); 'keep' loads the weights as they are.",
+    )
 
     _arch = field_validator("arch")(classmethod(lambda cls, v: _check_arch(v)))
+
+    @model_validator(mode="after")
+    def _head_needs_weights(self) -> StudentSpec:
+        if self.head == "reset" and self.weights is None:
+            detail = InitErrorDetails(
+                type=PydanticCustomError("value_error", "'reset' re-initialises the head of given weights: "
+                                         "set student.weights too"), loc=("head",), input=self.head)
+            raise ValidationError.from_exception_data("StudentSpec", [detail])
+        return self
 
 
 class TrainingSpec(_Strict):

@@ -255,18 +255,23 @@ def train(
     callbacks: RunCallbacks | None = None,
     augment: bool = False,
     span: tuple[float, float] = (0.0, 1.0),
+    evaluate_start: bool = False,
 ) -> list[dict[str, Any]]:
     """Train `model` on `objective` for `config.epochs`; returns the history (one dict per epoch).
 
     `span` is the part of the whole run's progress this stage covers. If `checkpoint_path`
     holds a checkpoint, training continues after its last finished epoch. Between steps the
     callbacks may cancel: JobCancelled is raised and the last epoch's checkpoint stays.
+    With `evaluate_start`, the history opens with an epoch-0 entry: the objective's held-out numbers
+    before the first step (a resumed stage keeps the one its checkpoint holds).
     """
     images = image_set(train_x, train_y)
     run = _Stage(model, objective, config, len(images), stage, device, checkpoint_path,
                  callbacks or NullCallbacks(), span)
     try:
         run.restore()
+        if evaluate_start and run.start_epoch == 0:
+            run.history.append({"epoch": 0, "losses": {}, **run.objective.held_out()})
         run.callbacks.on_progress(Progress(stage, run.start_epoch, config.epochs, 0, run.steps,
                                            run.fraction(run.start_epoch * run.steps)))
         for epoch in range(run.start_epoch, config.epochs):

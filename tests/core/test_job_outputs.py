@@ -135,7 +135,7 @@ def test_mlflow_run_holds_params_metrics_by_step_and_artifacts(tracked_job) -> N
     assert run.data.params["training.lr"] == "0.05" and run.data.params["method"] == "e2kd"
     assert run.data.metrics["student_accuracy"] == pytest.approx(result["student_accuracy"])
     history = client.get_metric_history(run.info.run_id, "student/test_accuracy")
-    assert sorted(m.step for m in history) == list(range(1, STUDENT_EPOCHS + 1))
+    assert sorted(m.step for m in history) == list(range(0, STUDENT_EPOCHS + 1))  # epoch 0: before any step
     expected = [e["test_accuracy"] for e in result["history"]["student"]]
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(expected)
     assert client.get_metric_history(run.info.run_id, "student/loss_explanation")

@@ -98,7 +98,7 @@ def test_each_preset_runs_end_to_end_and_writes_every_artifact(
     assert -1.0 <= metrics["explanation_cosine"] <= 1.0
     assert metrics["student_params"] > 0 and metrics["teacher_params"] > 0
     assert set(metrics["loss_terms"]) == terms and metrics["method"] == method
-    assert len(metrics["history"]["teacher"]) == 4 and len(metrics["history"]["student"]) == 2
+    assert len(metrics["history"]["teacher"]) == 4 and len(metrics["history"]["student"]) == 3  # epoch 0, 1, 2
     assert set(metrics["history"]["student"][-1]["losses"]) == terms
     assert all(key in metrics["seconds"] for key in ("preparing_data", "training_teacher", "distilling", "evaluating"))
     expected_stages = ["preparing_data", "training_teacher", "distilling", "evaluating", "rendering"]

@@ -55,7 +55,7 @@ def test_worker_on_another_machine_resumes_from_checkpoints_in_the_bucket(
     assert "fetched" in resumed_log and "training_teacher epoch" not in resumed_log
     assert "distilling: resuming after epoch" in resumed_log
     metrics = assert_downloads_reproduce_metrics(stack.client, final, tmp_path / "download")  # streamed from S3
-    assert [entry["epoch"] for entry in metrics["history"]["student"]] == list(range(1, STUDENT_EPOCHS + 1))
+    assert [entry["epoch"] for entry in metrics["history"]["student"]] == list(range(0, STUDENT_EPOCHS + 1))
 
     objects = {item["Key"] for item in s3.client().list_objects_v2(Bucket=bucket).get("Contents", [])}
     job_keys = {key.split(f"jobs/{job_id}/", 1)[1] for key in objects if f"jobs/{job_id}/" in key}

@@ -55,8 +55,9 @@ def test_killed_worker_job_resumes_from_its_checkpoint_on_a_new_worker(
         assert teacher_file.stat().st_mtime_ns == teacher_before
 
     metrics = assert_downloads_reproduce_metrics(stack.client, final, tmp_path / "download")
-    # One history entry per epoch, none repeated: the epochs before the kill were kept, not redone.
-    assert [entry["epoch"] for entry in metrics["history"]["student"]] == list(range(1, STUDENT_EPOCHS + 1))
+    # One history entry per epoch (and epoch 0, before any step), none repeated: the epochs before the kill were
+    # kept, not redone.
+    assert [entry["epoch"] for entry in metrics["history"]["student"]] == list(range(0, STUDENT_EPOCHS + 1))
 
 
 def test_sigterm_makes_the_running_job_yield_and_the_next_worker_resumes_it(
