@@ -27,7 +27,7 @@ class UnknownDataset(SpecError, code="unknown_dataset"):
 
 
 class UnknownModel(SpecError, code="unknown_model"):
-    """The spec's teacher weights are not an upload the caller may use."""
+    """The spec's teacher or student weights are not an upload the caller may use."""
 
 
 class InvalidSweep(SpecError, code="invalid_sweep"):

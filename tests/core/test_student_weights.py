@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from core.data import load_dataset
-from core.errors import SpecError
+from core.errors import SpecError, WeightsError
 from core.models import build_model, predict_logits, save_weights, set_input_normalisation
 from core.models.compat import DatasetShape
 from core.models.heads import classifier_keys, load_starting_weights
@@ -125,3 +125,19 @@ def test_epoch0_accuracy_is_the_loaded_weights_accuracy_on_the_test_split(tmp_pa
     logits = predict_logits(model, data.test_x, torch.device("cpu"))
     expected = float((logits.argmax(dim=1) == data.test_y).float().mean())
     assert result["history"]["student"][0]["test_accuracy"] == expected
+
+
+class _DeletedUploads:
+    """A host whose model upload is gone: its resolver names the teacher's field, as worker resolvers do."""
+
+    def resolve_dataset(self, dataset_id: str) -> Path:
+        raise AssertionError("the spec names no uploaded dataset")
+
+    def resolve_weights(self, reference: str) -> Path:
+        raise WeightsError(f"model '{reference}' does not exist (deleted?)", field="teacher.weights")
+
+
+def test_a_missing_starting_upload_fails_the_job_on_the_students_field(tmp_path: Path) -> None:
+    with pytest.raises(WeightsError) as error:
+        run_distillation(_spec("gone", weights="mdl_1"), tmp_path / "run", resolver=_DeletedUploads())
+    assert error.value.field == "student.weights" and "mdl_1" in error.value.message
