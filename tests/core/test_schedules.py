@@ -8,18 +8,21 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch.optim.lr_scheduler import ChainedScheduler, CosineAnnealingLR, LinearLR, MultiStepLR, StepLR
 
 from core.data import DataBundle
 from core.errors import JobCancelled
 from core.models import build_model
 from core.resume import resume_digest
+from core.run import run_distillation
 from core.spec import JobSpec
 from core.spec.sweep import SweepError, expand
 from core.terms import BatchContext, CrossEntropy, cross_entropy_only, smooth_labels
 from core.train.callbacks import NullCallbacks, Progress
 from core.train.loop import DistillationObjective, OptimConfig, train
 from core.train.schedule import make_scheduler
+from tests.core.test_resume import InterruptAfterEpoch
 
 CPU = torch.device("cpu")
 LR = 0.05
@@ -174,3 +177,30 @@ def test_a_sweep_grid_varies_schedules_warm_up_and_label_smoothing() -> None:
         expand(base, {"training.milestones": [[2], [3, 1]]}, max_children=4)
     assert error.value.field == "grid.training.milestones" and "combination 1" in error.value.message
     assert math.isclose(children[0].spec["training"]["gamma"], 0.1)
+
+
+def test_a_job_interrupted_in_its_warm_up_resumes_to_the_same_student(tmp_path: Path) -> None:
+    """The run-level pattern of test_resume: stop after the first of two warm-up epochs, rerun the folder."""
+    spec = JobSpec.model_validate({
+        "name": "resume-warm-up",
+        "dataset": {"name": "digits", "image_size": 16, "shots_per_class": 15},
+        "teacher": {"arch": "cnn", "epochs": 2},
+        "student": {"arch": "resnet8"},
+        "method": "kd",
+        "training": {"epochs": 4, "batch_size": 32, "seed": 3, "scheduler": "multistep", "milestones": [3],
+                     "warmup_epochs": 2, "label_smoothing": 0.1},
+        "report": {"heatmaps": 0, "latency_runs": 1},
+        "export": {"onnx": False},
+    })
+    straight = run_distillation(spec, tmp_path / "straight")
+    with pytest.raises(JobCancelled):
+        run_distillation(spec, tmp_path / "interrupted", InterruptAfterEpoch("distilling", epoch=1))
+    resumed = run_distillation(spec, tmp_path / "interrupted")
+    expected = load_file(str(tmp_path / "straight" / "student.safetensors"))
+    actual = load_file(str(tmp_path / "interrupted" / "student.safetensors"))
+    assert expected.keys() == actual.keys() and all(torch.equal(expected[k], actual[k]) for k in expected)
+    timeless = [[{k: v for k, v in e.items() if k != "seconds"} for e in run["history"]["student"]]
+                for run in (straight, resumed)]
+    assert timeless[0] == timeless[1]  # epoch 0 and every epoch's losses, accuracy and rate
+    rates = [e["lr"] for e in straight["history"]["student"][1:]]
+    assert rates[0] < rates[1] == pytest.approx(LR) and rates[3] == pytest.approx(LR * 0.1)  # warm-up, full, decayed
