@@ -162,7 +162,8 @@ def main() -> None:
         settings,
         [(f"mean ± std over seeds {args.seeds}", ["start", "method", "top-1 %", "agreement %", "expl. cosine", "runs"],
           _table(results)),
-         ("e2kd - kd, paired by seed", ["start", "Δ top-1 pts", "Δ agreement pts", "Δ expl. cosine"], _gains(results))],
+         ("e2kd - kd, paired by seed", ["start", "Δ top-1 pts", "Δ agreement pts", "Δ expl. cosine"],
+          _gains(results))],
         {"teacher": teacher, "student_pretraining": student, "epoch0_accuracy": epoch0,
          "runs": {f"{s}/{m}": r for (s, m), r in results.items()}},
         notes=[f"teacher {args.teacher_arch}: {100 * teacher['accuracy']:.2f} % top-1; pretrained student before "

@@ -137,6 +137,7 @@ class StudentSpec(_Strict):
 
     @model_validator(mode="after")
     def _head_needs_weights(self) -> StudentSpec:
+        """A head reset without weights would do nothing: refused on `student.head`."""
         if self.head == "reset" and self.weights is None:
             detail = InitErrorDetails(
                 type=PydanticCustomError("value_error", "'reset' re-initialises the head of given weights: "
@@ -154,21 +155,25 @@ class TrainingSpec(_Strict):
     weight_decay: float = Field(5e-4, ge=0.0)
     scheduler: Literal["cosine", "none", "multistep", "step"] = Field(
         "cosine", description="Learning-rate schedule, stepped per batch: 'cosine' anneals to 0 over the run; "
-        "'multistep' multiplies by `gamma` at each epoch of `milestones`; 'step' every `step_size` epochs; 'none' keeps it."
+        "'multistep' multiplies by `gamma` at each epoch of `milestones`; 'step' every `step_size` epochs; "
+        "'none' keeps it."
     )
     milestones: list[int] = Field(
         default_factory=list, max_length=100, validate_default=True,
         description="'multistep' only: increasing epochs after which the rate is multiplied by `gamma` (e.g. "
         "[150, 180, 210]); a milestone past the stage's last epoch never fires.",
     )
-    step_size: int | None = Field(None, ge=1, le=1000, validate_default=True, description="'step' only: epochs between two decays.")
+    step_size: int | None = Field(
+        None, ge=1, le=1000, validate_default=True, description="'step' only: epochs between two decays."
+    )
     gamma: float = Field(0.1, gt=0.0, le=1.0, description="'multistep' and 'step': the factor of each decay.")
     warmup_epochs: int = Field(
         0, ge=0, le=1000, description="Linear warm-up over this many epochs, for any scheduler: the rate rises from "
         "lr/(n+1) on the first of the n warm-up steps to the schedule's rate, which it multiplies.",
     )
     label_smoothing: float = Field(
-        0.0, ge=0.0, lt=1.0, description="Label smoothing of the cross-entropy term (torch's label_smoothing)."
+        0.0, ge=0.0, lt=1.0, description="Label smoothing of the student's cross-entropy term (torch's "
+        "label_smoothing); a teacher trained by the job keeps plain cross-entropy."
     )
     seed: int = Field(0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' picks CUDA when present.")

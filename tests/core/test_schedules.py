@@ -90,7 +90,7 @@ class _CancelAfter(NullCallbacks):
         self.steps, self.seen = steps, 0
 
     def on_progress(self, progress: Progress) -> None:
-        self.seen += progress.step > 0 and progress.step <= progress.total_steps and "test_accuracy" not in progress.metrics
+        self.seen += 0 < progress.step <= progress.total_steps and "test_accuracy" not in progress.metrics
 
     def should_cancel(self) -> bool:
         return self.seen >= self.steps
@@ -167,7 +167,8 @@ def test_new_settings_at_their_defaults_keep_a_runs_identity_and_change_it_other
 
 def test_a_sweep_grid_varies_schedules_warm_up_and_label_smoothing() -> None:
     base = {"dataset": {"name": "digits"}, "training": {"scheduler": "multistep", "milestones": [2]}}
-    grid = {"training.milestones": [[2], [1, 3]], "training.warmup_epochs": [0, 1], "training.label_smoothing": [0.0, 0.1]}
+    grid = {"training.milestones": [[2], [1, 3]], "training.warmup_epochs": [0, 1],
+            "training.label_smoothing": [0.0, 0.1]}
     children = expand(base, grid, max_children=16)
     assert len(children) == 8
     assert {(tuple(c.spec["training"]["milestones"]), c.spec["training"]["warmup_epochs"],
