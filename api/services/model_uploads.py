@@ -3,7 +3,9 @@
 The bytes are never trusted: they are read as safetensors or with
 `torch.load(weights_only=True)` (a pickle that would run code is refused by the
 restricted unpickler, never executed) and must load strictly into the named
-architecture. What is kept is always safetensors, so nothing downstream unpickles.
+architecture. What is kept is safetensors, so nothing downstream unpickles; or a
+`torch.export` program (`.pt2`, no `arch`: the program is the architecture), kept as
+uploaded once core.models.exported has loaded it with its checks (no code from the file runs).
 Problems are `WeightsError` naming `file`, or `InvalidFormValue` naming the form field.
 """
 
@@ -27,7 +29,8 @@ from core.errors import WeightsError
 from core.models import (
     UnknownArchitecture, build_model, check_arch, is_safetensors, load_state, read_state_dict, save_state,
 )
-from core.models.compat import DatasetShape, fit_problems, weights_shape
+from core.models.compat import DatasetShape, WeightsShape, fit_problems, weights_shape
+from core.models.exported import EXPORTED_ARCH, PROGRAM_SUFFIX, is_exported_program, load_exported, program_dims
 from core.spec import check_plain_text
 from store import repository
 from store.models import ModelRecord
@@ -42,8 +45,9 @@ class ModelUploadForm(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    arch: str = Field(max_length=60, description="Architecture the weights belong to: 'timm/<name>', "
-                      "'torchvision/<name>' or a short name such as 'resnet20'.")
+    arch: str | None = Field(None, max_length=60, description="Architecture the weights belong to: 'timm/<name>', "
+                             "'torchvision/<name>' or a short name such as 'resnet20'. Required for a state dict; "
+                             "left out for a torch.export program (.pt2), which is its own architecture.")
     num_classes: int | None = Field(None, ge=2, le=100_000, description="Output classes of the classifier head; "
                                     "default: read from the weights.")
     in_channels: int | None = Field(None, ge=1, le=4, description="Input image channels: 1 (grey) or 3 (RGB); "
@@ -54,8 +58,10 @@ class ModelUploadForm(BaseModel):
 
     @field_validator("arch")
     @classmethod
-    def _known_arch(cls, arch: str) -> str:
+    def _known_arch(cls, arch: str | None) -> str | None:
         """Refuse an architecture no registry knows, with the registries' own message, before the file is read."""
+        if arch is None or arch == EXPORTED_ARCH:
+            return arch
         try:
             return check_arch(arch)
         except UnknownArchitecture as exc:
@@ -70,6 +76,18 @@ class CheckedWeights:
     num_classes: int
     in_channels: int
     is_safetensors: bool  # stored as uploaded; other formats are stored converted to safetensors
+    program: bool = False  # a torch.export program: stored as uploaded, with the .pt2 suffix
+
+
+def check_program(path: Path, *, num_classes: int | None, in_channels: int | None) -> CheckedWeights:
+    """A torch.export program, loaded with core.models.exported's checks; its classes and channels are
+    read from it (a forward of one image) and must agree with the form's when given."""
+    module = load_exported(path, field="file")
+    found_classes, found_channels = program_dims(module)
+    found = WeightsShape(EXPORTED_ARCH, found_classes, found_channels)
+    if problems := fit_problems(found, dataset=DatasetShape(num_classes, in_channels)):
+        raise WeightsError(f"the program does not fit the form: {'; '.join(problems)}", "file")
+    return CheckedWeights({}, found_classes, found_channels, is_safetensors=False, program=True)
 
 
 def check_weights(path: Path, *, arch: str, num_classes: int | None, in_channels: int | None) -> CheckedWeights:
@@ -103,18 +121,26 @@ def check_weights(path: Path, *, arch: str, num_classes: int | None, in_channels
 
 @dataclass
 class KeptWeights:
-    """What the record needs of checked weights, once they sit as safetensors at `path` (no tensors:
-    a check run in a checking process hands back only this, so the API never holds the state dict)."""
+    """What the record needs of checked weights, once they sit as safetensors (or a .pt2 program) at `path`
+    (no tensors: a check run in a checking process hands back only this, so the API never holds them)."""
 
     path: Path
     num_classes: int
     in_channels: int
-    converted: bool  # False: the upload was safetensors and is kept as it came
+    converted: bool  # False: the upload is kept as it came (safetensors, or a program)
+    program: bool = False  # a torch.export program: stored as uploaded, with the .pt2 suffix
 
 
-def check_and_keep(upload_path: Path, converted_path: Path, *, arch: str, num_classes: int | None,
+def check_and_keep(upload_path: Path, converted_path: Path, *, arch: str | None, num_classes: int | None,
                    in_channels: int | None) -> KeptWeights:
-    """`check_weights`, then a PyTorch state dict written as safetensors to `converted_path`."""
+    """A torch.export program (found by its content, not its name) checked by `check_program`; else
+    `check_weights` for `arch`, then a PyTorch state dict written as safetensors to `converted_path`."""
+    if is_exported_program(upload_path):
+        program = check_program(upload_path, num_classes=num_classes, in_channels=in_channels)
+        return KeptWeights(upload_path, program.num_classes, program.in_channels, converted=False, program=True)
+    if arch is None or arch == EXPORTED_ARCH:
+        raise InvalidFormValue("arch is required for a state dict (only a torch.export program, .pt2, needs "
+                               "none)", "arch")
     checked = check_weights(upload_path, arch=arch, num_classes=num_classes, in_channels=in_channels)
     if checked.is_safetensors:
         return KeptWeights(upload_path, checked.num_classes, checked.in_channels, converted=False)
@@ -145,7 +171,7 @@ def store_model(
                    in_channels=form.in_channels)
     kept = checks.run(keep) if checks is not None else keep()
     model_id = repository.new_model_id()
-    relpath = f"models/{model_id}.safetensors"
+    relpath = f"models/{model_id}{PROGRAM_SUFFIX if kept.program else '.safetensors'}"
     destination = settings.distill_home / relpath
     destination.parent.mkdir(parents=True, exist_ok=True)
     size_bytes, sha256 = upload.size_bytes, upload.sha256
@@ -155,7 +181,7 @@ def store_model(
     record = ModelRecord(
         id=model_id,
         name=form.name or upload.default_name(model_id),
-        arch=form.arch,
+        arch=EXPORTED_ARCH if kept.program else str(form.arch),
         num_classes=kept.num_classes,
         in_channels=kept.in_channels,
         relpath=relpath,
@@ -170,5 +196,5 @@ def store_model(
         destination.unlink(missing_ok=True)
         discard_quietly(storage, relpath)
         raise
-    log.info("model %s: stored %s (%d bytes, %s)", model_id, form.arch, upload.size_bytes, upload.sha256[:12])
+    log.info("model %s: stored %s (%d bytes, %s)", model_id, record.arch, upload.size_bytes, upload.sha256[:12])
     return record

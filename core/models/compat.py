@@ -18,6 +18,7 @@ from core.errors import SpecError
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
 GREY_MODES = ("L", "1", "I;16")  # PIL modes read as one channel; every other mode is converted to RGB
 
@@ -52,7 +53,9 @@ class WeightsShape:
 def fit_problems(weights: WeightsShape, *, arch: str | None = None, dataset: DatasetShape | None = None) -> list[str]:
     """Every way `weights` do not fit architecture `arch` and `dataset`; empty when they fit."""
     problems = []
-    if arch is not None and weights.arch is not None and weights.arch != arch:
+    from core.models.exported import EXPORTED_ARCH
+
+    if arch is not None and weights.arch not in (None, EXPORTED_ARCH) and weights.arch != arch:
         problems.append(f"it is a {weights.arch} but teacher.arch is {arch}")
     if dataset is not None:
         if None not in (dataset.num_classes, weights.num_classes) and weights.num_classes != dataset.num_classes:
@@ -89,3 +92,21 @@ def check_weights_file(
     if problems:
         raise SpecError(f"{field} does not fit: {'; '.join(problems)}", field=field)
     return state
+
+
+def check_program_file(
+    path: Path, dataset: DatasetShape, image_size: int, field: str = "teacher.weights"
+) -> nn.Module:
+    """The torch.export program at `path`, loaded (core.models.exported), or SpecError naming `field` when its
+    classes, channels or image size do not fit the dataset (WeightsError if it is refused or unreadable)."""
+    from core.models.exported import EXPORTED_ARCH, load_exported, program_dims
+
+    module = load_exported(path, field=field)
+    num_classes, in_channels = program_dims(module)
+    problems = fit_problems(WeightsShape(EXPORTED_ARCH, num_classes, in_channels), dataset=dataset)
+    height, width = module.example_input_shape[2:]
+    if (height, width) != (image_size, image_size):
+        problems.append(f"it was exported for {height}x{width} images but dataset.image_size is {image_size}")
+    if problems:
+        raise SpecError(f"{field} does not fit: {'; '.join(problems)}", field=field)
+    return module

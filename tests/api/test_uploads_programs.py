@@ -1,0 +1,82 @@
+"""torch.export programs (.pt2) as uploaded teachers: no arch, checked without running code, usable by a job."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from store.settings import Settings
+from tests.api.support import digits_spec
+from tests.teacher_code import OptionAResNet, export_program, marker_pickle, rewrite_archive
+
+
+@pytest.fixture(scope="module")
+def program(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    return export_program(OptionAResNet(num_classes=10, in_channels=1), tmp_path_factory.mktemp("pt2") / "t.pt2",
+                          in_channels=1, image_size=16)
+
+
+def _upload(client: TestClient, path: Path, fields: dict[str, str] | None = None):
+    return client.post("/v1/models", data=fields or {},
+                       files={"file": ("teacher.pt2", path.read_bytes(), "application/octet-stream")})
+
+
+def test_a_program_is_accepted_without_arch_and_kept_as_uploaded(
+    client: TestClient, app_settings: Settings, program: Path
+) -> None:
+    response = _upload(client, program)
+
+    assert response.status_code == 201, response.text
+    record = response.json()
+    assert (record["arch"], record["num_classes"], record["in_channels"]) == ("exported", 10, 1)
+    assert (app_settings.models_dir / f"{record['id']}.pt2").read_bytes() == program.read_bytes()
+    assert list((app_settings.distill_home / "tmp").iterdir()) == []
+
+
+def test_a_job_may_use_the_program_as_its_teacher_whatever_teacher_arch_says(
+    client: TestClient, program: Path
+) -> None:
+    model_id = _upload(client, program).json()["id"]
+
+    response = client.post("/v1/jobs", json=digits_spec(teacher={"weights": model_id}))
+
+    assert response.status_code == 201, response.text
+
+
+def test_form_counts_that_contradict_the_program_are_refused(client: TestClient, program: Path) -> None:
+    response = _upload(client, program, {"num_classes": "5"})
+
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == "file"
+    assert "10 classes" in response.json()["error"]["message"]
+
+
+def test_a_program_whose_archive_holds_a_code_running_pickle_is_refused_and_nothing_runs(
+    client: TestClient, app_settings: Settings, program: Path, tmp_path: Path
+) -> None:
+    marker = tmp_path / "pwned"
+    evil = rewrite_archive(program, tmp_path / "evil.pt2", {"data/sample_inputs/model.pt": marker_pickle(marker)})
+
+    response = _upload(client, evil)
+
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("invalid_weights", "file")
+    assert "not weights-only" in error["message"] and "weights_only=False" not in error["message"]
+    assert not marker.exists()
+    assert client.get("/v1/models").json()["items"] == []
+
+
+def test_a_state_dict_without_arch_is_refused_naming_arch(client: TestClient, tmp_path: Path) -> None:
+    path = tmp_path / "w.pth"
+    torch.save(OptionAResNet().state_dict(), path)
+
+    response = client.post("/v1/models", files={"file": ("w.pth", path.read_bytes(), "application/octet-stream")})
+
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == "arch"
+    assert ".pt2" in response.json()["error"]["message"]
