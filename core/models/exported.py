@@ -88,11 +88,24 @@ def _load(path: Path) -> nn.Module:
     _check_operators(program.graph_module)
     _check_batch_dimension(program)
     module = torch.export.unflatten(program)
+    _drop_trace_metadata(module)
     for parameter in module.parameters():
         parameter.requires_grad_(False)
     module.eval()
     module.example_input_shape = _input_shape(program)  # the probe forward of core.models.layers uses it
     return module
+
+
+def _drop_trace_metadata(module: nn.Module) -> None:
+    """Forget the tracer's per-node metadata (fake tensors with symbolic sizes): running the graphs does not
+    read it, and a module holding it cannot be deep-copied (the latency table copies models to a device).
+    The input shape is checked against the dataset before the first forward (core.models.compat) instead."""
+    module.check_input_constraints = False
+    for submodule in module.modules():
+        graph = getattr(submodule, "graph", None)
+        if isinstance(graph, torch.fx.Graph):
+            for node in graph.nodes:
+                node.meta.clear()
 
 
 def program_dims(module: nn.Module) -> tuple[int, int]:

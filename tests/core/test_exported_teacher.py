@@ -146,3 +146,36 @@ def test_a_program_exported_for_one_batch_size_is_refused_with_the_recipe(tmp_pa
     torch.export.save(torch.export.export(model, (torch.randn(4, 3, 32, 32),)), str(path))
     with pytest.raises(WeightsError, match=r"batches of exactly 4: export it with .*Dim\('batch'"):
         load_exported(path)
+
+
+def test_a_run_distils_from_a_program_with_gradcam_at_and_fitnet(tmp_path: Path) -> None:
+    from core.run import run_distillation
+    from core.spec import JobSpec
+    from tests.core.test_run import tiny_spec
+
+    torch.manual_seed(0)
+    path = export_program(OptionAResNet(num_classes=10, in_channels=1), tmp_path / "t.pt2", in_channels=1,
+                          image_size=16)
+    spec = JobSpec.model_validate(tiny_spec(
+        "e2kd", teacher={"weights": str(path), "epochs": 0}, training={"epochs": 1},
+        loss={"at": 10.0, "fitnet": 1.0},
+    ))
+    result = run_distillation(spec, tmp_path / "out")
+    assert result["history"]["teacher"] == []
+    losses = result["history"]["student"][0]["losses"]
+    assert all(losses[term] > 0 for term in ("explanation", "at", "fitnet")), losses
+    assert 0.0 <= result["teacher_accuracy"] <= 1.0
+
+
+def test_a_program_for_another_image_size_is_a_spec_error_naming_the_field(tmp_path: Path) -> None:
+    from core.errors import SpecError
+    from core.run import run_distillation
+    from core.spec import JobSpec
+    from tests.core.test_run import tiny_spec
+
+    path = export_program(OptionAResNet(num_classes=10, in_channels=1), tmp_path / "t.pt2", in_channels=1,
+                          image_size=32)
+    spec = JobSpec.model_validate(tiny_spec("kd", teacher={"weights": str(path), "epochs": 0}))
+    with pytest.raises(SpecError, match="exported for 32x32 images but dataset.image_size is 16") as caught:
+        run_distillation(spec, tmp_path / "out")
+    assert caught.value.field == "teacher.weights"
