@@ -29,6 +29,7 @@ from core.errors import WeightsError
 from core.models import (
     UnknownArchitecture, build_model, check_arch, is_safetensors, load_state, read_state_dict, save_state,
 )
+from core.models.weights import key_mismatch
 from core.models.compat import DatasetShape, WeightsShape, fit_problems, weights_shape
 from core.models.exported import EXPORTED_ARCH, PROGRAM_SUFFIX, is_exported_program, load_exported, program_dims
 from core.spec import check_plain_text
@@ -106,6 +107,8 @@ def check_weights(path: Path, *, arch: str, num_classes: int | None, in_channels
         raise InvalidFormValue(f"unknown architecture '{arch}'", "arch") from exc
     if problems := fit_problems(found, dataset=DatasetShape(num_classes, in_channels)):
         raise WeightsError(f"the weights do not fit the form: {'; '.join(problems)}", "file")
+    if (found.num_classes is None or found.in_channels is None) and (problem := key_mismatch(arch, state)):
+        raise WeightsError(f"the weights do not fit {arch}: {problem}", "file")
     num_classes = num_classes or found.num_classes
     in_channels = in_channels or found.in_channels
     for value, name in ((num_classes, "num_classes"), (in_channels, "in_channels")):

@@ -80,3 +80,23 @@ def test_a_state_dict_without_arch_is_refused_naming_arch(client: TestClient, tm
     assert response.status_code == 422
     assert response.json()["error"]["field"] == "arch"
     assert ".pt2" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("fields", [{"arch": "resnet20"}, {"arch": "resnet20", "num_classes": "10"}])
+def test_a_checkpoint_of_other_code_gets_counts_and_the_program_route_not_a_class_count_error(
+    client: TestClient, tmp_path: Path, fields: dict[str, str]
+) -> None:
+    state = {f"module.{key}": value for key, value in OptionAResNet().state_dict().items()}
+    path = tmp_path / "checkpoint.pth.tar"
+    torch.save({"state_dict": state, "best_prec1": 91.3, "epoch": 200}, path)
+
+    response = client.post("/v1/models", data=fields,
+                           files={"file": ("checkpoint.pth.tar", path.read_bytes(), "application/octet-stream")})
+
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert (error["code"], error["field"]) == ("invalid_weights", "file")
+    message = error["message"]
+    assert "cannot read num_classes" not in message
+    assert " missing (" in message and " unexpected (" in message and "linear.weight" in message
+    assert "torch.export program (.pt2)" in message and len(message) < 1200
