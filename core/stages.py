@@ -23,11 +23,8 @@ from core.data import DataBundle
 from core.errors import JobCancelled, SpecError
 from core.explain import FeatureTap, explaining_forwards
 from core.models import (
-    LayerNotFound, build_model, explained_layer, explained_layer_path, load_state, load_weights, pick_device,
-    save_weights, set_explained_layer, set_input_normalisation,
+    LayerNotFound, build_model, explained_layer, load_weights, pick_device, save_weights, set_input_normalisation,
 )
-from core.models.compat import DatasetShape, check_program_file, check_weights_file
-from core.models.exported import is_exported_program
 from core.publish.manifest import STUDENT_WEIGHTS, TEACHER_WEIGHTS
 from core.resolver import Resolver
 from core.resume import RunState
@@ -147,12 +144,13 @@ def _feature_channels(model: nn.Module, data: DataBundle, device: torch.device) 
     return channels
 
 
-def build_role_model(spec: JobSpec, role: str, data: DataBundle) -> nn.Module:
-    """The teacher's or student's network for this dataset, its explained layer set from `<role>.layer`."""
+def build_role_model(spec: JobSpec, role: str, data: DataBundle, num_classes: int | None = None) -> nn.Module:
+    """The teacher's or student's network for this dataset (with `num_classes` outputs when given: a given
+    teacher's own count), its explained layer set from `<role>.layer`."""
     model_spec = spec.teacher if role == "teacher" else spec.student
     try:
         model = build_model(
-            model_spec.arch, data.num_classes, data.in_channels, image_size=spec.dataset.image_size,
+            model_spec.arch, num_classes or data.num_classes, data.in_channels, image_size=spec.dataset.image_size,
             layer=model_spec.layer,
         )
     except LayerNotFound as exc:
@@ -187,20 +185,22 @@ def _train_to_file(
     return model, history
 
 
+def load_given_teacher(spec: JobSpec, data: DataBundle, given: Path) -> nn.Module:
+    """The given teacher (core.given_teacher: a state dict or a torch.export program, its classes mapped)."""
+    from core.given_teacher import given_teacher
+
+    return given_teacher(spec, data, given, build_role_model)
+
+
 def train_teacher(run: RunContext, data: DataBundle) -> tuple[nn.Module, History]:
     """The given teacher (checked against the dataset before a shape mismatch could confuse), or one trained
     here with cross-entropy alone into teacher.safetensors."""
     spec = run.spec
     run.seed("training_teacher")
     given = run.given_teacher()
-    if given is not None and is_exported_program(given):
-        return _given_program(run, data, given), []
-    teacher = build_role_model(spec, "teacher", data)
     if given is not None:
-        state = check_weights_file(given, spec.teacher.arch, DatasetShape(data.num_classes, data.in_channels))
-        load_state(teacher, state, field="teacher.weights")
-        set_input_normalisation(teacher, data.mean, data.std)  # the job's data are the input
-        return teacher.to(run.device), []
+        return load_given_teacher(spec, data, given).to(run.device), []
+    teacher = build_role_model(spec, "teacher", data)
     weights = run.out_dir / TEACHER_WEIGHTS
 
     def fit() -> tuple[nn.Module, History]:
@@ -208,22 +208,6 @@ def train_teacher(run: RunContext, data: DataBundle) -> tuple[nn.Module, History
         return _train_to_file(run, teacher, objective, data, spec.teacher.epochs, "training_teacher", weights)
 
     return resumable_stage(run, "training_teacher", weights, lambda: _load(teacher, weights, data).to(run.device), fit)
-
-
-def _given_program(run: RunContext, data: DataBundle, given: Path) -> nn.Module:
-    """A torch.export teacher: the program is the architecture (teacher.arch is not used), checked against
-    the dataset; teacher.layer names a module of the original code's hierarchy."""
-    spec = run.spec
-    teacher = check_program_file(
-        given, DatasetShape(data.num_classes, data.in_channels), spec.dataset.image_size, field="teacher.weights"
-    )
-    if spec.teacher.layer is not None:
-        try:
-            set_explained_layer(teacher, spec.teacher.layer)
-        except LayerNotFound as exc:
-            raise SpecError(f"teacher.layer: {exc}", field="teacher.layer") from exc
-    log.info("job %s: teacher is a torch.export program, explained at %s", spec.name, explained_layer_path(teacher))
-    return teacher.to(run.device)
 
 
 def fit_autoencoder(run: RunContext, data: DataBundle, teacher: nn.Module) -> tuple[nn.Module, History]:

@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from api.services.errors import InvalidFormValue, PathNotAllowed, UnknownDataset, UnknownModel
 from core.errors import DistillError, SpecError
+from core.models.classes import class_index
 from core.models.compat import DatasetShape, WeightsShape, fit_problems
 from core.spec import JobSpec, control_character_field
 from core.spec.sweep import Child
@@ -67,10 +68,15 @@ def check_spec_against_server(spec: JobSpec, *, session: Session, settings: Sett
     except repository.NotFound:
         raise UnknownModel(f"no uploaded model with id '{model_id}' (upload weights with POST /v1/models)",
                            "teacher.weights") from None
+    names = spec.teacher.class_names
+    teacher_classes = len(names) if names else num_classes  # class_names: the teacher's own outputs
     problems = fit_problems(WeightsShape(model.arch, model.num_classes, model.in_channels),
-                            arch=spec.teacher.arch, dataset=DatasetShape(num_classes, in_channels))
+                            arch=spec.teacher.arch, dataset=DatasetShape(teacher_classes, in_channels))
     if problems:
         raise SpecError(f"model '{model_id}' does not fit this job: {'; '.join(problems)}", "teacher.weights")
+    if names and spec.dataset.id is not None:
+        dataset_names = repository.get_dataset(session, spec.dataset.id, owner).class_names.get("names") or []
+        class_index(names, list(dataset_names))  # a dataset class the teacher does not know: 422 naming it
 
 
 def check_children_against_server(

@@ -117,8 +117,25 @@ class TeacherSpec(_Strict):
     )
     layer: str | None = Field(None, min_length=1, max_length=200, description=LAYER_DESCRIPTION)
     epochs: int = Field(15, ge=0, le=1000, description="Epochs to train the teacher when weights is null.")
+    class_names: list[str] | None = Field(
+        None, min_length=2, max_length=100_000, examples=[["airplane", "automobile", "bird"]],
+        description="The given teacher's output order (output k is class_names[k]); the job maps them to the "
+        "dataset's classes by name (KD, DKD, DIST, maps, agreement and accuracy use the mapped logits). Classes "
+        "the dataset lacks are dropped; a dataset class missing here is refused. null: output k is the dataset's "
+        "k-th class (sorted folder names).",
+    )
 
     _arch = field_validator("arch")(classmethod(lambda cls, v: _check_arch(v)))
+
+    @field_validator("class_names")
+    @classmethod
+    def _distinct_names(cls, names: list[str] | None) -> list[str] | None:
+        if names is not None:
+            if len(set(names)) != len(names):
+                raise ValueError("class names must be distinct")
+            if any(not name or len(name) > 200 or has_control_characters(name) for name in names):
+                raise ValueError("class names are 1-200 printable characters")
+        return names
 
 
 class StudentSpec(_Strict):
@@ -199,6 +216,8 @@ class JobSpec(_Strict):
         # Every run has a teacher, even `scratch`: it is the yardstick for agreement and explanation cosine.
         if self.teacher.weights is None and self.teacher.epochs == 0:
             raise ValueError("teacher.epochs must be >= 1 when teacher.weights is null")
+        if self.teacher.weights is None and self.teacher.class_names is not None:
+            raise ValueError("teacher.class_names describes given teacher weights; set teacher.weights or drop it")
         return self
 
     @model_validator(mode="after")

@@ -100,3 +100,22 @@ def test_a_checkpoint_of_other_code_gets_counts_and_the_program_route_not_a_clas
     assert "cannot read num_classes" not in message
     assert " missing (" in message and " unexpected (" in message and "linear.weight" in message
     assert "torch.export program (.pt2)" in message and len(message) < 1200
+
+
+def test_class_names_that_miss_a_dataset_class_are_a_422_naming_it(client: TestClient, program: Path) -> None:
+    from tests.api.support import image_folder_zip
+
+    dataset = client.post("/v1/datasets", files={"file": ("d.zip", image_folder_zip(("cat", "dog")), "application/zip")})
+    assert dataset.status_code == 201, dataset.text
+    model_id = _upload(client, program).json()["id"]
+    names = ["cow", "cat", *[f"c{i}" for i in range(8)]]
+    spec = digits_spec(dataset={"id": dataset.json()["id"], "image_size": 16},
+                       teacher={"weights": model_id, "class_names": names})
+
+    response = client.post("/v1/jobs", json=spec)
+
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == "teacher.class_names"
+    assert "'dog'" in response.json()["error"]["message"]
+    names[0] = "dog"
+    assert client.post("/v1/jobs", json={**spec, "teacher": {"weights": model_id, "class_names": names}}).status_code == 201
