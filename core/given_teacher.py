@@ -20,6 +20,7 @@ from core.models import LayerNotFound, explained_layer_path, load_state, set_exp
 from core.models.classes import map_teacher_classes
 from core.models.compat import DatasetShape, check_program_file, check_weights_file
 from core.models.exported import is_exported_program
+from core.models.inputs import feed_normalisation, model_normalisation
 from core.spec import JobSpec
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,25 @@ def given_teacher(spec: JobSpec, data: DataBundle, path: Path, build: Builder) -
     if names:
         map_teacher_classes(teacher, names, list(data.class_names))
     return teacher
+
+
+def feed_teacher_normalisation(spec: JobSpec, data: DataBundle, teacher: nn.Module) -> nn.Module:
+    """teacher.normalize: the teacher is fed its own normalisation (core.models.inputs), given or trained here."""
+    wanted = spec.teacher.normalize
+    if wanted is None:
+        return teacher
+    if wanted == "model":
+        found = model_normalisation(teacher)
+        if found is None:
+            raise SpecError("teacher.normalize: 'model' needs a timm teacher (its default config holds mean and "
+                            "std); give {mean, std}", field="teacher.normalize")
+        mean, std = found
+    else:
+        mean, std = wanted.mean, wanted.std
+    if len(mean) != data.in_channels:
+        raise SpecError(f"teacher.normalize: {len(mean)} channel(s) but the dataset's images have "
+                        f"{data.in_channels}", field="teacher.normalize")
+    return feed_normalisation(teacher, list(data.mean), list(data.std), list(mean), list(std))
 
 
 def _program(spec: JobSpec, path: Path, expected: DatasetShape) -> nn.Module:

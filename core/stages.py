@@ -185,6 +185,13 @@ def _train_to_file(
     return model, history
 
 
+def feed_teacher_normalisation(spec: JobSpec, data: DataBundle, teacher: nn.Module) -> nn.Module:
+    """teacher.normalize (core.given_teacher), for a given teacher and one trained here alike."""
+    from core.given_teacher import feed_teacher_normalisation as feed
+
+    return feed(spec, data, teacher)
+
+
 def load_given_teacher(spec: JobSpec, data: DataBundle, given: Path) -> nn.Module:
     """The given teacher (core.given_teacher: a state dict or a torch.export program, its classes mapped)."""
     from core.given_teacher import given_teacher
@@ -261,6 +268,7 @@ def train_models(run: RunContext, data: DataBundle) -> tuple[nn.Module, nn.Modul
     """The training stages in order: teacher (trained or given), the XDistillation autoencoder when the
     explanation target asks for it, then the student; with each stage's history (metrics.json's keys)."""
     teacher, teacher_history = train_teacher(run, data)
+    feed_teacher_normalisation(run.spec, data, teacher)
     teacher.eval().requires_grad_(False)
     autoencoder, autoencoder_history = None, None
     if uses_autoencoder(run.spec):
