@@ -45,6 +45,22 @@ JOB_SPEC_EXAMPLES: dict[str, dict[str, Any]] = {
             "training": {"epochs": 10},
         },
     },
+    "exported-teacher": {
+        "summary": "A teacher from your own code (torch.export .pt2 upload), its class order and normalisation",
+        "value": {
+            "name": "own-resnet-e2kd",
+            "dataset": {"id": "ds_01hv6xq3k2m8c0f7d9w5n4t3rb", "image_size": 32},
+            "teacher": {
+                "weights": "mdl_01hv6xq3k2m8c0f7d9w5n4t3rd",
+                "class_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                                "truck"],
+                "normalize": {"mean": [0.4914, 0.4822, 0.4465], "std": [0.247, 0.243, 0.261]},
+            },
+            "student": {"arch": "resnet8"},
+            "method": "e2kd",
+            "training": {"epochs": 10},
+        },
+    },
 }
 
 
