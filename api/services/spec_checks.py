@@ -71,7 +71,7 @@ def check_spec_against_server(spec: JobSpec, *, session: Session, settings: Sett
     names = spec.teacher.class_names
     teacher_classes = len(names) if names else num_classes  # class_names: the teacher's own outputs
     problems = fit_problems(WeightsShape(model.arch, model.num_classes, model.in_channels),
-                            arch=spec.teacher.arch, dataset=DatasetShape(teacher_classes, in_channels))
+                            arch=spec.teacher.arch, dataset=DatasetShape(teacher_classes, in_channels), job=True)
     if problems:
         raise SpecError(f"model '{model_id}' does not fit this job: {'; '.join(problems)}", "teacher.weights")
     if names and spec.dataset.id is not None:

@@ -70,3 +70,11 @@ def test_class_names_need_given_weights_and_distinct_names() -> None:
         JobSpec.model_validate(tiny_spec("kd", teacher={"class_names": DIGITS}))
     with pytest.raises(ValueError, match="distinct"):
         JobSpec.model_validate(tiny_spec("kd", teacher={"weights": "w.safetensors", "class_names": ["a", "a"]}))
+
+
+def test_without_class_names_a_teacher_with_other_classes_is_refused_saying_how_to_map_them(
+    trained_teacher: torch.nn.Module, tmp_path: Path
+) -> None:
+    save_state(_permuted_with_an_extra_class(trained_teacher.state_dict()), tmp_path / "eleven.safetensors")
+    with pytest.raises(SpecError, match="it has 11 classes but the dataset has 10 .*give teacher.class_names"):
+        _run(tmp_path / "out", tmp_path / "eleven.safetensors", None)
