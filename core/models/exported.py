@@ -14,9 +14,12 @@ the module is built. This loader reads the archive itself, with explicit checks:
 2. Tensors: raw bytes rebuilt with the recorded dtype/size/stride on the CPU; a tensor
    stored as a pickle, and the sample inputs, go through `torch.load(weights_only=True)`,
    whose unpickler rebuilds tensors and plain containers only: a `__reduce__` is refused, never run.
-3. Program: the JSON graph is deserialised by torch's own deserialiser (it resolves
+3. Program: every symbolic-size expression (`expr_str`, which torch's deserialiser hands to
+   `sympy.sympify`, i.e. to `eval`) must parse as a plain arithmetic expression over symbol
+   names, numbers and a fixed list of sympy/torch size functions (no attribute access, no
+   other names); then the JSON graph is deserialised by torch's own deserialiser (it resolves
    operator names by attribute lookup on `torch`/`operator`/`math`, it imports nothing) with
-   `guards_code` emptied, then every call in every graph must be an ATen/prims operator or
+   `guards_code` emptied, and every call in every graph must be an ATen/prims operator or
    a plain `operator` function (`getitem`, symbolic-size arithmetic).
 
 The result is the program unflattened (`torch.export.unflatten`) into the original module
@@ -26,11 +29,13 @@ its activation; parameters are frozen (requires_grad False), the module in eval 
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import logging
 import operator
 import pickle
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -52,6 +57,21 @@ _MARKERS = ("archive_format", "archive_version", "byteorder", ".data/version", "
 _ALLOWED_DIRS = ("data/weights/", "data/constants/", "extra/")
 _REFUSED_DIRS = {"data/aotinductor/": "AOTInductor compiled code", "xl_model_weights/": "external weight files"}
 _PLAIN_OPERATOR_NAMESPACES = ("aten", "prims")
+_MAX_EXPRESSION_CHARS = 10_000
+_SYMBOL = re.compile(r"[a-z]{1,4}[0-9]+")  # torch's size symbols: s0, u3, zuf0 ...
+_SYMBOL_ASSUMPTIONS = frozenset({"positive", "negative", "nonnegative", "integer", "real", "finite", "evaluate"})
+_SIZE_FUNCTIONS = frozenset({
+    "Symbol", "Integer", "Float", "Rational", "Max", "Min", "Abs", "Eq", "Ne", "Lt", "Le", "Gt", "Ge", "And", "Or",
+    "Not", "True", "False", "true", "false", "oo", "nan", "floor", "ceiling", "Mod", "Piecewise",
+    "FloorDiv", "ModularIndexing", "Where", "PythonMod", "CleanDiv", "CeilToInt", "FloorToInt", "CeilDiv", "LShift",
+    "RShift", "PowByNatural", "FloatPow", "FloatTrueDiv", "IntTrueDiv", "IsNonOverlappingAndDenseIndicator",
+    "TruncToFloat", "TruncToInt", "RoundToInt", "RoundDecimal", "ToFloat", "FloatTrueDiv", "OpaqueUnaryFn_sqrt",
+    "BitwiseFn_bitwise_and", "BitwiseFn_bitwise_or", "BitwiseFn_bitwise_xor", "Identity",
+})
+_PLAIN_NODES = (
+    ast.Expression, ast.BinOp, ast.UnaryOp, ast.BoolOp, ast.Compare, ast.Call, ast.Name, ast.Load, ast.Constant,
+    ast.keyword, ast.operator, ast.unaryop, ast.boolop, ast.cmpop,
+)
 
 
 def is_exported_program(path: Path) -> bool:
@@ -76,7 +96,7 @@ def load_exported(path: Path, field: str = "teacher.weights") -> nn.Module:
         return _load(Path(path))
     except WeightsError as exc:
         raise WeightsError(exc.message, field=field) from exc
-    except (zipfile.BadZipFile, KeyError, ValueError, TypeError, RuntimeError, AssertionError) as exc:
+    except Exception as exc:  # noqa: BLE001 - untrusted bytes: zipfile and torch's deserialiser raise many types
         reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
         raise WeightsError(f"not a readable torch.export program (.pt2): {reason}", field=field) from exc
 
@@ -168,7 +188,9 @@ def _program(archive: zipfile.ZipFile, root: str) -> torch.export.ExportedProgra
     from torch._export.serde import schema
     from torch._export.serde.serialize import ExportedProgramDeserializer, _dict_to_dataclass
 
-    serialized = _dict_to_dataclass(schema.ExportedProgram, json.loads(archive.read(f"{root}/models/{_MODEL}.json")))
+    document = json.loads(archive.read(f"{root}/models/{_MODEL}.json"))
+    _check_expressions(document)
+    serialized = _dict_to_dataclass(schema.ExportedProgram, document)
     serialized.guards_code = []  # Python source from the file: never compiled
     state = _tensors(archive, root, "data/weights/", f"{_MODEL}_weights_config.json", constants=False)
     constants = _tensors(archive, root, "data/constants/", f"{_MODEL}_constants_config.json", constants=True)
@@ -177,6 +199,44 @@ def _program(archive: zipfile.ZipFile, root: str) -> torch.export.ExportedProgra
     if samples is not None and not isinstance(samples, tuple):
         raise WeightsError("the sample inputs are not an (args, kwargs) tuple")
     return ExportedProgramDeserializer().deserialize(serialized, state, constants, samples)
+
+
+def _check_expressions(document: Any) -> None:
+    """Every `expr_str` in the program's JSON is a plain size expression (see `_plain_expression`)."""
+    stack = [document]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            expression = node.get("expr_str")
+            if isinstance(expression, str) and not _plain_expression(expression):
+                raise WeightsError(f"the program holds a size expression that is not plain arithmetic "
+                                   f"({expression[:80]!r}); it is refused")
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+def _plain_expression(expression: str) -> bool:
+    """Arithmetic over symbols (`s77`), numbers and _SIZE_FUNCTIONS calls, as torch writes them
+    (`Symbol('s77', positive=True, integer=True)`, `FloorDiv(s0, 2)`): nothing eval could misuse."""
+    if len(expression) > _MAX_EXPRESSION_CHARS:
+        return False
+    try:
+        tree = ast.parse(expression, mode="eval")
+    except (SyntaxError, ValueError, RecursionError):
+        return False
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and not (node.id in _SIZE_FUNCTIONS or _SYMBOL.fullmatch(node.id)):
+            return False
+        if isinstance(node, ast.Call) and not isinstance(node.func, ast.Name):
+            return False
+        if isinstance(node, ast.keyword) and node.arg not in _SYMBOL_ASSUMPTIONS:
+            return False
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and not _SYMBOL.fullmatch(node.value):
+            return False
+        if not isinstance(node, _PLAIN_NODES):
+            return False
+    return True
 
 
 def _tensors(archive: zipfile.ZipFile, root: str, folder: str, config_name: str, *, constants: bool) -> dict[str, Any]:

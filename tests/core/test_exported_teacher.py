@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import zipfile
 from pathlib import Path
 
@@ -179,3 +180,34 @@ def test_a_program_for_another_image_size_is_a_spec_error_naming_the_field(tmp_p
     with pytest.raises(SpecError, match="exported for 32x32 images but dataset.image_size is 16") as caught:
         run_distillation(spec, tmp_path / "out")
     assert caught.value.field == "teacher.weights"
+
+
+def test_a_size_expression_that_would_run_code_is_refused_and_never_runs(program: Path, tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    with zipfile.ZipFile(program) as archive:
+        root = archive.namelist()[0].split("/", 1)[0]
+        text = archive.read(f"{root}/models/model.json").decode()
+    symbol = re.search(r'"expr_str": ("Symbol\([^"]*\)")', text)
+    assert symbol is not None
+    payload = f"__import__('pathlib').Path({str(marker)!r}).touch() or 1"
+    evil = rewrite_archive(program, tmp_path / "evil.pt2", {
+        "models/model.json": text.replace(symbol.group(0), f'"expr_str": {json.dumps(payload)}', 1).encode()})
+    with pytest.raises(WeightsError, match="size expression that is not plain arithmetic"):
+        load_exported(evil)
+    assert not marker.exists()
+    try:  # torch's own loader hands the expression to sympy.sympify, which evaluates it: the threat is real
+        torch.export.load(str(evil))
+    except Exception:  # noqa: BLE001 - only the marker matters here
+        pass
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "json"])
+def test_a_damaged_program_is_a_weights_error_not_a_crash(program: Path, tmp_path: Path, damage: str) -> None:
+    if damage == "truncated":
+        bad = tmp_path / "bad.pt2"
+        bad.write_bytes(program.read_bytes()[:-2000])
+    else:
+        bad = rewrite_archive(program, tmp_path / "bad.pt2", {"models/model.json": b'{"graph_module": 3}'})
+    with pytest.raises(WeightsError):  # (a truncated archive may even show the inner zip of its sample inputs)
+        load_exported(bad)
