@@ -125,7 +125,7 @@ def _read_torch(path: Path, field: str) -> object:
         refused = re.search(r"GLOBAL ([\w.]+)", str(exc))
         what = f"it refers to {refused.group(1)}" if refused else "it holds objects other than tensors"
         raise WeightsError(
-            f"a PyTorch pickle that is not a plain state dict: {what}, which is refused (only tensors and plain "
+            f"a PyTorch pickle that is not weights-only (not a plain state dict): {what}, which is refused (only tensors and plain "
             "containers are read, nothing in the file runs); save model.state_dict() or safetensors",
             field=field,
         ) from exc

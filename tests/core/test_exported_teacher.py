@@ -211,3 +211,4 @@ def test_a_damaged_program_is_a_weights_error_not_a_crash(program: Path, tmp_pat
         bad = rewrite_archive(program, tmp_path / "bad.pt2", {"models/model.json": b'{"graph_module": 3}'})
     with pytest.raises(WeightsError):  # (a truncated archive may even show the inner zip of its sample inputs)
         load_exported(bad)
+
