@@ -119,13 +119,18 @@ def _load(path: Path) -> nn.Module:
 
 def _drop_trace_metadata(module: nn.Module) -> None:
     """Run each submodule's graph through its generated forward (torch's default interprets it node by node in
-    Python, slower per batch), and forget the tracer's per-node metadata (fake tensors with symbolic sizes): running the graphs does not
+    Python, slower per batch), keep tensor constants as buffers (unflatten leaves them plain attributes, which
+    `.to("cuda")` would not move), and forget the tracer's per-node metadata (fake tensors with symbolic sizes): running the graphs does not
     read it, and a module holding it cannot be deep-copied (the latency table copies models to a device).
     The input shape is checked against the dataset before the first forward (core.models.compat) instead."""
     module.check_input_constraints = False
     for submodule in module.modules():
         if hasattr(submodule, "_run_with_interpreter"):  # run the graph's generated forward, not node by node
             submodule._run_with_interpreter = False
+        for name, value in list(vars(submodule).items()):
+            if isinstance(value, torch.Tensor) and not isinstance(value, nn.Parameter):
+                delattr(submodule, name)  # a lifted tensor constant: a buffer, so that .to(device) moves it too
+                submodule.register_buffer(name, value, persistent=False)
         graph = getattr(submodule, "graph", None)
         if isinstance(graph, torch.fx.Graph):
             for node in graph.nodes:

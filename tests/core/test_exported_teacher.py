@@ -212,3 +212,17 @@ def test_a_damaged_program_is_a_weights_error_not_a_crash(program: Path, tmp_pat
     with pytest.raises(WeightsError):  # (a truncated archive may even show the inner zip of its sample inputs)
         load_exported(bad)
 
+
+
+def test_tensor_constants_move_with_the_module(tmp_path: Path) -> None:
+    class Scaled(OptionAResNet):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return super().forward(x) * torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0])
+
+    torch.manual_seed(0)
+    model = Scaled().eval()
+    teacher = load_exported(export_program(model, tmp_path / "scaled.pt2"))
+    x = torch.randn(3, 3, 32, 32)
+    torch.testing.assert_close(teacher(x), model(x))
+    teacher.to("meta")  # every tensor the graph reads must follow .to(device), or the forward mixes devices
+    assert teacher(x.to("meta")).device.type == "meta"
