@@ -222,12 +222,14 @@ class ModelOut(BaseModel):
     size_bytes: int
     sha256: str
     created_at: datetime
+    class_names: list[str] | None = Field(None, description="The teacher's output order, when given at upload.")
+    normalize: dict[str, list[float]] | None = Field(None, description="The teacher's own {mean, std}, when given.")
 
     @classmethod
     def from_record(cls, record: ModelRecord) -> ModelOut:
         return cls(id=record.id, name=record.name, arch=record.arch, num_classes=record.num_classes,
                    in_channels=record.in_channels, size_bytes=record.size_bytes, sha256=record.sha256,
-                   created_at=as_utc(record.created_at))
+                   created_at=as_utc(record.created_at), class_names=record.class_names, normalize=record.normalize)
 
 
 class ModelList(BaseModel):

@@ -12,6 +12,7 @@ Problems are `WeightsError` naming `file`, or `InvalidFormValue` naming the form
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from sqlalchemy.orm import Session
 
 from api.services.errors import InvalidFormValue
@@ -32,7 +33,7 @@ from core.models import (
 from core.models.weights import key_mismatch
 from core.models.compat import DatasetShape, WeightsShape, fit_problems, weights_shape
 from core.models.exported import EXPORTED_ARCH, PROGRAM_SUFFIX, is_exported_program, load_exported, program_dims
-from core.spec import check_plain_text
+from core.spec import TeacherSpec, check_plain_text
 from store import repository
 from store.models import ModelRecord
 from store.settings import Settings
@@ -54,8 +55,28 @@ class ModelUploadForm(BaseModel):
     in_channels: int | None = Field(None, ge=1, le=4, description="Input image channels: 1 (grey) or 3 (RGB); "
                                     "default: read from the weights.")
     name: str | None = Field(None, min_length=1, max_length=200, description="Label; default: the file name.")
+    class_names: str | None = Field(
+        None, max_length=1_000_000, examples=['["airplane", "automobile", "bird"]'],
+        description="The teacher's output order, a JSON array of names (one per output); a job using this model "
+        "maps them to its dataset's classes by name unless its spec sets teacher.class_names.")
+    normalize: str | None = Field(
+        None, max_length=1000, examples=['{"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}'],
+        description="The teacher's own input normalisation, a JSON object {mean, std}; a job using this model "
+        "feeds it that unless its spec sets teacher.normalize.")
 
     _plain_name = field_validator("name")(classmethod(lambda cls, v: check_plain_text(v)))
+
+    def teacher_inputs(self, num_classes: int) -> tuple[list[str] | None, dict[str, Any] | None]:
+        """(class_names, normalize) read as the spec's teacher fields read them; InvalidFormValue naming the
+        form field when either is not what a spec accepts, or when the names are not one per output."""
+        names = _teacher_field(self.class_names, "class_names")
+        normalize = _teacher_field(self.normalize, "normalize")
+        if names is not None and len(names) != num_classes:
+            raise InvalidFormValue(f"class_names: {len(names)} names for a model with {num_classes} outputs",
+                                   "class_names")
+        if isinstance(normalize, str):
+            raise InvalidFormValue("normalize: give {mean, std} ('model' is for a job's timm teacher)", "normalize")
+        return names, normalize
 
     @field_validator("arch")
     @classmethod
@@ -67,6 +88,19 @@ class ModelUploadForm(BaseModel):
             return check_arch(arch)
         except UnknownArchitecture as exc:
             raise ValueError(str(exc)) from None
+
+
+def _teacher_field(text: str | None, field: str) -> Any:
+    """The form's JSON text read as the spec's `teacher.<field>` (TeacherSpec is the one rule for both)."""
+    if text is None:
+        return None
+    try:
+        value = getattr(TeacherSpec.model_validate({"weights": "upload", field: json.loads(text)}), field)
+    except ValidationError as exc:
+        raise InvalidFormValue(f"{field}: {exc.errors()[0]['msg']}", field) from None
+    except ValueError as exc:  # not JSON
+        raise InvalidFormValue(f"{field}: not JSON ({exc})", field) from None
+    return value.model_dump() if isinstance(value, BaseModel) else value
 
 
 @dataclass
@@ -191,6 +225,7 @@ def store_model(
         size_bytes=size_bytes,
         sha256=sha256,
     )
+    record.class_names, record.normalize = form.teacher_inputs(checked.num_classes)
     try:
         store_file(storage, relpath, destination)
         record.owner = owner

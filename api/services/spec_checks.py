@@ -25,6 +25,7 @@ from store.settings import Settings
 
 # scikit-learn's digits: 10 classes of 8x8 grey images (core.data reads it the same way).
 DIGITS_NUM_CLASSES, DIGITS_IN_CHANNELS = 10, 1
+DIGITS_CLASS_NAMES = [str(digit) for digit in range(DIGITS_NUM_CLASSES)]
 
 
 def check_no_control_characters(document: dict[str, Any]) -> None:
@@ -74,8 +75,9 @@ def check_spec_against_server(spec: JobSpec, *, session: Session, settings: Sett
                             arch=spec.teacher.arch, dataset=DatasetShape(teacher_classes, in_channels), job=True)
     if problems:
         raise SpecError(f"model '{model_id}' does not fit this job: {'; '.join(problems)}", "teacher.weights")
-    if names and spec.dataset.id is not None:
-        dataset_names = repository.get_dataset(session, spec.dataset.id, owner).class_names.get("names") or []
+    if names and (spec.dataset.id is not None or spec.dataset.name == "digits"):
+        dataset_names = DIGITS_CLASS_NAMES if spec.dataset.id is None else (
+            repository.get_dataset(session, spec.dataset.id, owner).class_names.get("names") or [])
         class_index(names, list(dataset_names))  # a dataset class the teacher does not know: 422 naming it
 
 

@@ -39,7 +39,8 @@ def test_uploads_document_their_multipart_fields(client: TestClient) -> None:
 
     body = document["paths"]["/v1/models"]["post"]["requestBody"]["content"]["multipart/form-data"]
 
-    assert set(body["schema"]["properties"]) == {"file", "arch", "num_classes", "in_channels", "name"}
+    assert set(body["schema"]["properties"]) == {"file", "arch", "num_classes", "in_channels", "name", "class_names",
+                                                 "normalize"}
     assert body["schema"]["properties"]["file"]["format"] == "binary"
 
 

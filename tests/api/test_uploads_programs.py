@@ -119,3 +119,38 @@ def test_class_names_that_miss_a_dataset_class_are_a_422_naming_it(client: TestC
     assert "'dog'" in response.json()["error"]["message"]
     names[0] = "dog"
     assert client.post("/v1/jobs", json={**spec, "teacher": {"weights": model_id, "class_names": names}}).status_code == 201
+
+
+def test_the_model_record_carries_class_names_and_normalize_into_jobs_that_leave_them_out(
+    client: TestClient, program: Path
+) -> None:
+    import json
+
+    names = [f"c{i}" for i in range(10)]
+    normalize = {"mean": [0.7], "std": [0.2]}
+    response = _upload(client, program, {"class_names": json.dumps(names), "normalize": json.dumps(normalize)})
+    assert response.status_code == 201, response.text
+    assert (response.json()["class_names"], response.json()["normalize"]) == (names, normalize)
+
+    job = client.post("/v1/jobs", json=digits_spec(teacher={"weights": response.json()["id"]}))
+    # digits' classes are "0".."9": the record's names do not know them, and the job says so by name
+    assert job.status_code == 422 and job.json()["error"]["field"] == "teacher.class_names", job.text
+    digits = [str(i) for i in range(10)]
+    job = client.post("/v1/jobs", json=digits_spec(teacher={"weights": response.json()["id"], "class_names": digits}))
+    assert job.status_code == 201, job.text
+    assert job.json()["spec"]["teacher"]["normalize"] == normalize
+    assert job.json()["spec"]["teacher"]["class_names"] == digits  # the spec's own names win
+
+
+@pytest.mark.parametrize(("fields", "field"), [
+    ({"class_names": '["a", "b"]'}, "class_names"),  # 2 names, 10 outputs
+    ({"class_names": "not json"}, "class_names"),
+    ({"normalize": '{"mean": [0.5], "std": [0]}'}, "normalize"),
+    ({"normalize": '"model"'}, "normalize"),
+])
+def test_bad_teacher_inputs_on_the_form_are_named(
+    client: TestClient, program: Path, fields: dict[str, str], field: str
+) -> None:
+    response = _upload(client, program, fields)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["field"] == field
