@@ -207,6 +207,7 @@ def store_model(
     keep = partial(check_and_keep, upload.path, converted, arch=form.arch, num_classes=form.num_classes,
                    in_channels=form.in_channels)
     kept = checks.run(keep) if checks is not None else keep()
+    teacher_inputs = form.teacher_inputs(kept.num_classes)  # before the file is placed: a refusal leaves nothing
     model_id = repository.new_model_id()
     relpath = f"models/{model_id}{PROGRAM_SUFFIX if kept.program else '.safetensors'}"
     destination = settings.distill_home / relpath
@@ -225,7 +226,7 @@ def store_model(
         size_bytes=size_bytes,
         sha256=sha256,
     )
-    record.class_names, record.normalize = form.teacher_inputs(checked.num_classes)
+    record.class_names, record.normalize = teacher_inputs
     try:
         store_file(storage, relpath, destination)
         record.owner = owner

@@ -154,3 +154,9 @@ def test_bad_teacher_inputs_on_the_form_are_named(
     response = _upload(client, program, fields)
     assert response.status_code == 422, response.text
     assert response.json()["error"]["field"] == field
+
+
+def test_a_refused_teacher_input_leaves_no_model_file(client: TestClient, app_settings: Settings, program: Path) -> None:
+    response = _upload(client, program, {"class_names": '["a", "b"]'})
+    assert response.status_code == 422
+    assert not app_settings.models_dir.is_dir() or not any(app_settings.models_dir.iterdir())
