@@ -45,6 +45,22 @@ JOB_SPEC_EXAMPLES: dict[str, dict[str, Any]] = {
             "training": {"epochs": 10},
         },
     },
+    "exported-teacher": {
+        "summary": "A teacher from your own code (torch.export .pt2 upload), its class order and normalisation",
+        "value": {
+            "name": "own-resnet-e2kd",
+            "dataset": {"id": "ds_01hv6xq3k2m8c0f7d9w5n4t3rb", "image_size": 32},
+            "teacher": {
+                "weights": "mdl_01hv6xq3k2m8c0f7d9w5n4t3rd",
+                "class_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                                "truck"],
+                "normalize": {"mean": [0.4914, 0.4822, 0.4465], "std": [0.247, 0.243, 0.261]},
+            },
+            "student": {"arch": "resnet8"},
+            "method": "e2kd",
+            "training": {"epochs": 10},
+        },
+    },
 }
 
 
@@ -206,12 +222,14 @@ class ModelOut(BaseModel):
     size_bytes: int
     sha256: str
     created_at: datetime
+    class_names: list[str] | None = Field(None, description="The teacher's output order, when given at upload.")
+    normalize: dict[str, list[float]] | None = Field(None, description="The teacher's own {mean, std}, when given.")
 
     @classmethod
     def from_record(cls, record: ModelRecord) -> ModelOut:
         return cls(id=record.id, name=record.name, arch=record.arch, num_classes=record.num_classes,
                    in_channels=record.in_channels, size_bytes=record.size_bytes, sha256=record.sha256,
-                   created_at=as_utc(record.created_at))
+                   created_at=as_utc(record.created_at), class_names=record.class_names, normalize=record.normalize)
 
 
 class ModelList(BaseModel):

@@ -18,10 +18,12 @@ BAR_FROM_BYTES = 8 << 20
 
 def register(commands: argparse._SubParsersAction) -> None:
     model = add_verb(commands, "upload-model", _upload_model,
-                     "upload teacher weights (.safetensors, or a .pt/.pth state dict read weights-only)")
-    model.add_argument("file", type=Path, help="the .safetensors, .pt or .pth file")
-    model.add_argument("--arch", required=True,
-                       help="architecture the weights belong to: timm/<name>, torchvision/<name> or e.g. resnet20")
+                     "upload teacher weights (.safetensors, a .pt/.pth state dict read weights-only, or a "
+                     "torch.export .pt2 program)")
+    model.add_argument("file", type=Path, help="the .safetensors, .pt, .pth or .pt2 file")
+    model.add_argument("--arch", default=None,
+                       help="architecture the weights belong to: timm/<name>, torchvision/<name> or e.g. resnet20 "
+                       "(not for a .pt2 program, which is its own architecture)")
     model.add_argument("--num-classes", type=int, default=None,
                        help="classes of the classifier head (default: read from the weights)")
     model.add_argument("--in-channels", type=int, default=None,

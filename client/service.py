@@ -302,13 +302,15 @@ class DistillClient:
                                      timeout=httpx.Timeout(30.0, read=None, write=None))
         return response.json()
 
-    def upload_model(self, path: str | Path, arch: str, num_classes: int | None = None, in_channels: int | None = None,
-                     name: str | None = None, on_bytes: ProgressCallback | None = None) -> Model:
-        """Teacher weights (.safetensors or a .pt/.pth state dict) for `arch`; the returned id is a teacher.weights.
+    def upload_model(self, path: str | Path, arch: str | None = None, num_classes: int | None = None,
+                     in_channels: int | None = None, name: str | None = None,
+                     on_bytes: ProgressCallback | None = None) -> Model:
+        """Teacher weights (.safetensors or a .pt/.pth state dict) for `arch`, or a torch.export program (.pt2,
+        no arch); the returned id is a teacher.weights.
 
         Class count and input channels are read from the weights when left out.
         """
-        fields = {"arch": arch}
+        fields = {"arch": arch} if arch else {}
         if num_classes is not None:
             fields["num_classes"] = str(num_classes)
         if in_channels is not None:

@@ -37,6 +37,7 @@ from core.resume import write_json
 from core.spec import JobSpec
 from core.stages import History, RunContext, train_models, train_teacher
 from core.terms import term_weights
+from core.models.inputs import fed_normalisation
 from core.train.callbacks import NullCallbacks, RunCallbacks
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,8 @@ def run_distillation(
     with run.stage("rendering"):
         tiles = render_gallery(student, teacher, data, run.out_dir, spec.report.heatmaps, run.device, explainer)
     result = _metrics_document(run, metrics, history, tiles, (teacher, student), list(data.class_names), warnings)
+    result["inputs"] = {role: fed_normalisation(model, data.mean, data.std) for role, model in
+                        (("teacher", teacher), ("student", student))}  # what each model was fed
     write_json(run.out_dir / METRICS, result)
     _publish(run.out_dir, result, tracking)
     _finish(run, "rendering")

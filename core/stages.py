@@ -23,10 +23,9 @@ from core.data import DataBundle
 from core.errors import DistillError, JobCancelled, SpecError
 from core.explain import FeatureTap, explaining_forwards
 from core.models import (
-    LayerNotFound, build_model, explained_layer, load_state, load_weights, pick_device, save_weights,
-    set_input_normalisation,
+    LayerNotFound, build_model, explained_layer, load_weights, pick_device, save_weights, set_input_normalisation,
 )
-from core.models.compat import DatasetShape, check_weights_file
+from core.models.compat import DatasetShape
 from core.models.heads import load_starting_weights
 from core.publish.manifest import STUDENT_WEIGHTS, TEACHER_WEIGHTS
 from core.resolver import Resolver
@@ -159,12 +158,13 @@ def _feature_channels(model: nn.Module, data: DataBundle, device: torch.device) 
     return channels
 
 
-def build_role_model(spec: JobSpec, role: str, data: DataBundle) -> nn.Module:
-    """The teacher's or student's network for this dataset, its explained layer set from `<role>.layer`."""
+def build_role_model(spec: JobSpec, role: str, data: DataBundle, num_classes: int | None = None) -> nn.Module:
+    """The teacher's or student's network for this dataset (with `num_classes` outputs when given: a given
+    teacher's own count), its explained layer set from `<role>.layer`."""
     model_spec = spec.teacher if role == "teacher" else spec.student
     try:
         model = build_model(
-            model_spec.arch, data.num_classes, data.in_channels, image_size=spec.dataset.image_size,
+            model_spec.arch, num_classes or data.num_classes, data.in_channels, image_size=spec.dataset.image_size,
             layer=model_spec.layer,
         )
     except LayerNotFound as exc:
@@ -199,18 +199,29 @@ def _train_to_file(
     return model, history
 
 
+def feed_teacher_normalisation(spec: JobSpec, data: DataBundle, teacher: nn.Module) -> nn.Module:
+    """teacher.normalize (core.given_teacher), for a given teacher and one trained here alike."""
+    from core.given_teacher import feed_teacher_normalisation as feed
+
+    return feed(spec, data, teacher)
+
+
+def load_given_teacher(spec: JobSpec, data: DataBundle, given: Path) -> nn.Module:
+    """The given teacher (core.given_teacher: a state dict or a torch.export program, its classes mapped)."""
+    from core.given_teacher import given_teacher
+
+    return given_teacher(spec, data, given, build_role_model)
+
+
 def train_teacher(run: RunContext, data: DataBundle) -> tuple[nn.Module, History]:
     """The given teacher (checked against the dataset before a shape mismatch could confuse), or one trained
     here with cross-entropy alone into teacher.safetensors."""
     spec = run.spec
     run.seed("training_teacher")
-    teacher = build_role_model(spec, "teacher", data)
     given = run.given_teacher()
     if given is not None:
-        state = check_weights_file(given, spec.teacher.arch, DatasetShape(data.num_classes, data.in_channels))
-        load_state(teacher, state, field="teacher.weights")
-        set_input_normalisation(teacher, data.mean, data.std)  # the job's data are the input
-        return teacher.to(run.device), []
+        return load_given_teacher(spec, data, given).to(run.device), []
+    teacher = build_role_model(spec, "teacher", data)
     weights = run.out_dir / TEACHER_WEIGHTS
 
     def fit() -> tuple[nn.Module, History]:
@@ -277,6 +288,7 @@ def train_models(run: RunContext, data: DataBundle) -> tuple[nn.Module, nn.Modul
     """The training stages in order: teacher (trained or given), the XDistillation autoencoder when the
     explanation target asks for it, then the student; with each stage's history (metrics.json's keys)."""
     teacher, teacher_history = train_teacher(run, data)
+    feed_teacher_normalisation(run.spec, data, teacher)
     teacher.eval().requires_grad_(False)
     autoencoder, autoencoder_history = None, None
     if uses_autoencoder(run.spec):

@@ -175,6 +175,9 @@ class ModelRecord(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # Fingerprint (HMAC) of the API key that created it; None when the service runs without keys.
     owner: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    # The teacher's output order and its own input normalisation ({mean, std}); None = the dataset's.
+    class_names: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    normalize: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class DatasetRecord(Base):

@@ -21,17 +21,32 @@ router = APIRouter(prefix=f"{API_V1}/models", tags=["models"])
 
 _UPLOAD_EXAMPLE = {"file": "(binary: resnet20-digits.safetensors)", "arch": "resnet20", "num_classes": 10,
                    "in_channels": 1, "name": "resnet20-digits"}
+_PROGRAM_EXAMPLE = {"file": "(binary: my-resnet.pt2, written by torch.export.save)", "name": "my-resnet"}
 
 
-@router.post("", **upload_route(
+def _with_program_example(options: dict) -> dict:
+    """Both upload forms as named OpenAPI examples: a state dict with its arch, and a .pt2 program without one."""
+    media = options["openapi_extra"]["requestBody"]["content"]["multipart/form-data"]
+    media["examples"] = {
+        "state-dict": {"summary": "Weights for a named architecture", "value": media.pop("example")},
+        "exported-program": {"summary": "A torch.export program (.pt2): no arch", "value": _PROGRAM_EXAMPLE},
+    }
+    return options
+
+
+@router.post("", **_with_program_example(upload_route(
     ModelUploadForm, _UPLOAD_EXAMPLE,
-    summary="Upload teacher weights (safetensors or a .pt/.pth state dict)",
+    summary="Upload teacher weights (safetensors, a .pt/.pth state dict, or a torch.export .pt2 program)",
     description="multipart/form-data with `file` (safetensors, or a PyTorch state dict read with "
     "torch.load(weights_only=True); `{'state_dict': ...}`/`{'model': ...}` wrappers and `module.` prefixes are "
     "unwrapped), `arch`, optional `num_classes` and `in_channels` (read from the weights when left out) and "
     "optional `name`. The weights must load strictly into the architecture; pickles that are not weights-only are "
-    "refused without running them. Stored as safetensors.",
-))
+    "refused without running them. Stored as safetensors. A `torch.export.save` program (`.pt2`) needs no "
+    "`arch` (the program is the architecture; recorded as `exported`): it is read without unpickling code or "
+    "compiling code from the file, must hold ATen operators only and a dynamic batch dimension, and is kept as "
+    "uploaded. Any teacher written in PyTorch can be brought this way (see the README's 'Bring a teacher from "
+    "your own code').",
+)))
 async def upload_model(
     request: Request, settings: SettingsDep, session: SessionDep, storage: StorageDep, caller: CallerDep,
     state: StateDep,

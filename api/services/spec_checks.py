@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from api.services.errors import InvalidFormValue, PathNotAllowed, UnknownDataset, UnknownModel
 from core.errors import DistillError, SpecError
+from core.models.classes import class_index
 from core.models.compat import DatasetShape, WeightsShape, fit_problems
 from core.models.heads import starting_weights_problems
 from core.spec import JobSpec, control_character_field
@@ -25,6 +26,7 @@ from store.settings import Settings
 
 # scikit-learn's digits: 10 classes of 8x8 grey images (core.data reads it the same way).
 DIGITS_NUM_CLASSES, DIGITS_IN_CHANNELS = 10, 1
+DIGITS_CLASS_NAMES = [str(digit) for digit in range(DIGITS_NUM_CLASSES)]
 
 
 def check_no_control_characters(document: dict[str, Any]) -> None:
@@ -69,10 +71,16 @@ def check_spec_against_server(spec: JobSpec, *, session: Session, settings: Sett
     except repository.NotFound:
         raise UnknownModel(f"no uploaded model with id '{model_id}' (upload weights with POST /v1/models)",
                            "teacher.weights") from None
+    names = spec.teacher.class_names
+    teacher_classes = len(names) if names else num_classes  # class_names: the teacher's own outputs
     problems = fit_problems(WeightsShape(model.arch, model.num_classes, model.in_channels),
-                            arch=spec.teacher.arch, dataset=DatasetShape(num_classes, in_channels))
+                            arch=spec.teacher.arch, dataset=DatasetShape(teacher_classes, in_channels), job=True)
     if problems:
         raise SpecError(f"model '{model_id}' does not fit this job: {'; '.join(problems)}", "teacher.weights")
+    if names and (spec.dataset.id is not None or spec.dataset.name == "digits"):
+        dataset_names = DIGITS_CLASS_NAMES if spec.dataset.id is None else (
+            repository.get_dataset(session, spec.dataset.id, owner).class_names.get("names") or [])
+        class_index(names, list(dataset_names))  # a dataset class the teacher does not know: 422 naming it
 
 
 def _check_student_weights(spec: JobSpec, session: Session, owner: str | None, dataset: DatasetShape) -> None:

@@ -36,6 +36,7 @@ def submit_job(
 
     `scope` is what the caller may use (None: anything), which the dataset and teacher weights
     named by the spec are checked against."""
+    spec = with_model_inputs(spec, session, scope)
     document = spec.model_dump(mode="json")
     check_no_control_characters(document)
     check_spec_against_server(spec, session=session, settings=settings, owner=scope)
@@ -52,6 +53,25 @@ def submit_job(
     else:
         log.info("job %s: enqueued", job.id)
     return job, True
+
+
+def with_model_inputs(spec: JobSpec, session: Session, scope: str | None) -> JobSpec:
+    """The spec with teacher.class_names / teacher.normalize taken from the uploaded model's record where the
+    spec leaves them null, so the stored spec (what the worker runs) says what the teacher was fed."""
+    teacher = spec.teacher
+    if teacher.weights is None or (teacher.class_names is not None and teacher.normalize is not None):
+        return spec
+    try:
+        record = repository.get_model(session, teacher.weights, scope)
+    except repository.NotFound:
+        return spec  # check_spec_against_server names the unknown model
+    update = {field: getattr(record, field) for field in ("class_names", "normalize")
+              if getattr(teacher, field) is None and getattr(record, field) is not None}
+    if not update:
+        return spec
+    document = spec.model_dump(mode="json")
+    document["teacher"].update(update)
+    return JobSpec.model_validate(document)
 
 
 def start_sweep(

@@ -18,8 +18,10 @@ from core.errors import SpecError
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
-GREY_MODES = ("L", "1", "I;16")  # PIL modes read as one channel; every other mode is converted to RGB
+GREY_MODES = ("L", "1", "I;16")
+CLASS_NAMES_HINT = " (a teacher with other classes, or another order: give teacher.class_names, its output order)"  # PIL modes read as one channel; every other mode is converted to RGB
 
 
 def image_channels(mode: str) -> int:
@@ -49,14 +51,20 @@ class WeightsShape:
     in_channels: int | None
 
 
-def fit_problems(weights: WeightsShape, *, arch: str | None = None, dataset: DatasetShape | None = None) -> list[str]:
-    """Every way `weights` do not fit architecture `arch` and `dataset`; empty when they fit."""
+def fit_problems(
+    weights: WeightsShape, *, arch: str | None = None, dataset: DatasetShape | None = None, job: bool = False
+) -> list[str]:
+    """Every way `weights` do not fit architecture `arch` and `dataset`; empty when they fit. For a `job`,
+    a class-count mismatch says how to map a teacher's own classes (teacher.class_names)."""
     problems = []
-    if arch is not None and weights.arch is not None and weights.arch != arch:
+    from core.models.exported import EXPORTED_ARCH
+
+    if arch is not None and weights.arch not in (None, EXPORTED_ARCH) and weights.arch != arch:
         problems.append(f"it is a {weights.arch} but teacher.arch is {arch}")
     if dataset is not None:
         if None not in (dataset.num_classes, weights.num_classes) and weights.num_classes != dataset.num_classes:
-            problems.append(f"it has {weights.num_classes} classes but the dataset has {dataset.num_classes}")
+            problems.append(f"it has {weights.num_classes} classes but the dataset has {dataset.num_classes}"
+                            + (CLASS_NAMES_HINT if job else ""))
         if None not in (dataset.in_channels, weights.in_channels) and weights.in_channels != dataset.in_channels:
             problems.append(
                 f"it takes {weights.in_channels}-channel input but the dataset has {dataset.in_channels} channel(s)"
@@ -85,7 +93,25 @@ def check_weights_file(
     if not path.is_file():
         raise SpecError(f"{field}: no such file {path.name}", field=field)
     state = read_state_dict(path, field=field)
-    problems = fit_problems(weights_shape(state, arch), arch=arch, dataset=dataset)
+    problems = fit_problems(weights_shape(state, arch), arch=arch, dataset=dataset, job=True)
     if problems:
         raise SpecError(f"{field} does not fit: {'; '.join(problems)}", field=field)
     return state
+
+
+def check_program_file(
+    path: Path, dataset: DatasetShape, image_size: int, field: str = "teacher.weights"
+) -> nn.Module:
+    """The torch.export program at `path`, loaded (core.models.exported), or SpecError naming `field` when its
+    classes, channels or image size do not fit the dataset (WeightsError if it is refused or unreadable)."""
+    from core.models.exported import EXPORTED_ARCH, load_exported, program_dims
+
+    module = load_exported(path, field=field)
+    num_classes, in_channels = program_dims(module)
+    problems = fit_problems(WeightsShape(EXPORTED_ARCH, num_classes, in_channels), dataset=dataset, job=True)
+    height, width = module.example_input_shape[2:]
+    if (height, width) != (image_size, image_size):
+        problems.append(f"it was exported for {height}x{width} images but dataset.image_size is {image_size}")
+    if problems:
+        raise SpecError(f"{field} does not fit: {'; '.join(problems)}", field=field)
+    return module

@@ -15,9 +15,11 @@ returns that module, always with a 4-D `(N, C, h, w)` output:
   on the output's patch tokens is zero and Grad-CAM there would be blank.
 - timm: the last entry of the model's `feature_info` (its last feature stage);
   channels-last stages (`NHWC`, e.g. Swin) are permuted to channels-first.
-- Anything else (torchvision): the last top-level stage whose output is 4-D and that
-  holds parameters, found by one small eval-mode forward; a model whose backbone is one
-  `nn.Sequential` (`features`) is explained at that Sequential's last stage.
+- Anything else (torchvision, and `torch.export` programs, unflattened into their original
+  module hierarchy by core.models.exported): the last top-level stage whose output is 4-D and
+  that holds parameters, found by one small eval-mode forward (at the input size a program was
+  exported for); a model whose backbone is one `nn.Sequential` (`features`) is explained at
+  that Sequential's last stage.
 
 A module path (`"layer4"`, `"stages.3"`, `"blocks.11"`) set with `set_explained_layer`
 (or `build_model(..., layer=...)`, from the spec's `teacher.layer` / `student.layer`)
@@ -175,6 +177,18 @@ def _holds_parameters(module: nn.Module) -> bool:
     return any(True for _ in module.parameters())
 
 
+def _probe_shape(model: nn.Module) -> tuple[int, ...]:
+    """The probe forward's input: the size an exported program was exported for (core.models.exported
+    sets `example_input_shape`: its graph only takes that size), else 96 px at the first convolution's channels."""
+    shape = getattr(model, "example_input_shape", None)
+    if shape is not None:
+        return tuple(shape)
+    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first_conv is None:
+        raise ValueError(f"no convolution in {type(model).__name__}: give the explained layer's path")
+    return (1, first_conv.in_channels, PROBE_IMAGE_SIZE, PROBE_IMAGE_SIZE)
+
+
 def _last_4d_stage(model: nn.Module) -> str:
     """The last top-level child (in forward order) with parameters and a 4-D output, from one probe forward."""
     order: list[str] = []
@@ -189,14 +203,12 @@ def _last_4d_stage(model: nn.Module) -> str:
         return hook
 
     children = dict(model.named_children())
+    shape = _probe_shape(model)
     handles = [child.register_forward_hook(record(name)) for name, child in children.items()]
-    first_conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
-    if first_conv is None:
-        raise ValueError(f"no convolution in {type(model).__name__}: give the explained layer's path")
     was_training = model.training
     try:
         parameter = next(model.parameters())
-        probe = torch.zeros(1, first_conv.in_channels, PROBE_IMAGE_SIZE, PROBE_IMAGE_SIZE, device=parameter.device)
+        probe = torch.zeros(shape, device=parameter.device)
         model.eval()
         with torch.no_grad():
             model(probe)

@@ -13,6 +13,7 @@ Our own outputs are always safetensors (`save_weights`).
 from __future__ import annotations
 
 import pickle
+import re
 import struct
 from pathlib import Path
 
@@ -27,6 +28,19 @@ KEY_PREFIXES = ("module.", "_orig_mod.")
 SAFETENSORS_MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
+SUPPORTED_FORMATS = ("safetensors", "a PyTorch state dict (.pt/.pth, torch.save)",
+                     "a torch.export program (.pt2, torch.export.save)")
+SHOWN_KEYS = 5  # tensors named per kind in a mismatch message
+PROGRAM_HINT = ("a model whose code is not in timm or torchvision can be uploaded as a torch.export program "
+                "(.pt2) without arch: see 'Bring a teacher from your own code' in the README")
+_FORMAT_NAMES = {
+    "torchscript": "a TorchScript archive (torch.jit.save)",
+    "pt2": "a torch.export program (.pt2), which is its own architecture: give it without an architecture",
+    "zip": "a zip archive that is not a PyTorch file",
+    "unknown": "not a weights file",
+}
+
+
 def is_safetensors(path: Path) -> bool:
     """safetensors files start with an 8-byte little-endian header length, then a JSON object."""
     with path.open("rb") as handle:
@@ -37,18 +51,57 @@ def is_safetensors(path: Path) -> bool:
     return 0 < header_bytes <= SAFETENSORS_MAX_HEADER_BYTES and prefix[8:9] == b"{"
 
 
+def weights_format(path: Path) -> str:
+    """What a file is, from its first bytes (and a zip's member names), never from its name:
+    "safetensors", "pytorch" (torch.save, zip or legacy pickle), "pt2", "torchscript", "zip" or "unknown".
+
+    A file whose ninth byte opens a JSON object is safetensors even when its header length is corrupt,
+    so that such a file is reported as a broken safetensors file rather than as something torch cannot read."""
+    with path.open("rb") as handle:
+        head = handle.read(9)
+    if head[:4] == b"PK\x03\x04":
+        return _zip_format(path)
+    if head[8:9] == b"{":
+        return "safetensors"
+    if head[:1] == b"\x80":  # a pickle (protocol >= 2): torch.save's legacy format
+        return "pytorch"
+    return "unknown"
+
+
+def _zip_format(path: Path) -> str:
+    import zipfile
+
+    from core.models.exported import is_exported_program
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return "pytorch"  # a truncated torch.save zip: torch.load says where it breaks
+    if is_exported_program(path):
+        return "pt2"
+    if any("/code/" in name or name.endswith("/constants.pkl") for name in names):
+        return "torchscript"
+    return "pytorch" if any(name.endswith("/data.pkl") or name == "data.pkl" for name in names) else "zip"
+
+
 def read_state_dict(path: Path, field: str = "teacher.weights") -> dict[str, torch.Tensor]:
     """The tensors of a safetensors or weights-only PyTorch file, unwrapped and without wrapper prefixes.
 
-    Any unreadable, truncated, code-running or tensor-less file is a WeightsError naming `field`.
+    Any unreadable, truncated, code-running or tensor-less file is a WeightsError naming `field` that
+    says what the file is and what was expected; torch's own text (which advises loading with
+    weights_only=False) never reaches the message.
     """
     path = Path(path)
     if not path.is_file():
         raise WeightsError("the weights file does not exist", field=field)
-    if is_safetensors(path):
+    found = weights_format(path)
+    if found == "safetensors":
         state = _read_safetensors(path, field)
-    else:
+    elif found == "pytorch":
         state = _unwrap(_read_torch(path, field), field)
+    else:
+        raise WeightsError(f"{_FORMAT_NAMES[found]}; supported: {', '.join(SUPPORTED_FORMATS)}", field=field)
     return _strip_prefixes(state)
 
 
@@ -59,22 +112,26 @@ def _read_safetensors(path: Path, field: str) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise WeightsError(f"not a readable safetensors file: {exc}", field=field) from exc
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise WeightsError(f"a safetensors file with a corrupt header or truncated data ({reason}); expected the "
+                           "8-byte header length, a JSON header and the tensors' bytes as safetensors writes them",
+                           field=field) from exc
 
 
 def _read_torch(path: Path, field: str) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else "not weights-only"
+        refused = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f"it refers to {refused.group(1)}" if refused else "it holds objects other than tensors"
         raise WeightsError(
-            "not a weights-only PyTorch file (pickled code or objects are refused; save model.state_dict() "
-            f"or use safetensors): {reason}", field=field,
+            f"a PyTorch pickle that is not weights-only (not a plain state dict): {what}, which is refused (only tensors and plain "
+            "containers are read, nothing in the file runs); save model.state_dict() or safetensors",
+            field=field,
         ) from exc
-    except Exception as exc:  # noqa: BLE001 - untrusted bytes: torch raises many types (zip, safetensors, EOF...)
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise WeightsError(f"not a readable safetensors or PyTorch weights file (truncated?): {reason}",
-                           field=field) from exc
+    except Exception as exc:  # noqa: BLE001 - untrusted bytes: torch raises many types (zip, EOF...)
+        raise WeightsError("a PyTorch file that cannot be read (truncated or corrupt); expected a complete "
+                           "torch.save file", field=field) from exc
 
 
 def _is_state(value: object) -> bool:
@@ -121,13 +178,30 @@ def save_state(state: dict[str, torch.Tensor], path: Path) -> None:
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], field: str = "teacher.weights") -> nn.Module:
     """Load `state` strictly into `model`; a key or shape mismatch is a WeightsError, not a crash."""
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-        detail = "; ".join(lines[1:3]) if len(lines) > 1 else (lines[0] if lines else "state dict mismatch")
-        raise WeightsError(f"weights do not fit the architecture: {detail[:400]}", field=field) from exc
+    expected = {key: value.shape for key, value in model.state_dict().items()}
+    if (problem := state_mismatch(expected, state)) is not None:
+        raise WeightsError(f"the weights do not fit the architecture: {problem}", field=field)
+    model.load_state_dict(state, strict=True)
     return model
+
+
+def state_mismatch(expected: dict[str, torch.Size], state: dict[str, torch.Tensor], shapes: bool = True) -> str | None:
+    """How `state` misses the model's tensors `expected` (by name, and by shape when `shapes`), in counts
+    with at most SHOWN_KEYS names each and the pointer to the torch.export route; None when it fits."""
+    missing = [key for key in expected if key not in state]
+    unexpected = [key for key in state if key not in expected]
+    misshaped = [f"{key} {tuple(state[key].shape)} vs {tuple(shape)}" for key, shape in expected.items()
+                 if shapes and key in state and tuple(state[key].shape) != tuple(shape)]
+    parts = [f"{len(keys)} {kind} ({_shown(keys)})" for kind, keys in
+             (("missing", missing), ("unexpected", unexpected), ("mis-shaped: file vs model", misshaped)) if keys]
+    if not parts:
+        return None
+    return f"{len(expected)} tensors expected; {'; '.join(parts)}. {PROGRAM_HINT[0].upper()}{PROGRAM_HINT[1:]}"
+
+
+def _shown(keys: list[str]) -> str:
+    more = len(keys) - SHOWN_KEYS
+    return ", ".join(keys[:SHOWN_KEYS]) + (f" and {more} more" if more > 0 else "")
 
 
 def load_weights(model: nn.Module, path: Path, field: str = "teacher.weights") -> nn.Module:
@@ -152,6 +226,13 @@ def weights_dims(arch: str, state: dict[str, torch.Tensor]) -> tuple[int | None,
     num_classes = _solve(state, base, _probe_shapes(arch, 3, 1), 2, last=True)
     in_channels = _solve(state, base, _probe_shapes(arch, 2, 2), 1, last=False)
     return num_classes, in_channels
+
+
+def key_mismatch(arch: str, state: dict[str, torch.Tensor]) -> str | None:
+    """The mismatch of `state`'s tensor names with `arch`'s (whatever the head size), or None: checked
+    before the class count is read, so a state dict of another architecture is never reported as an
+    unreadable class count."""
+    return state_mismatch(_probe_shapes(arch, 2, 1), state, shapes=False)
 
 
 def _probe_shapes(arch: str, num_classes: int, in_channels: int) -> dict[str, torch.Size]:

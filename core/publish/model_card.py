@@ -137,6 +137,21 @@ def _start_words(spec: dict[str, Any]) -> str:
     return f"the weights {start}" if start else "random weights"
 
 
+def fed_line(role: str, fed: dict[str, Any]) -> str:
+    """What one model was fed, in words (the report page uses it too)."""
+    source = "its own normalisation (teacher.normalize)" if fed.get("source") == "own" else "the dataset's normalisation"
+    numbers = ", ".join(f"{m:.3f}/{s:.3f}" for m, s in zip(fed.get("mean", []), fed.get("std", []), strict=False))
+    return f"The {role} was fed {source}: per-channel mean/std {numbers}."
+
+
+def _inputs_lines(result: dict[str, Any]) -> list[str]:
+    inputs = result.get("inputs") or {}
+    if not inputs:
+        return []
+    return ["## Inputs", "", *[f"- {fed_line(role, inputs[role])}" for role in ("student", "teacher") if role in inputs],
+            ""]
+
+
 def write_model_card(out_dir: Path, result: dict[str, Any]) -> Path:
     spec = result.get("spec", {})
     student, teacher = spec.get("student", {}).get("arch"), spec.get("teacher", {}).get("arch")
@@ -162,6 +177,7 @@ def write_model_card(out_dir: Path, result: dict[str, Any]) -> Path:
         f"{spec.get('dataset', {}).get('image_size')} px images normalised as in training. It is not meant for "
         "images unlike its training data, nor for decisions about people.",
         "",
+        *_inputs_lines(result),
         "## Files",
         "",
         *files,

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from core.publish.manifest import REPORT
-from core.publish.model_card import starting_weights
+from core.publish.model_card import fed_line, starting_weights
 from core.publish.charts import Series, bar_chart, line_chart, reliability_chart
 from core.explain import EXPLAINERS, shown_explainers
 
@@ -83,7 +83,10 @@ def _header(result: dict[str, Any]) -> str:
             f"(started from {start or 'random weights'}), "
             f"method {result.get('method') or 'custom'}, dataset {source} at {dataset.get('image_size')} px; "
             f"{seconds:.0f} s on {result.get('device', '?')}")
-    return f"<h1>{escape(_title(result))}</h1><p class=\"sub\">{escape(line)}</p>"
+    fed = " ".join(fed_line(role, (result.get("inputs") or {})[role]) for role in ("student", "teacher")
+                   if role in (result.get("inputs") or {}))
+    return f"<h1>{escape(_title(result))}</h1><p class=\"sub\">{escape(line)}</p>" + (
+        f"<p class=\"sub\">{escape(fed)}</p>" if fed else "")
 
 
 def _warnings(warnings: list[dict[str, str]]) -> str:

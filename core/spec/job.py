@@ -109,6 +109,21 @@ def _check_arch(arch: str) -> str:
         raise ValueError(str(exc)) from None
 
 
+class NormalizeSpec(_Strict):
+    """A teacher's own input normalisation: per channel, (pixel in [0, 1] - mean) / std."""
+
+    mean: list[float] = Field(min_length=1, max_length=4, examples=[[0.485, 0.456, 0.406]])
+    std: list[float] = Field(min_length=1, max_length=4, examples=[[0.229, 0.224, 0.225]])
+
+    @model_validator(mode="after")
+    def _same_channels(self) -> NormalizeSpec:
+        if len(self.mean) != len(self.std):
+            raise ValueError("mean and std need one value per channel each")
+        if any(value <= 0 for value in self.std):
+            raise ValueError("std values must be > 0")
+        return self
+
+
 class TeacherSpec(_Strict):
     arch: str = Field("resnet20", max_length=200, description=f"Teacher architecture: {ARCH_DESCRIPTION}")
     weights: str | None = Field(
@@ -117,8 +132,32 @@ class TeacherSpec(_Strict):
     )
     layer: str | None = Field(None, min_length=1, max_length=200, description=LAYER_DESCRIPTION)
     epochs: int = Field(15, ge=0, le=1000, description="Epochs to train the teacher when weights is null.")
+    class_names: list[str] | None = Field(
+        None, min_length=2, max_length=100_000, examples=[["airplane", "automobile", "bird"]],
+        description="The given teacher's output order (output k is class_names[k]); the job maps them to the "
+        "dataset's classes by name (KD, DKD, DIST, maps, agreement and accuracy use the mapped logits). Classes "
+        "the dataset lacks are dropped; a dataset class missing here is refused. null: output k is the dataset's "
+        "k-th class (sorted folder names).",
+    )
+
+    normalize: NormalizeSpec | Literal["model"] | None = Field(
+        None, examples=[{"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}, "model"],
+        description="The teacher's own input normalisation, applied on the device to the dataset-normalised "
+        "batch (the student keeps the dataset's). 'model': the timm model's default config. null: the teacher "
+        "is fed the dataset's normalisation, as the student.",
+    )
 
     _arch = field_validator("arch")(classmethod(lambda cls, v: _check_arch(v)))
+
+    @field_validator("class_names")
+    @classmethod
+    def _distinct_names(cls, names: list[str] | None) -> list[str] | None:
+        if names is not None:
+            if len(set(names)) != len(names):
+                raise ValueError("class names must be distinct")
+            if any(not name or len(name) > 200 or has_control_characters(name) for name in names):
+                raise ValueError("class names are 1-200 printable characters")
+        return names
 
 
 class StudentSpec(_Strict):
@@ -262,6 +301,9 @@ class JobSpec(_Strict):
         # Every run has a teacher, even `scratch`: it is the yardstick for agreement and explanation cosine.
         if self.teacher.weights is None and self.teacher.epochs == 0:
             raise ValueError("teacher.epochs must be >= 1 when teacher.weights is null")
+        for field in ("class_names", "normalize"):
+            if self.teacher.weights is None and getattr(self.teacher, field) is not None:
+                raise ValueError(f"teacher.{field} describes given teacher weights; set teacher.weights or drop it")
         return self
 
     @model_validator(mode="after")
@@ -300,7 +342,7 @@ class JobSpec(_Strict):
 
 
 __all__ = [
-    "PRESETS", "DatasetSpec", "ExplanationSpec", "ExportSpec", "JobSpec", "LossSpec", "Method", "ReportSpec", "StudentSpec",
+    "PRESETS", "DatasetSpec", "ExplanationSpec", "NormalizeSpec", "ExportSpec", "JobSpec", "LossSpec", "Method", "ReportSpec", "StudentSpec",
     "TeacherSpec", "TrainingSpec", "XDistillSpec", "check_plain_text", "control_character_field",
     "has_control_characters",
 ]

@@ -39,7 +39,8 @@ def test_uploads_document_their_multipart_fields(client: TestClient) -> None:
 
     body = document["paths"]["/v1/models"]["post"]["requestBody"]["content"]["multipart/form-data"]
 
-    assert set(body["schema"]["properties"]) == {"file", "arch", "num_classes", "in_channels", "name"}
+    assert set(body["schema"]["properties"]) == {"file", "arch", "num_classes", "in_channels", "name", "class_names",
+                                                 "normalize"}
     assert body["schema"]["properties"]["file"]["format"] == "binary"
 
 
@@ -54,3 +55,16 @@ def test_the_job_schema_offers_every_registered_loss_unit_and_preset(client: Tes
     method = schemas["JobSpec"]["properties"]["method"]
     choices = next(option["enum"] for option in method["anyOf"] if "enum" in option)
     assert choices == list(PRESETS) and {"dkd", "dist"} <= set(choices)
+
+
+def test_teachers_from_own_code_are_documented_with_examples(client: TestClient) -> None:
+    document = client.get("/openapi.json").json()
+    body = document["paths"]["/v1/models"]["post"]["requestBody"]["content"]["multipart/form-data"]
+    assert "arch" not in body["schema"]["required"]
+    assert "arch" not in body["examples"]["exported-program"]["value"]
+    teacher = document["components"]["schemas"]["TeacherSpec"]["properties"]
+    assert {"class_names", "normalize"} <= set(teacher)
+    assert teacher["class_names"]["examples"] and teacher["normalize"]["examples"]
+    jobs = document["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["application/json"]
+    exported = jobs["examples"]["exported-teacher"]["value"]["teacher"]
+    assert {"class_names", "normalize"} <= set(exported)

@@ -189,3 +189,13 @@ def test_list_iterates_every_page(client: DistillClient) -> None:
     assert paged == [job.id for job in client.jobs_page(limit=100)[0]]
     cancelled = list(client.list_jobs(status="cancelled", page_size=1, limit=2))
     assert len(cancelled) == 2 and {job.status for job in cancelled} == {"cancelled"}
+
+
+def test_upload_model_takes_a_pt2_program_without_arch(served: Served, client: DistillClient, tmp_path: Path) -> None:
+    from tests.teacher_code import OptionAResNet, export_program
+
+    program = export_program(OptionAResNet(num_classes=10, in_channels=1), tmp_path / "own.pt2", 1, 16)
+    uploaded = run_cli("upload-model", str(program), url=served.url)
+    assert uploaded.returncode == 0, uploaded.stderr
+    model = next(model for model in client.models() if model.id == uploaded.stdout.strip())
+    assert (model.arch, model.num_classes, model.in_channels) == ("exported", 10, 1)
