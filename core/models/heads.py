@@ -16,12 +16,12 @@ from pathlib import Path
 
 from core.errors import SpecError
 from core.models.compat import DatasetShape, WeightsShape, check_weights_file, fit_problems, weights_shape
-from core.models.weights import _probe_shapes, load_state
+from core.models.weights import probe_shapes, load_state
 
 
 def classifier_keys(arch: str) -> list[str]:
     """State-dict keys of `arch`'s classifier: the tensors whose shape depends on the class count."""
-    two, three = _probe_shapes(arch, 2, 1), _probe_shapes(arch, 3, 1)
+    two, three = probe_shapes(arch, 2, 1), probe_shapes(arch, 3, 1)
     return [key for key, shape in two.items() if key in three and three[key] != shape]
 
 

@@ -222,9 +222,9 @@ def weights_dims(arch: str, state: dict[str, torch.Tensor]) -> tuple[int | None,
     encoder's statistics). None when the state lacks those tensors or does not solve to a
     whole number.
     """
-    base = _probe_shapes(arch, 2, 1)
-    num_classes = _solve(state, base, _probe_shapes(arch, 3, 1), 2, last=True)
-    in_channels = _solve(state, base, _probe_shapes(arch, 2, 2), 1, last=False)
+    base = probe_shapes(arch, 2, 1)
+    num_classes = _solve(state, base, probe_shapes(arch, 3, 1), 2, last=True)
+    in_channels = _solve(state, base, probe_shapes(arch, 2, 2), 1, last=False)
     return num_classes, in_channels
 
 
@@ -232,10 +232,10 @@ def key_mismatch(arch: str, state: dict[str, torch.Tensor]) -> str | None:
     """The mismatch of `state`'s tensor names with `arch`'s (whatever the head size), or None: checked
     before the class count is read, so a state dict of another architecture is never reported as an
     unreadable class count."""
-    return state_mismatch(_probe_shapes(arch, 2, 1), state, shapes=False)
+    return state_mismatch(probe_shapes(arch, 2, 1), state, shapes=False)
 
 
-def _probe_shapes(arch: str, num_classes: int, in_channels: int) -> dict[str, torch.Size]:
+def probe_shapes(arch: str, num_classes: int, in_channels: int) -> dict[str, torch.Size]:
     from core.models.registry import build_model
 
     try:
