@@ -6,8 +6,10 @@ Three kinds, one interface (`__len__`, `labels`, `take`, `batches`):
   batch on the device. The default below the memory budget.
 - `TensorImages`: already normalised float tensors (hosts and tests that build data
   by hand).
+- `StoreImages` (core.data.stored): an image folder decoded once into a store on disk,
+  held in RAM below the budget or read batch by batch above it.
 - `StreamImages` (core.data.stream): files decoded on the fly by a DataLoader with
-  worker processes, for sets above the budget.
+  worker processes, when the image cache is off.
 
 Every batch carries the samples' stable indices (positions in the set), which the
 teacher-map cache keys on. Batches move to the device one at a time, from pinned
@@ -34,7 +36,7 @@ class ImageSet(Protocol):
         """Normalised float images (CPU) of the samples at `index`, as the model sees them in evaluation."""
 
     def batches(
-        self, order: torch.Tensor, batch_size: int, device: torch.device, augment: bool, generator: torch.Generator
+        self, order: torch.Tensor, batch_size: int, device: torch.device, augment: bool | str, generator: torch.Generator
     ) -> Iterator[Batch]:
         """One epoch: batches of `order`'s samples in that order, on `device`."""
 
@@ -84,15 +86,15 @@ class MemoryImages:
         return normalise(self.pixels[index], self.mean, self.std)
 
     def batches(
-        self, order: torch.Tensor, batch_size: int, device: torch.device, augment: bool, generator: torch.Generator
+        self, order: torch.Tensor, batch_size: int, device: torch.device, augment: bool | str, generator: torch.Generator
     ) -> Iterator[Batch]:
-        from core.data.transforms import augment_batch
+        from core.data.recipes import apply_recipe
 
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
             x = normalise(to_device(self.pixels[index], device), self.mean, self.std)
             if augment:
-                x = augment_batch(x, generator)
+                x = apply_recipe(x, augment, generator)
             yield x, to_device(self.labels[index], device), index
 
 
@@ -109,13 +111,13 @@ class TensorImages:
         return self.x[index]
 
     def batches(
-        self, order: torch.Tensor, batch_size: int, device: torch.device, augment: bool, generator: torch.Generator
+        self, order: torch.Tensor, batch_size: int, device: torch.device, augment: bool | str, generator: torch.Generator
     ) -> Iterator[Batch]:
-        from core.data.transforms import augment_batch
+        from core.data.recipes import apply_recipe
 
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
             x = to_device(self.x[index], device)
             if augment:
-                x = augment_batch(x, generator)
+                x = apply_recipe(x, augment, generator)
             yield x, to_device(self.labels[index], device), index
