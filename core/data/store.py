@@ -105,11 +105,11 @@ def open_or_build(
     channels = 1 if mode == "L" else 3
     expect = {"digest": digest, "count": len(files), "shape": [channels, image_size, image_size]}
     folder = root / f"{digest[:40]}-{image_size}"
-    with _lock(root, folder.name, shared=True):
+    with file_lock(root, folder.name, shared=True):
         found = _open_valid(folder, expect, labels)
     if found is not None:
         return found
-    with _lock(root, folder.name, shared=False):
+    with file_lock(root, folder.name, shared=False):
         found = _open_valid(folder, expect, labels)  # another process built it while we waited
         if found is not None:
             return found
@@ -136,7 +136,7 @@ def _build(folder: Path, files: Sequence[Path], mode: str, image_size: int, expe
         np.save(tmp / "stats.npy", stats)
         manifest = {"version": STORE_VERSION, **expect, "nbytes": nbytes, "crc": _sampled_crc(pixels, nbytes)}
         _write_synced(tmp / "manifest.json", json.dumps(manifest).encode())
-        _touch(tmp)
+        touch(tmp)
         os.rename(tmp, folder)
         log.info("image store %s: decoded %d images once in %.1fs (%d bytes)", folder.name, len(files),
                  time.perf_counter() - started, nbytes)
@@ -159,7 +159,7 @@ def _open_valid(folder: Path, expect: dict, labels: np.ndarray) -> ImageStore | 
             return None
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    _touch(folder)
+    touch(folder)
     return ImageStore(folder, int(manifest["count"]), tuple(manifest["shape"]), labels, built=False)
 
 
@@ -182,7 +182,7 @@ def _write_synced(path: Path, data: bytes) -> None:
         os.fsync(out.fileno())
 
 
-def _touch(folder: Path) -> None:
+def touch(folder: Path) -> None:
     """Stamp the store as just used (the cache's least-recently-used order)."""
     with contextlib.suppress(OSError):
         (folder / "last_used").write_text(repr(time.time()))
@@ -196,7 +196,7 @@ def _last_used(folder: Path) -> float:
 
 
 @contextlib.contextmanager
-def _lock(root: Path, name: str, shared: bool, block: bool = True) -> Iterator[bool]:
+def file_lock(root: Path, name: str, shared: bool, block: bool = True) -> Iterator[bool]:
     """flock on `root/.<name>.lock`: shared while opening, exclusive while building or evicting."""
     with open(root / f".{name}.lock", "a+b") as handle:
         flags = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if block else fcntl.LOCK_NB)
@@ -226,7 +226,7 @@ def evict(root: Path, budget: int, keep: str) -> list[str]:
     for folder in sorted(stores, key=_last_used):
         if total <= max(0, budget):
             break
-        with _lock(root, folder.name, shared=False, block=False) as held:
+        with file_lock(root, folder.name, shared=False, block=False) as held:
             if not held:
                 continue
             size = store_bytes(folder)

@@ -1,0 +1,57 @@
+"""POST /v1/datasets with a JSON body: a dataset that stays in a bucket (a real moto S3 server)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.bucket_data import photos, put_image_folder, shards
+from tests.services import S3Server
+
+
+@pytest.fixture
+def bucket_client(make_client: Callable[..., TestClient], s3: S3Server, monkeypatch: pytest.MonkeyPatch) -> TestClient:
+    for name, value in s3.environment().items():
+        monkeypatch.setenv(name, value)
+    return make_client()
+
+
+def test_an_image_folder_prefix_registers_like_an_upload(bucket_client: TestClient, s3: S3Server) -> None:
+    bucket, files = s3.create_bucket("photos"), photos()
+    put_image_folder(s3.client(), bucket, "team/flowers/", files)
+    answer = bucket_client.post("/v1/datasets", json={"uri": f"s3://{bucket}/team/flowers/", "name": "flowers"})
+    assert answer.status_code == 201, answer.text
+    body = answer.json()
+    assert (body["kind"], body["class_names"], body["num_train"], body["num_test"], body["test_split"]) == (
+        "s3-imagefolder", ["c0", "c1"], 32, 12, "val")
+    assert body["size_bytes"] == sum(len(data) for data in files.values()) and body["name"] == "flowers"
+    assert bucket not in answer.text  # the uri is not echoed back
+    assert bucket_client.get(f"/v1/datasets/{body['id']}").json()["num_train"] == 32
+
+
+def test_tar_shards_register_with_their_classes_and_counts(bucket_client: TestClient, s3: S3Server) -> None:
+    bucket, client = s3.create_bucket("shards"), s3.client()
+    for key, data in shards(photos()).items():
+        client.put_object(Bucket=bucket, Key=f"wds/{key}", Body=data)
+    answer = bucket_client.post("/v1/datasets", json={"uri": f"s3://{bucket}/wds/"})
+    assert answer.status_code == 201, answer.text
+    body = answer.json()
+    assert (body["kind"], body["class_names"], body["num_train"], body["num_test"], body["test_split"], body["name"]) \
+        == ("s3-shards", ["c0", "c1"], 32, 12, "val", "wds")
+
+
+@pytest.mark.parametrize("case", ["malformed", "empty-prefix", "one-class", "no-bucket", "unknown-key"])
+def test_bad_references_are_422_naming_the_field(bucket_client: TestClient, s3: S3Server, case: str) -> None:
+    bucket = s3.create_bucket("bad")
+    if case == "one-class":
+        put_image_folder(s3.client(), bucket, "one/", {k: v for k, v in photos().items() if "/c0/" in k})
+    body = {"malformed": {"uri": "http://example.com/x"}, "empty-prefix": {"uri": f"s3://{bucket}/nothing/"},
+            "one-class": {"uri": f"s3://{bucket}/one/"}, "no-bucket": {"uri": "s3://no-such-bucket-here/x/"},
+            "unknown-key": {"uri": f"s3://{bucket}/x/", "secret": "y"}}[case]
+    answer = bucket_client.post("/v1/datasets", json=body)
+    assert answer.status_code == 422, answer.text
+    error = answer.json()["error"]
+    assert error["field"] == ("secret" if case == "unknown-key" else "uri"), error
+    assert "Traceback" not in answer.text
