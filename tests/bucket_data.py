@@ -19,7 +19,7 @@ def photos(train_per_class: int = 16, val_per_class: int = 6) -> dict[str, bytes
     for split, count in (("train", train_per_class), ("val", val_per_class)):
         for label, name in enumerate(CLASSES):
             for i in range(count):
-                pixels = (rng.integers(0, 120, (20, 20, 3)) + 110 * label).astype(np.uint8)
+                pixels = (rng.integers(0, 200, (20, 20, 3)) + 30 * label).astype(np.uint8)
                 buffer = io.BytesIO()
                 Image.fromarray(pixels).save(buffer, format="PNG")
                 files[f"{split}/{name}/{name}-{split[0]}{i:03d}.png"] = buffer.getvalue()
