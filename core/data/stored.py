@@ -126,6 +126,17 @@ class LazyImages:
     def dtype(self) -> torch.dtype:
         return torch.float32
 
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def cpu(self) -> LazyImages:
+        return self
+
+    def repeat(self, *sizes: int) -> torch.Tensor:
+        """Only asked of a set smaller than one batch (latency batches): small enough to read whole."""
+        return self.images.take(slice(None)).repeat(*sizes)
+
     def size(self, dim: int | None = None):
         return self.shape if dim is None else self.shape[dim]
 

@@ -173,3 +173,26 @@ def test_parallel_decoding_writes_the_same_store_as_one_process(tmp_path: Path) 
     parallel = _store_of(root, tmp_path / "two", workers=2)
     assert serial.count == 300 and parallel.pixel_file.read_bytes() == serial.pixel_file.read_bytes()
     assert np.array_equal(parallel.stats(), serial.stats())
+
+
+@pytest.mark.parametrize("method", ["e2kd", "xdistill"])
+def test_a_whole_run_with_the_set_on_disk_matches_the_run_with_it_in_ram(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, method: str
+) -> None:
+    from core.run import run_distillation
+    from core.spec import JobSpec
+
+    data = _photos(tmp_path / "data", per_class=10)
+    spec = JobSpec.model_validate({
+        "name": "on-disk", "dataset": {"path": str(data), "image_size": 16},
+        "teacher": {"arch": "cnn", "epochs": 1}, "student": {"arch": "cnn"}, "method": method,
+        "training": {"epochs": 1, "batch_size": 8, "lr": 0.05, "seed": 0},
+        "report": {"heatmaps": 2, "latency_runs": 1}, "export": {"onnx": method == "e2kd"},
+    })
+    results = {}
+    for budget in ("2048", "0"):
+        monkeypatch.setenv("DISTILL_DATA_MEMORY_MB", budget)
+        results[budget] = run_distillation(spec, tmp_path / f"out-{budget}")
+    for key in ("student_accuracy", "teacher_accuracy", "agreement", "explanation_cosine"):
+        assert results["0"][key] == results["2048"][key], key
+    assert results["0"]["history"]["student"][-1]["loss"] == results["2048"]["history"]["student"][-1]["loss"]
