@@ -22,6 +22,7 @@ from core.errors import DataError
 log = logging.getLogger(__name__)
 
 PARALLEL_MIN = 256  # fewer images decode in this process: forking costs more than it saves
+WRITE_BLOCK = 64  # images decoded into memory before one write to the pixel file
 
 
 def decode_pixels(file: Path, mode: str, image_size: int) -> np.ndarray:
@@ -40,22 +41,25 @@ def decode_pixels(file: Path, mode: str, image_size: int) -> np.ndarray:
 
 
 def _decode_range(args: tuple[str, Sequence[Path], str, int, int]) -> tuple[int, np.ndarray]:
-    """Decode `files` (the set's images from `start` on) into the pixel file at their offsets;
-    (start, per-image [sum_c..., sumsq_c...] float64)."""
+    """Decode `files` (the set's images from `start` on) into the pixel file at their offsets, a block of
+    images per write; (start, per-image [sum_c..., sumsq_c...] float64 in [0, 1] units)."""
     path, files, mode, image_size, start = args
-    stop = start + len(files)
     channels = 1 if mode == "L" else 3
-    shape = (channels, image_size, image_size)
-    row = int(np.prod(shape))
-    sums = np.empty((stop - start, 2 * channels), dtype=np.float64)
+    row = channels * image_size * image_size
+    sums = np.empty((len(files), 2 * channels), dtype=np.float64)
     with open(path, "r+b") as out:
-        for i in range(start, stop):
-            pixels = decode_pixels(files[i - start], mode, image_size)
-            out.seek(i * row)
-            out.write(pixels.tobytes())
-            scaled = pixels.reshape(channels, -1).astype(np.float64) / 255.0
-            sums[i - start, :channels] = scaled.sum(1)
-            sums[i - start, channels:] = np.square(scaled).sum(1)
+        for block in range(0, len(files), WRITE_BLOCK):
+            chunk = files[block : block + WRITE_BLOCK]
+            pixels = np.empty((len(chunk), channels, image_size, image_size), dtype=np.uint8)
+            for i, file in enumerate(chunk):
+                pixels[i] = decode_pixels(file, mode, image_size)
+            out.seek((start + block) * row)
+            out.write(pixels.data)
+            flat = pixels.reshape(len(chunk), channels, -1)
+            # exact integer sums, scaled once: the same numbers whichever process decoded the image
+            sums[block : block + len(chunk), :channels] = flat.sum(axis=2, dtype=np.uint64) / 255.0
+            squares = np.square(flat, dtype=np.uint32).sum(axis=2, dtype=np.uint64)
+            sums[block : block + len(chunk), channels:] = squares / 255.0**2
     return start, sums
 
 
