@@ -1,7 +1,7 @@
 """Decode once, read many: a verified uint8 pixel store per (image list, image size, colour mode).
 
 A store is a folder under the cache directory (`DISTILL_DATA_CACHE_DIR`, default
-`$DISTILL_HOME/cache/images` or `~/.cache/distill/images`):
+`$DISTILL_HOME/cache/images`, where DISTILL_HOME defaults to `./var`):
 
 - `pixels.u8`: the images, (N, C, S, S) uint8, row after row (read with `pread`, or
   loaded whole into RAM when the set fits the memory budget: one store, two placements);
@@ -49,8 +49,7 @@ def cache_dir() -> Path:
     configured = os.environ.get("DISTILL_DATA_CACHE_DIR")
     if configured:
         return Path(configured)
-    home = os.environ.get("DISTILL_HOME")
-    return Path(home) / "cache" / "images" if home else Path.home() / ".cache" / "distill" / "images"
+    return Path(os.environ.get("DISTILL_HOME") or "var") / "cache" / "images"  # DISTILL_HOME's default: ./var
 
 
 def cache_bytes() -> int:
