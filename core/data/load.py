@@ -144,7 +144,7 @@ def _from_folder(source: sources.FolderSource, spec: DatasetSpec, seed: int, bud
     train_place = "memory" if held <= budget else "disk"
     test_place = "memory" if test_store.nbytes <= budget else "disk"
     train_set = StoreImages(train_store, train_rows, mean, std, train_place)
-    test_set = StoreImages(test_store, test_rows, mean, std, test_place)
+    test_set = StoreImages(test_store, test_rows, mean, std, test_place, shared=train_set)
     return DataBundle(train_set, test_set, source.class_names, mean, std, split, streamed=train_place == "disk")
 
 

@@ -2,9 +2,10 @@
 
 Each image is opened with PIL's `draft` (a JPEG decodes at the smallest DCT scale that
 still covers the target side), converted, resized by its shorter side and center-cropped
-(core.data.transforms.fit_square). Worker processes (forked: they use only PIL and numpy)
-write their share straight into the file at each image's offset, and return per-image
-channel sums and sums of squares, so a set's mean and std later need no second pass.
+(core.data.transforms.fit_square). Forked worker processes (they use only PIL and numpy)
+and the calling process write their blocks straight into the file at each image's offset,
+and keep per-image channel sums and sums of squares, so a set's mean and std later need
+no second pass.
 """
 
 from __future__ import annotations
@@ -64,17 +65,58 @@ def _decode_range(args: tuple[str, Sequence[Path], str, int, int]) -> tuple[int,
 
 
 def decode_into(path: Path, files: Sequence[Path], mode: str, image_size: int, workers: int) -> np.ndarray:
-    """Fill the pixel file `path` (already sized) with `files` decoded; returns the (N, 2C) per-image sums."""
+    """Fill the pixel file `path` (already sized) with `files` decoded; returns the (N, 2C) per-image sums.
+
+    `workers` forked processes and this one take blocks of images from a shared counter until none
+    are left (no file list is pickled: the children inherit it), so the calling process decodes too.
+    """
     channels = 1 if mode == "L" else 3
     stats = np.empty((len(files), 2 * channels), dtype=np.float64)
     if workers < 1 or len(files) < PARALLEL_MIN or "fork" not in multiprocessing.get_all_start_methods():
-        stats[:] = _decode_range((str(path), list(files), mode, image_size, 0))[1]
+        stats[:] = _decode_range((str(path), files, mode, image_size, 0))[1]
         return stats
-    chunk = max(64, len(files) // (workers * 8))
-    jobs = [(str(path), list(files[s : s + chunk]), mode, image_size, s) for s in range(0, len(files), chunk)]
-    with multiprocessing.get_context("fork").Pool(workers) as pool:
-        for start, sums in pool.imap_unordered(_decode_range, jobs):
-            stats[start : start + len(sums)] = sums
+    context = multiprocessing.get_context("fork")
+    chunk = max(64, len(files) // ((workers + 1) * 8))
+    starts = list(range(0, len(files), chunk))
+    counter, results = context.Value("l", 0), context.Queue()
+
+    def claim() -> int | None:
+        with counter.get_lock():
+            index, counter.value = counter.value, counter.value + 1
+        return starts[index] if index < len(starts) else None
+
+    def work(report) -> int:  # noqa: ANN001 - a callable taking (start, sums)
+        done = 0
+        while (start := claim()) is not None:
+            report(*_decode_range((str(path), files[start : start + chunk], mode, image_size, start)))
+            done += 1
+        return done
+
+    def child() -> None:
+        try:
+            work(lambda start, sums: results.put((start, sums)))
+        except Exception as exc:  # noqa: BLE001 - handed to the parent, which raises it as the user's error
+            results.put((-1, str(exc)))
+
+    def keep(start: int, sums: np.ndarray) -> None:
+        stats[start : start + len(sums)] = sums
+
+    processes = [context.Process(target=child, daemon=True) for _ in range(workers)]
+    for process in processes:
+        process.start()
+    try:
+        pending = len(starts) - work(keep)
+        while pending:
+            start, sums = results.get(timeout=600)
+            if start < 0:
+                raise DataError(str(sums), field="dataset")
+            keep(start, sums)
+            pending -= 1
+    finally:
+        for process in processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.terminate()
     return stats
 
 

@@ -2,18 +2,18 @@
 
 `StoreImages` is a subset (`rows`) of a store's images. Its pixels are either the store's
 file loaded whole into RAM (`placement="memory"`, when the set fits the memory budget) or
-read batch by batch from the file with `pread` (`placement="disk"`: only a batch is ever in
-memory, and no mapped pages count against the process). Either way a batch leaves as uint8,
-moves to the device (pinned, non-blocking on CUDA), is normalised there and augmented by the
-spec's recipe with the epoch's generator: the two placements give bit-identical batches.
-On disk, the next batch is read by a background thread while the current one trains.
+the file memory-mapped (`placement="disk"`): a batch is one gather from the mapping, and
+every DROP_BYTES read the process lets go of the pages it touched (the OS page cache keeps
+them), so its resident memory stays flat whatever the set's size. Either way a batch leaves
+as uint8, moves to the device (pinned, non-blocking on CUDA), is normalised there and
+augmented by the spec's recipe with the epoch's generator: the two placements give
+bit-identical batches.
 """
 
 from __future__ import annotations
 
-import os
+import mmap
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -23,6 +23,7 @@ from core.data.recipes import apply_recipe
 from core.data.store import ImageStore
 
 PLACEMENTS = ("memory", "disk")
+DROP_BYTES = 16 << 20  # a set on disk keeps at most about this much of its file resident at a time
 
 
 class StoreImages:
@@ -30,15 +31,25 @@ class StoreImages:
 
     def __init__(
         self, store: ImageStore, rows: np.ndarray, mean: Sequence[float], std: Sequence[float], placement: str,
+        shared: StoreImages | None = None,
     ) -> None:
+        """`shared`: another set of the same store whose pixels this one reuses (a random held-out share and
+        its training split are two row subsets of one store: it is loaded into RAM, or mapped, once)."""
         if placement not in PLACEMENTS:
             raise ValueError(f"placement must be one of {PLACEMENTS}")
         self.store, self.rows, self.placement = store, np.asarray(rows, dtype=np.int64), placement
         self.labels = torch.from_numpy(store.labels[self.rows].astype(np.int64))
         self.mean, self.std = list(mean), list(std)
-        self._ram: np.ndarray | None = None
-        if placement == "memory":
-            self._ram = np.fromfile(store.pixel_file, dtype=np.uint8).reshape(store.count, *store.shape)
+        self._map: mmap.mmap | None = None
+        if shared is not None and shared.store.folder == store.folder and shared.placement == placement:
+            self._pixels, self._map = shared._pixels, shared._map
+        elif placement == "memory" or store.nbytes == 0:
+            self._pixels = np.fromfile(store.pixel_file, dtype=np.uint8).reshape(store.count, *store.shape)
+        else:  # mapped, not read: a store the cache evicts while this set trains stays readable while mapped
+            with open(store.pixel_file, "rb") as file:
+                self._map = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+            self._pixels = np.frombuffer(self._map, dtype=np.uint8).reshape(store.count, *store.shape)
+        self._mapped_bytes = 0
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -50,9 +61,19 @@ class StoreImages:
     def uint8(self, index: torch.Tensor | slice | Sequence[int]) -> torch.Tensor:
         """uint8 (n, C, S, S) of the samples at `index` (positions in this set), on the CPU."""
         positions = self.rows[index] if isinstance(index, slice) else self.rows[np.asarray(index, dtype=np.int64)]
-        if self._ram is not None:
-            return torch.from_numpy(self._ram[positions])
-        return torch.from_numpy(_read_rows(self.store, positions))
+        pixels = self._pixels[positions]  # one gather in C: a copy, from RAM or from the mapped file
+        if self._map is not None:
+            self._forget_pages(pixels.nbytes)
+        return torch.from_numpy(pixels)
+
+    def _forget_pages(self, nbytes: int) -> None:
+        """Every DROP_BYTES read, let go of the mapped pages touched so far: the OS page cache keeps them (later
+        epochs still read at memory speed) but they stop counting in this process's resident memory, which
+        so stays flat however large the set."""
+        self._mapped_bytes += nbytes
+        if self._mapped_bytes >= DROP_BYTES and self._map is not None:
+            self._map.madvise(mmap.MADV_DONTNEED)
+            self._mapped_bytes = 0
 
     def take(self, index: torch.Tensor | slice) -> torch.Tensor:
         return normalise(self.uint8(index), self.mean, self.std)
@@ -65,43 +86,11 @@ class StoreImages:
         self, order: torch.Tensor, batch_size: int, device: torch.device, augment: bool | str,
         generator: torch.Generator,
     ) -> Iterator[Batch]:
-        starts = range(0, len(order), batch_size)
-        with ThreadPoolExecutor(max_workers=1) as reader:
-            ahead = reader.submit(self.uint8, order[0:batch_size]) if len(order) else None
-            for start in starts:
-                index = order[start : start + batch_size]
-                pixels = ahead.result()
-                nxt = start + batch_size
-                ahead = reader.submit(self.uint8, order[nxt : nxt + batch_size]) if nxt < len(order) else None
-                x = normalise(to_device(pixels, device), self.mean, self.std)
-                x = apply_recipe(x, augment, generator) if augment else x
-                yield x, to_device(self.labels[index], device), index
-
-
-def _read_rows(store: ImageStore, positions: np.ndarray) -> np.ndarray:
-    """The store's rows `positions`, read in ascending file order with one pread per run of adjacent rows."""
-    row = store.row_bytes
-    out = np.empty((len(positions), *store.shape), dtype=np.uint8)
-    if not len(positions):
-        return out
-    flat = out.reshape(len(positions), row)
-    order = np.argsort(positions, kind="stable")
-    sorted_rows = positions[order]
-    fd = os.open(store.pixel_file, os.O_RDONLY)
-    try:
-        run_start = 0
-        for i in range(1, len(sorted_rows) + 1):
-            if i < len(sorted_rows) and sorted_rows[i] == sorted_rows[i - 1] + 1:
-                continue
-            first, count = int(sorted_rows[run_start]), i - run_start
-            data = os.pread(fd, count * row, first * row)
-            if len(data) != count * row:
-                raise OSError(f"image store {store.folder.name} is truncated")
-            flat[order[run_start:i]] = np.frombuffer(data, dtype=np.uint8).reshape(count, row)
-            run_start = i
-    finally:
-        os.close(fd)
-    return out
+        for start in range(0, len(order), batch_size):
+            index = order[start : start + batch_size]
+            x = normalise(to_device(self.uint8(index), device), self.mean, self.std)
+            x = apply_recipe(x, augment, generator) if augment else x
+            yield x, to_device(self.labels[index], device), index
 
 
 class LazyImages:

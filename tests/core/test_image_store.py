@@ -196,3 +196,25 @@ def test_a_whole_run_with_the_set_on_disk_matches_the_run_with_it_in_ram(
     for key in ("student_accuracy", "teacher_accuracy", "agreement", "explanation_cosine"):
         assert results["0"][key] == results["2048"][key], key
     assert results["0"]["history"]["student"][-1]["loss"] == results["2048"]["history"]["student"][-1]["loss"]
+
+
+def test_a_set_on_disk_stays_readable_when_the_cache_evicts_its_store(tmp_path: Path) -> None:
+    root, cache = _photos(tmp_path / "data"), tmp_path / "cache"
+    store = _store_of(root, cache)
+    on_disk = StoreImages(store, np.arange(store.count), [0.5] * 3, [0.25] * 3, "disk")
+    before = on_disk.uint8(slice(None)).clone()
+    assert evict(cache, 0, keep="") == [store.folder.name] and not store.folder.exists()
+    assert torch.equal(on_disk.uint8(slice(None)), before)  # the open file outlives its folder
+
+
+def test_an_undecodable_image_fails_the_parallel_first_pass_as_a_data_error_and_leaves_no_store(
+    tmp_path: Path,
+) -> None:
+    from core.errors import DataError
+
+    root, cache = _photos(tmp_path / "data", per_class=150), tmp_path / "cache"
+    (root / "train" / "c1" / "77.jpg").write_bytes(b"not a jpeg")
+    with pytest.raises(DataError, match="cannot decode image c1/77.jpg"):
+        _store_of(root, cache, workers=2)
+    assert not [p for p in cache.iterdir() if not p.name.startswith(".")]
+    assert not [p for p in cache.iterdir() if p.name.endswith(".tmp")]
