@@ -55,3 +55,22 @@ def test_bad_references_are_422_naming_the_field(bucket_client: TestClient, s3: 
     error = answer.json()["error"]
     assert error["field"] == ("secret" if case == "unknown-key" else "uri"), error
     assert "Traceback" not in answer.text
+
+
+def test_a_registered_dataset_belongs_to_the_key_that_registered_it(
+    make_client: Callable[..., TestClient], s3: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.faults.test_ownership import ALICE, BOB, as_key, keyed_client
+
+    for name, value in s3.environment().items():
+        monkeypatch.setenv(name, value)
+    client = keyed_client(make_client)
+    bucket = s3.create_bucket("owned")
+    put_image_folder(s3.client(), bucket, "p/", photos())
+    answer = client.post("/v1/datasets", json={"uri": f"s3://{bucket}/p/"}, headers=as_key(ALICE))
+    assert answer.status_code == 201, answer.text
+    dataset_id = answer.json()["id"]
+    assert client.get(f"/v1/datasets/{dataset_id}", headers=as_key(BOB)).status_code == 404
+    assert client.get("/v1/datasets", headers=as_key(BOB)).json()["items"] == []
+    assert [d["id"] for d in client.get("/v1/datasets", headers=as_key(ALICE)).json()["items"]] == [dataset_id]
+    assert client.post("/v1/datasets", json={"uri": f"s3://{bucket}/p/"}).status_code == 401
