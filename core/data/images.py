@@ -49,10 +49,25 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def normalise(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 (or [0, 1] float) pixels -> (x/255 - mean) / std, float32, on the pixels' device."""
-    x = pixels.float().div_(255.0) if pixels.dtype == torch.uint8 else pixels.float()
+    """uint8 (or [0, 1] float) pixels -> (x/255 - mean) / std, float32, on the pixels' device.
+
+    uint8 takes one float copy and two in-place passes, x * (1 / (255 std)) + (-mean / std): on
+    photo batches the three allocating passes of the plain formula cost more than reading the pixels.
+    """
+    if pixels.dtype == torch.uint8:
+        scale, shift = _uint8_affine(tuple(mean), tuple(std), pixels.device)
+        return pixels.float().mul_(scale).add_(shift)
+    x = pixels.float()
     mean_t, std_t = _channel_stats(tuple(mean), tuple(std), x.device)
     return (x - mean_t) / std_t
+
+
+@functools.lru_cache(maxsize=16)
+def _uint8_affine(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(scale, shift) as (1, C, 1, 1) float32 tensors on `device`: uint8 pixels * scale + shift is normalised."""
+    mean64, std64 = torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
+    shape = (1, -1, 1, 1)
+    return ((1.0 / (255.0 * std64)).float().view(shape).to(device), (-mean64 / std64).float().view(shape).to(device))
 
 
 @functools.lru_cache(maxsize=16)
