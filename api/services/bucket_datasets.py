@@ -38,7 +38,7 @@ def register_bucket_dataset(session: Session, body: BucketDatasetIn, owner: str 
     _, prefix = bucket.parse_uri(body.uri)
     name = body.name or (prefix.rstrip("/").rsplit("/", 1)[-1] or bucket.parse_uri(body.uri)[0])
     record = DatasetRecord(
-        name=name, kind=f"s3-{summary.layout}", num_classes=len(summary.class_names), in_channels=3,
+        name=name, kind=f"s3-{summary.layout}", num_classes=len(summary.class_names), in_channels=summary.in_channels,
         class_names={"names": summary.class_names}, num_train=summary.num_train, num_test=summary.num_test,
         test_split=summary.test_split, relpath=body.uri, size_bytes=summary.size_bytes, owner=owner,
     )

@@ -46,6 +46,7 @@ class BucketSummary:
     test_split: str | None
     size_bytes: int
     objects: list[BucketObject] = dc_field(default_factory=list)
+    in_channels: int = 3  # the first training image's: 1 when it is grayscale (the engine's rule)
 
 
 def parse_uri(uri: str, field: str = "uri") -> tuple[str, str]:
@@ -123,16 +124,18 @@ def summarise(client, uri: str, objects: list[BucketObject], field: str = "uri")
     if shards:
         counts: dict[str, int] = {}
         classes: set[str] = set()
-        for shard in shards:
+        first: bytes | None = None
+        for shard in sorted(shards, key=lambda obj: obj.key):
             split = _shard_split(shard.key) or "train"
-            for _, label, _ in shard_samples(client, uri, shard.key, field):
+            for _, label, data in shard_samples(client, uri, shard.key, field):
                 classes.add(label)
                 counts[split] = counts.get(split, 0) + 1
+                first = data if first is None and split == "train" else first
         test_split = next((name for name in TEST_SPLIT_NAMES if counts.get(name)), None)
-        names = _sorted_classes(classes)
+        names = sorted(classes)  # the engine's order: the copied tree's class folders, sorted (torchvision's rule)
         _check_classes(names, counts.get("train", 0), field)
         return BucketSummary("shards", names, counts.get("train", 0), counts.get(test_split, 0) if test_split else 0,
-                             test_split, size, objects)
+                             test_split, size, objects, _channels(first, field))
     train, test = _image_folder_splits(objects)
     images = [obj for obj in objects if PurePosixPath(obj.key).suffix.lower() in IMAGE_SUFFIXES]
     depth = 3 if train else 2
@@ -141,14 +144,34 @@ def summarise(client, uri: str, objects: list[BucketObject], field: str = "uri")
     _check_classes(names, len(train_images), field)
     test_count = sum(1 for o in images if test and o.key.startswith(f"{test}/") and len(o.key.split("/")) == 3
                      and o.key.split("/")[1] in names)
-    return BucketSummary("imagefolder", names, len(train_images), test_count, test, size, objects)
+    first = min(train_images, key=lambda obj: obj.key)
+    return BucketSummary("imagefolder", names, len(train_images), test_count, test, size, objects,
+                         _channels(_get(client, uri, first.key, field), field))
 
 
-def _sorted_classes(classes: set[str]) -> list[str]:
-    """Class names sorted numerically when they are all numbers (`.cls` files usually hold an index)."""
-    if classes and all(name.isdigit() for name in classes):
-        return sorted(classes, key=int)
-    return sorted(classes)
+def _get(client, uri: str, key: str, field: str) -> bytes:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, prefix = parse_uri(uri, field)
+    try:
+        return client.get_object(Bucket=bucket, Key=prefix + key)["Body"].read()
+    except (ClientError, BotoCoreError) as exc:
+        raise DataError(f"cannot read {key}: {_reason(exc)}", field=field) from None
+
+
+def _channels(image: bytes | None, field: str) -> int:
+    """1 or 3: the channels the engine gives a set whose first training image is `image`."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    from core.models.compat import image_channels
+
+    try:
+        with Image.open(io.BytesIO(image or b"")) as first:
+            return image_channels(first.mode)
+    except (UnidentifiedImageError, OSError) as exc:
+        raise DataError(f"the first training image cannot be decoded: {exc}", field=field) from None
 
 
 def _check_classes(names: list[str], num_train: int, field: str) -> None:

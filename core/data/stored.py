@@ -23,7 +23,7 @@ from core.data.recipes import apply_recipe
 from core.data.store import ImageStore
 
 PLACEMENTS = ("memory", "disk")
-DROP_BYTES = 16 << 20  # a set on disk keeps at most about this much of its file resident at a time
+DROP_BYTES = 32 << 20  # a set on disk keeps at most about this much of its file resident at a time
 
 
 class StoreImages:

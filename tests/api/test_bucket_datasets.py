@@ -74,3 +74,18 @@ def test_a_registered_dataset_belongs_to_the_key_that_registered_it(
     assert client.get("/v1/datasets", headers=as_key(BOB)).json()["items"] == []
     assert [d["id"] for d in client.get("/v1/datasets", headers=as_key(ALICE)).json()["items"]] == [dataset_id]
     assert client.post("/v1/datasets", json={"uri": f"s3://{bucket}/p/"}).status_code == 401
+
+
+def test_a_grayscale_prefix_registers_with_one_channel(bucket_client: TestClient, s3: S3Server) -> None:
+    import io
+
+    from PIL import Image
+
+    bucket, client = s3.create_bucket("grey"), s3.client()
+    for label in ("a", "b"):
+        for i in range(3):
+            buffer = io.BytesIO()
+            Image.new("L", (8, 8), 40 * i).save(buffer, format="PNG")
+            client.put_object(Bucket=bucket, Key=f"g/{label}/{i}.png", Body=buffer.getvalue())
+    body = bucket_client.post("/v1/datasets", json={"uri": f"s3://{bucket}/g/"}).json()
+    assert (body["in_channels"], body["num_train"], body["num_test"], body["test_split"]) == (1, 6, 0, None)
