@@ -50,6 +50,7 @@ class StoreImages:
                 self._map = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
             self._pixels = np.frombuffer(self._map, dtype=np.uint8).reshape(store.count, *store.shape)
         self._mapped_bytes = 0
+        self._baseline = _resident_file_bytes() or 0
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -67,13 +68,20 @@ class StoreImages:
         return torch.from_numpy(pixels)
 
     def _forget_pages(self, nbytes: int) -> None:
-        """Every DROP_BYTES read, let go of the mapped pages touched so far: the OS page cache keeps them (later
-        epochs still read at memory speed) but they stop counting in this process's resident memory, which
-        so stays flat however large the set."""
-        self._mapped_bytes += nbytes
-        if self._mapped_bytes >= DROP_BYTES and self._map is not None:
+        """Once the process's resident file pages grew by DROP_BYTES, let go of the mapped pages touched so far:
+        the OS page cache keeps them (later epochs still read at memory speed) but they stop counting in this
+        process's resident memory, which so stays flat however large the set.
+
+        Measured, not counted from the bytes asked for: one touched row can map a whole large page-cache folio
+        (megabytes), so a batch of 64 random rows may map many times its own size."""
+        resident = _resident_file_bytes()
+        if resident is None:  # no /proc: count the bytes asked for instead
+            self._mapped_bytes += nbytes
+            resident, self._baseline = self._mapped_bytes, 0
+        if resident - self._baseline >= DROP_BYTES and self._map is not None:
             self._map.madvise(mmap.MADV_DONTNEED)
             self._mapped_bytes = 0
+            self._baseline = _resident_file_bytes() or 0
 
     def take(self, index: torch.Tensor | slice) -> torch.Tensor:
         return normalise(self.uint8(index), self.mean, self.std)
@@ -91,6 +99,15 @@ class StoreImages:
             x = normalise(to_device(self.uint8(index), device), self.mean, self.std)
             x = apply_recipe(x, augment, generator) if augment else x
             yield x, to_device(self.labels[index], device), index
+
+
+def _resident_file_bytes() -> int | None:
+    """This process's resident shared (file-backed) memory, from /proc/self/statm; None where there is none."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[2]) * mmap.PAGESIZE
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class LazyImages:
