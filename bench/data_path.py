@@ -103,7 +103,9 @@ class _Reference:
             return torch.from_numpy(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy())
 
 
-def _epoch(images, args: argparse.Namespace, augment: bool | str = False, count: int | None = None) -> int:  # noqa: ANN001
+def _epoch(  # noqa: ANN001 - images: any ImageSet
+    images, args: argparse.Namespace, augment: bool | str = False, count: int | None = None
+) -> int:
     import torch
 
     order = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))[:count]

@@ -265,7 +265,8 @@ def distill_student(
         objective = DistillationObjective(
             student, terms, data, run.device, teacher=teacher,
             explanation=spec.loss.explanation if explaining else None, oracle_gamma=spec.loss.oracle_gamma,
-            autoencoder=autoencoder if explaining else None, cache_maps=resolve_recipe(spec.dataset.augment, spec.dataset.image_size) == "none",
+            autoencoder=autoencoder if explaining else None,
+            cache_maps=resolve_recipe(spec.dataset.augment, spec.dataset.image_size) == "none",
         )
         forwards = explaining_forwards(spec.loss.explanation.explainer, student, teacher)
         return _train_to_file(run, student, objective, data, spec.training.epochs, "distilling", weights, forwards,

@@ -1,4 +1,5 @@
-"""Datasets: sources (digits, ImageFolder, npz), splits, decoded-once image stores (in RAM or on disk), streamed sets, transforms.
+"""Datasets: sources (digits, ImageFolder, npz), splits, decoded-once image stores (in RAM or on disk),
+streamed sets, transforms.
 
 Import from here: `from core.data import DataBundle, load_dataset`.
 """

@@ -36,7 +36,8 @@ class ImageSet(Protocol):
         """Normalised float images (CPU) of the samples at `index`, as the model sees them in evaluation."""
 
     def batches(
-        self, order: torch.Tensor, batch_size: int, device: torch.device, augment: bool | str, generator: torch.Generator
+        self, order: torch.Tensor, batch_size: int, device: torch.device, augment: bool | str,
+        generator: torch.Generator,
     ) -> Iterator[Batch]:
         """One epoch: batches of `order`'s samples in that order, on `device`."""
 
@@ -101,7 +102,8 @@ class MemoryImages:
         return normalise(self.pixels[index], self.mean, self.std)
 
     def batches(
-        self, order: torch.Tensor, batch_size: int, device: torch.device, augment: bool | str, generator: torch.Generator
+        self, order: torch.Tensor, batch_size: int, device: torch.device, augment: bool | str,
+        generator: torch.Generator,
     ) -> Iterator[Batch]:
         from core.data.recipes import apply_recipe
 
@@ -126,7 +128,8 @@ class TensorImages:
         return self.x[index]
 
     def batches(
-        self, order: torch.Tensor, batch_size: int, device: torch.device, augment: bool | str, generator: torch.Generator
+        self, order: torch.Tensor, batch_size: int, device: torch.device, augment: bool | str,
+        generator: torch.Generator,
     ) -> Iterator[Batch]:
         from core.data.recipes import apply_recipe
 
