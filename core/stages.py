@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from core.data import DataBundle
+from core.data.recipes import resolve_recipe
 from core.errors import DistillError, JobCancelled, SpecError
 from core.explain import FeatureTap, explaining_forwards
 from core.models import (
@@ -275,7 +276,8 @@ def distill_student(
         objective = DistillationObjective(
             student, terms, data, run.device, teacher=teacher,
             explanation=spec.loss.explanation if explaining else None, oracle_gamma=spec.loss.oracle_gamma,
-            autoencoder=autoencoder if explaining else None, cache_maps=not spec.dataset.augment,
+            autoencoder=autoencoder if explaining else None,
+            cache_maps=resolve_recipe(spec.dataset.augment, spec.dataset.image_size) == "none",
         )
         forwards = explaining_forwards(spec.loss.explanation.explainer, student, teacher)
         return _train_to_file(run, student, objective, data, spec.training.epochs, "distilling", weights, forwards,

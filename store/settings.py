@@ -71,6 +71,13 @@ class Settings(BaseSettings):
                                   description="Image sets above this (uint8 pixels) are streamed from their files.")
     data_workers: int | None = Field(None, alias="DISTILL_DATA_WORKERS", ge=0,
                                      description="DataLoader processes of a streamed set; unset = up to 4.")
+    data_cache_dir: str | None = Field(
+        None, alias="DISTILL_DATA_CACHE_DIR",
+        description="Where decoded image stores live; unset = DISTILL_HOME/cache/images.")
+    data_cache_mb: float = Field(20480, alias="DISTILL_DATA_CACHE_MB", ge=0,
+                                 description="Size of the decoded image stores; least recently used are evicted.")
+    bucket_cache_mb: float = Field(20480, alias="DISTILL_BUCKET_CACHE_MB", ge=0,
+                                   description="Size of the local copies of datasets registered by reference.")
     log_level: str = Field("INFO", alias="DISTILL_LOG_LEVEL")
     storage_url: str | None = Field(
         None, alias="DISTILL_STORAGE_URL", description="Unset: files under DISTILL_HOME; s3://bucket/prefix: S3."

@@ -136,3 +136,19 @@ def settings(tmp_path: Path, db_url: str) -> Callable[..., Settings]:
         return Settings(**values)
 
     return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def image_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Decoded-image stores (core.data.store) of this session in its own folder, never the user's cache;
+    worker processes the tests start inherit it."""
+    import os
+
+    folder = tmp_path_factory.mktemp("image-cache")
+    previous = os.environ.get("DISTILL_DATA_CACHE_DIR")
+    os.environ["DISTILL_DATA_CACHE_DIR"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("DISTILL_DATA_CACHE_DIR", None)
+    else:
+        os.environ["DISTILL_DATA_CACHE_DIR"] = previous

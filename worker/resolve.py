@@ -22,6 +22,7 @@ from store import repository
 from store.models import DatasetRecord, ModelRecord
 from store.settings import Settings
 from store.storage import MissingObject, Storage, fetch_cached, get_storage
+from worker.bucket_datasets import BUCKET_KINDS, local_tree
 
 T = TypeVar("T")
 Retry = Callable[[str, Callable[[], T]], T]
@@ -80,7 +81,10 @@ class StoredUploads:
         return self._retry(f"resolve model {reference}", lambda: self._model_path(reference))
 
     def _dataset_path(self, dataset_id: str) -> Path:
-        relpath = self._relpath(_DATASET, dataset_id)
+        record = self._record(_DATASET, dataset_id)
+        if record.kind in BUCKET_KINDS:  # registered by reference: its objects stay in a bucket
+            return local_tree(self._settings, record)
+        relpath = record.relpath
         # The upload's folder is datasets/<folder>; an npz upload records the file inside it.
         parts = relpath.split("/")
         root_key, inner = "/".join(parts[:2]), "/".join(parts[2:])
@@ -98,10 +102,14 @@ class StoredUploads:
             raise _MODEL.failure(model_id, "has no stored weights") from None
 
     def _relpath(self, kind: _UploadKind, upload_id: str) -> str:
-        """The stored path of an upload row; a row deleted since the job was created fails the job as the
-        user's error on the spec field that named it, not as a crash."""
+        """The stored path of an upload row."""
+        return self._record(kind, upload_id).relpath
+
+    def _record(self, kind: _UploadKind, upload_id: str) -> DatasetRecord | ModelRecord:
+        """An upload's row; a row deleted since the job was created fails the job as the user's error on the
+        spec field that named it, not as a crash."""
         try:
             with self._sessions() as session:
-                return kind.lookup(session, upload_id).relpath
+                return kind.lookup(session, upload_id)
         except repository.NotFound:
             raise kind.failure(upload_id, "does not exist (deleted?)") from None

@@ -9,10 +9,15 @@ from __future__ import annotations
 from functools import partial
 
 from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from sqlalchemy.orm import Session
 
 from api.deps import CallerDep, SessionDep, SettingsDep, StateDep, StorageDep, UploadId
 from api.routes import API_V1
 from api.schemas import ERROR_RESPONSES, DatasetList, DatasetOut
+from api.services.bucket_datasets import BucketDatasetIn, register_bucket_dataset
 from api.services.dataset_uploads import DatasetUploadForm, store_dataset
 from api.uploads import handle_upload, owned_upload, upload_not_found, upload_route
 from store import repository
@@ -30,12 +35,16 @@ _UPLOAD_EXAMPLE = {"file": "(binary: flowers.zip with train/<class>/*.jpg and te
     "and optionally a held-out split in `val/`, `valid/`, `validation/` or `test/` (the first found; the response's "
     "`test_split` names it, null = jobs hold out a seeded random share); photos of any size. "
     "A .npz holds arrays `x`, `y` and optionally `x_test`, `y_test` "
-    "(numeric only: object arrays are refused).",
+    "(numeric only: object arrays are refused). "
+    "Or a JSON body `{\"uri\": \"s3://bucket/prefix/\", \"name\": ...}` registers a dataset that stays in the "
+    "bucket (an ImageFolder prefix, or train-*.tar / val-*.tar shards of <key>.jpg + <key>.cls).",
 ))
 async def upload_dataset(
     request: Request, settings: SettingsDep, session: SessionDep, storage: StorageDep, caller: CallerDep,
     state: StateDep,
 ) -> DatasetOut:
+    if request.headers.get("content-type", "").split(";")[0].strip() == "application/json":
+        return await register_by_reference(request, session, caller.owner)  # a dataset that stays in a bucket
     store = partial(store_dataset, settings=settings, session=session, storage=storage, owner=caller.owner,
                     checks=state.upload_checks)
     return await handle_upload(request, settings, form_model=DatasetUploadForm, store=store,
@@ -51,3 +60,16 @@ def list_datasets(session: SessionDep, caller: CallerDep) -> DatasetList:
 @router.get("/{dataset_id}", summary="One uploaded dataset", responses=upload_not_found("dataset"))
 def get_dataset(dataset_id: UploadId, session: SessionDep, caller: CallerDep) -> DatasetOut:
     return DatasetOut.from_record(owned_upload(repository.get_dataset, "dataset", session, dataset_id, caller.scope))
+
+
+async def register_by_reference(request: Request, session: Session, owner: str | None) -> DatasetOut:
+    """The JSON form of POST /v1/datasets (see api.services.bucket_datasets)."""
+    try:
+        body = BucketDatasetIn.model_validate(await request.json())
+    except ValidationError as exc:
+        raise RequestValidationError([{**error, "loc": ("body", *error["loc"])} for error in exc.errors()]) from None
+    except ValueError:
+        raise RequestValidationError([{"type": "json_invalid", "loc": ("body",), "msg": "the body is not valid JSON",
+                                       "ctx": {"error": "the body is not valid JSON"}}]) from None
+    record = await run_in_threadpool(register_bucket_dataset, session, body, owner)
+    return DatasetOut.from_record(record)

@@ -6,8 +6,10 @@ Three kinds, one interface (`__len__`, `labels`, `take`, `batches`):
   batch on the device. The default below the memory budget.
 - `TensorImages`: already normalised float tensors (hosts and tests that build data
   by hand).
+- `StoreImages` (core.data.stored): an image folder decoded once into a store on disk,
+  held in RAM below the budget or read batch by batch above it.
 - `StreamImages` (core.data.stream): files decoded on the fly by a DataLoader with
-  worker processes, for sets above the budget.
+  worker processes, when the image cache is off.
 
 Every batch carries the samples' stable indices (positions in the set), which the
 teacher-map cache keys on. Batches move to the device one at a time, from pinned
@@ -34,7 +36,8 @@ class ImageSet(Protocol):
         """Normalised float images (CPU) of the samples at `index`, as the model sees them in evaluation."""
 
     def batches(
-        self, order: torch.Tensor, batch_size: int, device: torch.device, augment: bool, generator: torch.Generator
+        self, order: torch.Tensor, batch_size: int, device: torch.device, augment: bool | str,
+        generator: torch.Generator,
     ) -> Iterator[Batch]:
         """One epoch: batches of `order`'s samples in that order, on `device`."""
 
@@ -47,10 +50,25 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def normalise(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """uint8 (or [0, 1] float) pixels -> (x/255 - mean) / std, float32, on the pixels' device."""
-    x = pixels.float().div_(255.0) if pixels.dtype == torch.uint8 else pixels.float()
+    """uint8 (or [0, 1] float) pixels -> (x/255 - mean) / std, float32, on the pixels' device.
+
+    uint8 takes one float copy and two in-place passes, x * (1 / (255 std)) + (-mean / std): on
+    photo batches the three allocating passes of the plain formula cost more than reading the pixels.
+    """
+    if pixels.dtype == torch.uint8:
+        scale, shift = _uint8_affine(tuple(mean), tuple(std), pixels.device)
+        return pixels.float().mul_(scale).add_(shift)
+    x = pixels.float()
     mean_t, std_t = _channel_stats(tuple(mean), tuple(std), x.device)
     return (x - mean_t) / std_t
+
+
+@functools.lru_cache(maxsize=16)
+def _uint8_affine(mean: tuple[float, ...], std: tuple[float, ...], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(scale, shift) as (1, C, 1, 1) float32 tensors on `device`: uint8 pixels * scale + shift is normalised."""
+    mean64, std64 = torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
+    shape = (1, -1, 1, 1)
+    return ((1.0 / (255.0 * std64)).float().view(shape).to(device), (-mean64 / std64).float().view(shape).to(device))
 
 
 @functools.lru_cache(maxsize=16)
@@ -84,15 +102,16 @@ class MemoryImages:
         return normalise(self.pixels[index], self.mean, self.std)
 
     def batches(
-        self, order: torch.Tensor, batch_size: int, device: torch.device, augment: bool, generator: torch.Generator
+        self, order: torch.Tensor, batch_size: int, device: torch.device, augment: bool | str,
+        generator: torch.Generator,
     ) -> Iterator[Batch]:
-        from core.data.transforms import augment_batch
+        from core.data.recipes import apply_recipe
 
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
             x = normalise(to_device(self.pixels[index], device), self.mean, self.std)
             if augment:
-                x = augment_batch(x, generator)
+                x = apply_recipe(x, augment, generator)
             yield x, to_device(self.labels[index], device), index
 
 
@@ -109,13 +128,14 @@ class TensorImages:
         return self.x[index]
 
     def batches(
-        self, order: torch.Tensor, batch_size: int, device: torch.device, augment: bool, generator: torch.Generator
+        self, order: torch.Tensor, batch_size: int, device: torch.device, augment: bool | str,
+        generator: torch.Generator,
     ) -> Iterator[Batch]:
-        from core.data.transforms import augment_batch
+        from core.data.recipes import apply_recipe
 
         for start in range(0, len(order), batch_size):
             index = order[start : start + batch_size]
             x = to_device(self.x[index], device)
             if augment:
-                x = augment_batch(x, generator)
+                x = apply_recipe(x, augment, generator)
             yield x, to_device(self.labels[index], device), index

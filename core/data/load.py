@@ -1,9 +1,12 @@
 """From a dataset spec to a `DataBundle`: source, split, few-shot subset, memory or stream, normalisation.
 
-Below the memory budget (`DISTILL_DATA_MEMORY_MB`, default 2048) images are decoded
-once into uint8 tensors; above it an ImageFolder's training split is streamed from its
-files (core.data.stream). Normalisation uses the training split's per-channel mean and
-std (from every image in memory, or from a fixed sample of a streamed set).
+An ImageFolder's splits are decoded once into verified uint8 stores on this machine's disk
+(core.data.store) that every later job reads; a set is held in RAM when its stores fit
+the memory budget (`DISTILL_DATA_MEMORY_MB`, default 2048) and read from disk batch by
+batch above it (core.data.stored). With the image cache off (`DISTILL_DATA_CACHE_MB=0`)
+the old paths remain: decoded into memory below the budget, streamed from the files above
+(core.data.stream). Normalisation uses the training split's per-channel mean and std (every
+image's, kept by the store; or a fixed sample of a streamed set).
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from core.data import sources
 from core.data.bundle import DataBundle
 from core.data.images import MemoryImages
 from core.data.splits import check_classes, few_shot, random_split
+from core.data.store import ImageStore, cache_bytes, open_or_build
+from core.data.stored import StoreImages
 from core.data.stream import StreamImages
 from core.errors import DataError
 from core.resolver import LocalFiles, Resolver
@@ -117,19 +122,50 @@ def _statistics(pixels: torch.Tensor) -> tuple[list[float], list[float]]:
 
 
 def _from_folder(source: sources.FolderSource, spec: DatasetSpec, seed: int, budget: int) -> DataBundle:
-    files, labels = source.files, source.labels
-    test_files, test_labels, split = source.test_files, source.test_labels, source.test_split or "random"
-    if test_files is None or test_labels is None:
-        train_idx, test_idx = random_split(labels, spec.test_fraction, seed)
-        test_files, test_labels = [files[i] for i in test_idx], labels[test_idx]
-        files, labels = [files[i] for i in train_idx], labels[train_idx]
+    """An ImageFolder source through its decoded-once stores (or streamed when the image cache is off)."""
+    labels, train_rows = source.labels, np.arange(len(source.files))
+    if source.test_files is None or source.test_labels is None:
+        train_rows, test_rows = random_split(labels, spec.test_fraction, seed)
+        test_files, test_labels, split = source.files, labels, "random"
+    else:
+        test_files, test_labels, split = source.test_files, source.test_labels, source.test_split or "random"
+        test_rows = np.arange(len(test_files))
     if spec.shots_per_class is not None:
-        keep = few_shot(labels, spec.shots_per_class, seed)
-        files, labels = [files[i] for i in keep], labels[keep]
-    check_classes(labels, test_labels, len(source.class_names))
+        train_rows = train_rows[few_shot(labels[train_rows], spec.shots_per_class, seed)]
+    check_classes(labels[train_rows], test_labels[test_rows], len(source.class_names))
+    if cache_bytes() <= 0:
+        return _streamed(source, spec, seed, budget, [source.files[i] for i in train_rows], labels[train_rows],
+                         [test_files[i] for i in test_rows], test_labels[test_rows], split)
+    train_store = open_or_build(source.files, labels, source.mode, spec.image_size)
+    test_store = train_store if source.test_files is None else open_or_build(
+        test_files, test_labels, source.mode, spec.image_size)
+    held = train_store.nbytes + (0 if test_store is train_store else test_store.nbytes)
+    mean, std = store_statistics(train_store, train_rows)
+    train_place = "memory" if held <= budget else "disk"
+    test_place = "memory" if test_store.nbytes <= budget else "disk"
+    train_set = StoreImages(train_store, train_rows, mean, std, train_place)
+    test_set = StoreImages(test_store, test_rows, mean, std, test_place, shared=train_set)
+    return DataBundle(train_set, test_set, source.class_names, mean, std, split, streamed=train_place == "disk")
+
+
+def store_statistics(store: ImageStore, rows: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of a store's images `rows`, from the per-image sums kept at decoding time."""
+    channels = store.shape[0]
+    sums = store.stats()[rows].sum(axis=0)
+    count = len(rows) * store.shape[1] * store.shape[2]
+    mean = sums[:channels] / count
+    var = np.clip(sums[channels:] / count - mean**2, 0, None) * count / max(1, count - 1)
+    return (torch.from_numpy(mean).float().tolist(),
+            torch.from_numpy(np.sqrt(var)).clamp_min(1e-3).float().tolist())
+
+
+def _streamed(
+    source: sources.FolderSource, spec: DatasetSpec, seed: int, budget: int, files: list[Path], labels: np.ndarray,
+    test_files: list[Path], test_labels: np.ndarray, split: str,
+) -> DataBundle:
+    """Without an image cache (DISTILL_DATA_CACHE_MB=0): decoded into memory below the budget, else streamed."""
     image_bytes = source.in_channels * spec.image_size**2
-    streamed = (len(files) + len(test_files)) * image_bytes > budget
-    if not streamed:
+    if (len(files) + len(test_files)) * image_bytes <= budget:
         train = sources.decode_images(files, source.mode, spec.image_size)
         test = sources.decode_images(test_files, source.mode, spec.image_size)
         mean, std = _statistics(torch.from_numpy(train))

@@ -69,10 +69,14 @@ class StreamImages:
         return torch.stack([dataset[int(i)][0] for i in positions]) if len(positions) else torch.empty(0)
 
     def batches(
-        self, order: torch.Tensor, batch_size: int, device: torch.device, augment: bool, generator: torch.Generator
+        self, order: torch.Tensor, batch_size: int, device: torch.device, augment: bool | str,
+        generator: torch.Generator,
     ) -> Iterator[Batch]:
+        from core.data.recipes import resolve_recipe
+
         loader = DataLoader(
-            self._dataset(augment), batch_size=batch_size, sampler=order.tolist(), num_workers=self.workers,
+            self._dataset(resolve_recipe(augment, self.image_size) != "none"), batch_size=batch_size,
+            sampler=order.tolist(), num_workers=self.workers,
             pin_memory=device.type == "cuda", prefetch_factor=2 if self.workers else None,
             # workers' seeds (their augmentation) follow the epoch's generator: a rerun repeats them
             generator=torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator))),

@@ -1,10 +1,9 @@
 """Pixel transforms: the evaluation view of a photo, and training augmentation.
 
-Evaluation (both paths): resize the shorter side to `image_size`, then center-crop a
-square, so non-square photos keep their aspect ratio. Augmentation: on the in-memory
-path a 4-pixel padded random crop + horizontal flip on the normalised batch (the
-CIFAR recipe, cheap on small images); on the streamed path torchvision's
-RandomResizedCrop + horizontal flip per photo (the ImageNet recipe).
+Evaluation (every path): resize the shorter side to `image_size`, then center-crop a
+square, so non-square photos keep their aspect ratio. Augmentation of decoded batches
+is a named recipe (core.data.recipes); the streamed path (image cache off) applies
+torchvision's RandomResizedCrop + horizontal flip per photo for any recipe but `none`.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 
 def fit_square(image, image_size: int):  # PIL.Image -> PIL.Image
@@ -59,15 +57,7 @@ def stream_transform(image_size: int, mean: Sequence[float], std: Sequence[float
 
 
 def augment_batch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Random 4-pixel-padded crop and horizontal flip, per sample, on a normalised batch."""
-    n, _, h, w = x.shape
-    pad = 4
-    padded = F.pad(x, (pad, pad, pad, pad), mode="reflect")
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    flip = torch.rand(n, generator=generator) < 0.5
-    out = torch.empty_like(x)
-    for i in range(n):
-        crop = padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w]
-        out[i] = crop.flip(-1) if flip[i] else crop
-    return out
+    """Random 4-pixel-padded crop and horizontal flip, per sample, on a normalised batch (the crop-flip recipe)."""
+    from core.data.recipes import crop_flip
+
+    return crop_flip(x, generator)

@@ -74,7 +74,10 @@ class DatasetSpec(_Strict):
     test_fraction: float = Field(
         0.2, gt=0.0, lt=1.0, description="Seeded held-out share when the source has no test split."
     )
-    augment: bool = Field(False, description="Random crop + flip; disables the teacher-map cache.")
+    augment: bool | Literal["none", "crop-flip", "random-resized-crop"] = Field(
+        False, description="Augmentation recipe: 'none', 'crop-flip' (4-pixel padded crop + flip, small images), "
+        "'random-resized-crop' (+ flip, photos); true = crop-flip up to 64 px, random-resized-crop above. "
+        "Any recipe but none disables the teacher-map cache.")
     split_seed: int = Field(
         0,
         ge=0,

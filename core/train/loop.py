@@ -104,7 +104,7 @@ def image_set(train_x: torch.Tensor | ImageSet, train_y: torch.Tensor | None) ->
 
 
 def epoch_batches(
-    images: ImageSet, config: OptimConfig, epoch: int, device: torch.device, augment: bool = False
+    images: ImageSet, config: OptimConfig, epoch: int, device: torch.device, augment: bool | str = False
 ) -> Iterator[Batch]:
     """One epoch's batches, in the order (seed, epoch) draws: the loop's only contact with the data.
 
@@ -253,7 +253,7 @@ def train(
     device: torch.device,
     checkpoint_path: Path | None = None,
     callbacks: RunCallbacks | None = None,
-    augment: bool = False,
+    augment: bool | str = False,
     span: tuple[float, float] = (0.0, 1.0),
     evaluate_start: bool = False,
 ) -> list[dict[str, Any]]:
@@ -281,7 +281,7 @@ def train(
     return run.history
 
 
-def _train_epoch(run: _Stage, images: ImageSet, epoch: int, augment: bool) -> None:
+def _train_epoch(run: _Stage, images: ImageSet, epoch: int, augment: bool | str) -> None:
     """One epoch of `train`: cancellation is checked before every step, progress reported after it."""
     started, stats, metrics = time.perf_counter(), _EpochStats(run.device), {}
     run.model.train()

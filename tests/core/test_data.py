@@ -146,7 +146,8 @@ def test_each_held_out_folder_name_is_the_test_split(tmp_path: Path, held_out: s
     data = load_dataset(DatasetSpec(path=str(tmp_path), image_size=16), seed=0)
     assert data.test_split == held_out
     assert (len(data.train), len(data.test)) == (6, 6)
-    assert data.train.pixels.dtype == torch.uint8  # in memory as uint8, 4x smaller than float32
+    assert data.train.placement == "memory"  # the store held in RAM:
+    assert data.train.uint8(slice(None)).dtype == torch.uint8  # uint8, 4x smaller than float32
 
 
 def test_a_random_held_out_share_only_when_no_held_out_folder_exists(tmp_path: Path) -> None:
@@ -165,14 +166,15 @@ def test_non_square_photos_are_resized_by_the_shorter_side_and_center_cropped(tm
         Image.fromarray(stripes).save(tmp_path / f"c{label}" / "wide.png")
         Image.fromarray(stripes).save(tmp_path / f"c{label}" / "wide2.png")
     data = load_dataset(DatasetSpec(path=str(tmp_path), image_size=10, test_fraction=0.5), seed=0)
-    pixels = data.train.pixels.float()
+    pixels = data.train.uint8(slice(None)).float()
     assert pixels.shape[1:] == (3, 10, 10)
     assert pixels[:, 1, :, 2:-2].min() > 200 and pixels[:, 0, :, 2:-2].max() < 60 and pixels[:, 2, :, 2:-2].max() < 60
 
 
-def test_above_the_memory_budget_the_training_split_streams_with_the_same_images_and_stable_indices(
-    tmp_path: Path,
+def test_with_the_image_cache_off_above_the_budget_the_training_split_streams_the_same_images_with_stable_indices(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("DISTILL_DATA_CACHE_MB", "0")
     _photo_tree(tmp_path, "val")
     spec = DatasetSpec(path=str(tmp_path), image_size=16)
     in_memory = load_dataset(spec, seed=0)
