@@ -97,8 +97,12 @@ class CamExplainer(Explainer):
         return weighted_map(forward.activations, self.weights(forward, target, create_graph))
 
     def attribute(self, model: nn.Module, inputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The map on a forward of its own (eval mode, set by the caller), at the layer's resolution, not normalised."""
-        forward = tapped_forward(model, inputs, self.layer(model))
+        """The map on a forward of its own (eval mode, set by the caller), at the layer's resolution, not normalised.
+
+        The inputs (a private copy) require grad, so the layer's output has a graph to differentiate
+        even for a frozen model (the job's teacher), as captum's layer methods arrange too.
+        """
+        forward = tapped_forward(model, inputs.detach().requires_grad_(True), self.layer(model))
         return self.maps(forward, target).detach()
 
 

@@ -91,3 +91,15 @@ def test_a_scorecam_job_trains_warns_and_shows_its_panels(tmp_path: Path, monkey
     assert "scorecam" in warning["message"]
     assert -1.0 <= result["explanation_cosine"] <= 1.0 and result["explanation_cosine"] != result["explanation_cosine_gradcam"]
     assert json.loads((tmp_path / "metrics.json").read_text())["warnings"] == result["warnings"]
+
+
+@pytest.mark.parametrize("explainer", ["cam", "gradcampp", "smoothgradcampp", "scorecam", "xgradcam", "layercam"])
+def test_a_frozen_model_is_explained_like_a_trainable_one(explainer: str) -> None:
+    """The job's teacher is frozen (requires_grad False) when the evaluation and the heatmaps explain it."""
+    from core.explain.reference import captum_maps
+
+    torch.manual_seed(0)
+    model = build_model("resnet8", 10, 3).eval()
+    x, target = torch.randn(2, 3, 16, 16), torch.tensor([1, 2])
+    trainable = captum_maps(model, x, target, explainer)
+    torch.testing.assert_close(captum_maps(model.requires_grad_(False), x, target, explainer), trainable)
