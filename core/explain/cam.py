@@ -46,16 +46,24 @@ def weighted_map(activations: torch.Tensor, weights: torch.Tensor) -> torch.Tens
     return F.relu((weights * activations.float()).sum(dim=1, keepdim=True))
 
 
-def channel_masks(activations: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Each channel of A min-max normalised over its positions, then upsampled (bilinear) to `size`: (N, K, H, W).
+def channel_masks(activations: torch.Tensor) -> torch.Tensor:
+    """Each channel of A min-max normalised over its positions, at the layer's resolution: (N, K, h, w).
 
-    Normalising at the layer's resolution before upsampling is torchcam's order (Score-CAM's own code too).
+    Normalising before upsampling is torchcam's order (Score-CAM's own code too); `upsample` brings
+    masks to the input's size, chunk by chunk in `masked_scores`, so all K masks at the input's
+    resolution never exist at once.
     """
     flat = activations.float().flatten(2)
     low = flat.min(dim=2, keepdim=True).values
     high = flat.max(dim=2, keepdim=True).values
-    scaled = ((flat - low) / (high - low + 1e-8)).view_as(activations)
-    return F.interpolate(scaled, size=size, mode="bilinear", align_corners=False)
+    return ((flat - low) / (high - low + 1e-8)).view_as(activations)
+
+
+def upsample(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Masks (.., h, w) brought to `size` (bilinear, as torchcam); masks already of that size come back as they are."""
+    if tuple(masks.shape[-2:]) == tuple(size):
+        return masks
+    return F.interpolate(masks, size=size, mode="bilinear", align_corners=False)
 
 
 def masked_scores(
@@ -64,16 +72,18 @@ def masked_scores(
 ) -> torch.Tensor:
     """Y_t(x_i * M_ik) - Y_t(x_i) for every sample i and mask k, (N, K), `batch` masked inputs per forward.
 
-    Differentiable when grad is enabled and `masks` carry a graph; the callers run it under
-    `no_grad` for a constant map (the teacher's, the evaluation's).
+    `masks` (N, K, h, w) are upsampled to the input's size a chunk at a time, so memory grows with
+    `batch`, not with N * K. Differentiable when grad is enabled and `masks` carry a graph; the
+    callers run it under `no_grad` for a constant map (the teacher's, the evaluation's).
     """
     n, k = masks.shape[:2]
+    size = tuple(inputs.shape[-2:])
     sample = torch.arange(n, device=masks.device).repeat_interleave(k)
     flat_masks = masks.flatten(0, 1).unsqueeze(1)
     scores = []
     for start in range(0, n * k, batch):
         rows = sample[start : start + batch]
-        logits = model(flat_masks[start : start + batch] * inputs[rows])
+        logits = model(upsample(flat_masks[start : start + batch], size) * inputs[rows])
         scores.append(logits.float().gather(1, target[rows].view(-1, 1)).squeeze(1) - baseline[rows])
     return torch.cat(scores).view(n, k)
 
@@ -134,7 +144,11 @@ class ScoreCamExplainer(CamExplainer):
     @abstractmethod
     def score_gains(self, forward: ForwardPass, masks: torch.Tensor, target: torch.Tensor,
                     baseline: torch.Tensor, score: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        """The (N, K) mean target-logit gains this variant averages; `score(masks)` runs `masked_scores`."""
+        """The (N, K) mean target-logit gains this variant averages over its draws.
+
+        `masks` (N, K, h, w) are at the layer's resolution; `score(masks)` runs `masked_scores`,
+        which upsamples them to the input's size chunk by chunk.
+        """
 
     def weights(self, forward: ForwardPass, target: torch.Tensor, create_graph: bool) -> torch.Tensor:
         assert forward.activations is not None
@@ -145,7 +159,7 @@ class ScoreCamExplainer(CamExplainer):
             baseline = forward.logits.float().gather(1, target.view(-1, 1)).squeeze(1)
             if not create_graph:
                 baseline = baseline.detach()
-            masks = channel_masks(activations, tuple(inputs.shape[-2:]))
+            masks = channel_masks(activations)
 
             def score(batch_masks: torch.Tensor) -> torch.Tensor:
                 return masked_scores(forward.model, inputs, batch_masks, target, baseline, settings.batch)
