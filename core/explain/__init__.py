@@ -30,7 +30,8 @@ from core.explain.registry import (
 # The built-in explainers, in the order specs and messages list them: each registers itself on import.
 from core.explain import gradcam, input_gradient, input_x_gradient, bcos  # noqa: F401, I001 - the registry, in order
 # The CAM family (core.explain.cam holds what they share; each module is one method's weighting).
-from core.explain import classic_cam, gradcampp, smoothgradcampp, scorecam, sscam, iscam, xgradcam, layercam  # noqa: F401, I001
+from core.explain import classic_cam, gradcampp, smoothgradcampp, scorecam  # noqa: F401, I001
+from core.explain import sscam, iscam, xgradcam, layercam  # noqa: F401, I001
 
 from core.explain.bcos import bcos_maps
 from core.explain.gradcam import gradcam_maps
