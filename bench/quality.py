@@ -96,7 +96,7 @@ def _cam_mse(explainer: str) -> dict[str, Any]:
 
 CAM_ROWS = [
     Row("kd + MSE Grad-CAM", "kd", _cam_mse("gradcam")),
-    Row("kd + MSE Grad-CAM++", "kd", _cam_mse("gradcampp")),
+    Row("kd + MSE Grad-CAM++ (gradcampp)", "kd", _cam_mse("gradcampp")),  # a name whose slug differs from Grad-CAM's
     Row("kd + MSE Layer-CAM", "kd", _cam_mse("layercam")),
     Row("kd + MSE Score-CAM", "kd", _cam_mse("scorecam")),
     Row("fitnet", "fitnet"),
