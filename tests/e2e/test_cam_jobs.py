@@ -69,3 +69,5 @@ def test_a_job_explained_by_each_cam_succeeds_with_panels_titled_by_its_method(
         expected += ["teacher Grad-CAM", "student Grad-CAM"]
     assert panel.text["panels"].split(" | ") == expected
     assert panel.text["explainers"].split(", ")[0] == method
+    assert f"explanation cosine ({label}, mean)" in download(stack.client, job, "report.html").decode()
+    assert f"explanation cosine ({label})" in download(stack.client, job, "README.md").decode()  # the model card
