@@ -301,6 +301,9 @@ def main() -> None:
         f"total wall time {wall_minutes:.1f} min for {len(tasks)} runs, {reused} of them reused from an earlier "
         "invocation (they count their original minutes).",
     ]
+    if args.cam:
+        notes.append(f"CAM rows: MSE on min-max normalised maps, weight {CAM_WEIGHT:g} (the paper's range 10-150); "
+                     "s/step: distilling seconds per step, the first epoch's teacher maps included.")
     settings = {
         "shots": args.shots, "seeds": args.seeds, "epochs_50shots": args.epochs_50, "epochs_200shots": args.epochs_200,
         "test_images": min(args.test_size, 10_000), "workers": args.workers, "threads_per_run": args.threads,
