@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,9 +25,12 @@ import torch
 from torch import nn
 
 from core.data import DataBundle, load_dataset
-from core.deploy.deployment import deployment
+from core.deploy.deployment import deployment, warning
 from core.evaluate import evaluate
-from core.models import count_params, explained_layer_path, predict_logits
+from core.explain import use_settings
+from core.explain.cost import explanation_cost_warning
+from core.explain.cam import tapped_forward
+from core.models import count_params, explained_layer, explained_layer_path, predict_logits
 from core.publish.heatmaps import HeatmapTile, render_gallery
 from core.publish.manifest import HEATMAP_GRID, METRICS, TEACHER_WEIGHTS
 from core.publish.model_card import write_model_card
@@ -65,6 +69,7 @@ def run_distillation(
     if (finished := _finished_metrics(run, "rendering")) is not None:
         log.info("job %s: already finished in %s", spec.name, run.out_dir)
         return finished
+    use_settings(spec.loss.explanation.settings(spec.training.seed))  # every map this job makes
 
     data = _prepare(run, named_datasets)
     teacher, student, history = train_models(run, data)
@@ -72,6 +77,7 @@ def run_distillation(
     with run.stage("evaluating"):
         metrics = evaluate(student, teacher, data, run.device, explainer=explainer)
         shipped, warnings = _deployment(run, data, student, teacher)
+        warnings = [*_explanation_cost(spec, data, teacher), *warnings]
         metrics.update(shipped)
     with run.stage("rendering"):
         tiles = render_gallery(student, teacher, data, run.out_dir, spec.report.heatmaps, run.device, explainer)
@@ -194,6 +200,22 @@ def _metrics_document(
         "spec": spec.model_dump(mode="json"),
         "warnings": warnings,
     }
+
+
+def _explanation_cost(spec: JobSpec, data: DataBundle, teacher: nn.Module) -> list[dict[str, str]]:
+    """The job's warning when its explainer made it much slower (core.explain.cost), else nothing."""
+    explanation = spec.loss.explanation
+    if explanation.weight <= 0 or explanation.target != "teacher":
+        return []
+    with torch.no_grad():
+        activations = tapped_forward(teacher, data.test.take(slice(0, 1)).to(next(teacher.parameters()).device),
+                                     explained_layer(teacher)).activations
+    steps = spec.training.epochs * math.ceil(len(data.train) / spec.training.batch_size)
+    message = explanation_cost_warning(explanation.explainer, explanation.every, steps, activations.shape[1])
+    if message is None:
+        return []
+    log.warning("job %s: %s", spec.name, message)
+    return [warning("explainer_cost", message)]
 
 
 def _publish(out_dir: Path, result: dict[str, Any], tracking: TrackingConfig | None) -> None:

@@ -100,6 +100,17 @@ class Explainer(ABC):
     # Cost of one batch of training-form maps beyond the forward it reads: extra forwards and backwards.
     forward_passes: ClassVar[int] = 0
     backward_passes: ClassVar[int] = 1
+    # The explainer whose training form explains the STUDENT when this one's is too costly to differentiate
+    # on every step (the score-based CAMs, Smooth Grad-CAM++); None: this one explains both sides.
+    student_explainer: ClassVar[str | None] = None
+
+    def cost(self, channels: int) -> tuple[int, int]:
+        """(extra forwards, backward passes) of one batch of maps when the explained layer has `channels` channels.
+
+        A forward here is one batch-sized forward of the model: the score-based CAMs run one per
+        channel (and per sample draw), which is what the job's cost warning estimates from.
+        """
+        return self.forward_passes, self.backward_passes
 
     def arch_problem(self, arch: str) -> str | None:
         """Why this explainer cannot explain a model of architecture `arch` (spec validation), or None."""

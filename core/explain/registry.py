@@ -61,6 +61,16 @@ def shown_explainers(explainer: str) -> list[str]:
     return list(dict.fromkeys((get_explainer(explainer).name, COMMON_EXPLAINER)))
 
 
+def student_side(explainer: str) -> str:
+    """The explainer whose differentiable form explains the student when the job's explainer is `explainer`.
+
+    Itself, except for explainers too costly to differentiate on every step (`Explainer.student_explainer`):
+    the score-based CAMs and Smooth Grad-CAM++ give the teacher's target maps, and the student is
+    explained by the cheapest method of the same layer (README, "The CAM family").
+    """
+    return get_explainer(explainer).student_explainer or explainer
+
+
 def explainer_problem(explainer: str, arch: str) -> str | None:
     """Why `explainer` cannot explain a model of architecture `arch`, or None when it fits.
 
@@ -107,9 +117,10 @@ def explanation_maps(
     """The training form of `explainer` on a forward already run: `(N, 1, h, w)` maps of class `target`.
 
     Checks first that the forward left what the explainer reads, so a wrongly set up caller
-    fails with a reason instead of an autograd error.
+    fails with a reason instead of an autograd error. A differentiable map (`create_graph`: the
+    student's side) comes from `student_side(explainer)`.
     """
-    method = get_explainer(explainer)
+    method = get_explainer(student_side(explainer) if create_graph else explainer)
     if method.needs_layer and forward.activations is None:
         raise ValueError(f"{explainer} needs the tapped activations")
     if method.needs_input_grad and not forward.inputs.requires_grad:

@@ -7,19 +7,23 @@ Turned on by `{"loss": {"explanation": {"weight": 1.0, "explainer": "gradcam", "
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, SerializationInfo, SerializerFunctionWrapHandler, model_serializer
 
-from core.explain import EXPLAINERS, minmax_normalize, resize_to_larger
+from core.explain import EXPLAINERS, ExplainerSettings, minmax_normalize, resize_to_larger
 from core.strict import StrictModel
 from core.terms.base import STUDENT_MAPS, TARGET_MAPS, BatchContext, Term
 from core.terms.registry import TermUnit, register
 
+# Every registered explainer (core.explain imports them all before this line runs, so the choice is complete).
 ExplainerName = Literal[tuple(EXPLAINERS)]  # type: ignore[valid-type]
 Distance = Literal["cosine", "mse"]
+# The sampling/masking settings came after run folders existed: at their defaults they stay out of the dump,
+# so a spec's identity (core.resume) and a stored spec read back are those of before.
+_LATE_SETTINGS = {"samples": None, "noise": None, "batch": 32}
 
 
 class ExplanationSpec(StrictModel):
@@ -28,10 +32,31 @@ class ExplanationSpec(StrictModel):
     weight: float = Field(0.0, ge=0.0, description="Coefficient of the explanation term.")
     explainer: ExplainerName = "gradcam"  # type: ignore[valid-type]
     distance: Distance = Field("cosine", description="'cosine' (e2KD) or 'mse' on min-max normalised maps.")
-    every: int = Field(1, ge=1, description="Apply the term every N-th step (guided-step interval).")
+    every: int = Field(1, ge=1, description="Apply the term every N-th step (guided-step interval): the bound on "
+                       "a costly explainer's cost (the score-based CAMs run a teacher forward per channel).")
     target: Literal["teacher", "autoencoder"] = Field(
         "teacher", description="'autoencoder' = XDistillation: an autoencoder predicts the teacher's maps."
     )
+    samples: int | None = Field(
+        None, ge=1, le=256, description="Noisy/scaled copies per map: smoothgradcampp (default 4), sscam (35), "
+        "iscam (10); null = the method's default.")
+    noise: float | None = Field(
+        None, gt=0.0, le=100.0, description="Noise std: smoothgradcampp on the input (default 0.3), sscam on the "
+        "masks (2.0); null = the method's default.")
+    batch: int = Field(32, ge=1, le=4096, description="Masked images per forward of scorecam/sscam/iscam "
+                       "(bounds their memory).")
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> dict[str, Any]:
+        dumped = handler(self)
+        for name, default in _LATE_SETTINGS.items():
+            if dumped.get(name, default) == default:
+                dumped.pop(name, None)
+        return dumped
+
+    def settings(self, seed: int) -> ExplainerSettings:
+        """What the explainers read (core.explain.settings); `seed` (the job's) seeds their noise."""
+        return ExplainerSettings(samples=self.samples, noise=self.noise, batch=self.batch, seed=seed)
 
 
 class XDistillSpec(StrictModel):

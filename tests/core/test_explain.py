@@ -11,6 +11,7 @@ from captum.attr import InputXGradient, LayerGradCam, Saliency
 from core.explain import (
     EXPLAINERS,
     Explainer,
+    ExplainerSettings,
     FeatureTap,
     ForwardPass,
     explainer_problem,
@@ -22,8 +23,10 @@ from core.explain import (
     input_x_gradient_maps,
     map_source,
     minmax_normalize,
+    explainer_settings,
     register,
     shown_explainers,
+    student_side,
 )
 from core.explain.reference import captum_maps
 from core.models import build_model, explained_layer
@@ -67,6 +70,13 @@ def test_input_maps_equal_captum_saliency_and_input_x_gradient_summed_over_chann
     torch.testing.assert_close(input_x_gradient, ixg_ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.fixture(autouse=True)
+def _few_samples() -> Iterator[None]:
+    """Two noise/scale draws for the sampling CAMs (their defaults, 35 for SS-CAM, would only cost time here)."""
+    with explainer_settings(ExplainerSettings(samples=2, batch=64)):
+        yield
+
+
 # Models for the registry-wide tests: each explainer is tested on the first one it fits.
 _ARCHS = ("resnet8", "bcos/cifar10_resnet8")
 
@@ -95,28 +105,44 @@ def test_every_explainer_makes_the_same_map_in_its_training_and_its_captum_form(
     torch.testing.assert_close(_training_form(model, explainer, x, target), reference, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("explainer", list(EXPLAINERS))
-def test_every_training_form_costs_the_passes_it_declares(explainer: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The training form reads the forward already run: no forward beyond `forward_passes`, `backward_passes` grads."""
-    method = get_explainer(explainer)
+def _counted_passes(explainer: str, create_graph: bool, monkeypatch: pytest.MonkeyPatch) -> tuple[float, int]:
+    """(images forwarded / batch size, autograd.grad calls) of one batch of training-form maps beyond its forward."""
     model, x, target = _model_and_batch(_arch_for(explainer), seed=4)
     tap = FeatureTap(map_source(model, explainer) or explained_layer(model))
     inputs = x.clone().requires_grad_()
+    images, backwards = [0], [0]
     with explaining_forwards(explainer, model):
         forward = ForwardPass(model, inputs, model(inputs), tap.take())
-        passes = {"forward": 0, "backward": 0}
-        hook = model.register_forward_hook(lambda *_: passes.__setitem__("forward", passes["forward"] + 1))
+        hook = model.register_forward_hook(lambda _m, args, _o: images.__setitem__(0, images[0] + len(args[0])))
         real_grad = torch.autograd.grad
 
         def counting_grad(*args: object, **kwargs: object) -> tuple[torch.Tensor, ...]:
-            passes["backward"] += 1
+            backwards[0] += 1
             return real_grad(*args, **kwargs)
 
-        monkeypatch.setattr(torch.autograd, "grad", counting_grad)
-        explanation_maps(explainer, forward, target, create_graph=True)
+        with monkeypatch.context() as patch:
+            patch.setattr(torch.autograd, "grad", counting_grad)
+            explanation_maps(explainer, forward, target, create_graph=create_graph)
     hook.remove()
     tap.remove()
-    assert passes == {"forward": method.forward_passes, "backward": method.backward_passes}
+    return images[0] / len(x), backwards[0]
+
+
+@pytest.mark.parametrize("explainer", list(EXPLAINERS))
+def test_every_training_form_costs_the_passes_it_declares(explainer: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The training form reads the forward already run: no forward beyond what the explainer declares.
+
+    The student's (differentiable) side costs its `student_side` explainer's passes; the teacher's
+    side costs `cost(channels)` (the score-based CAMs: a forward per channel and sample draw).
+    """
+    student = get_explainer(student_side(explainer))
+    assert _counted_passes(explainer, True, monkeypatch) == (student.forward_passes, student.backward_passes)
+    model, x, _ = _model_and_batch(_arch_for(explainer))
+    tap = FeatureTap(explained_layer(model))
+    model(x)
+    channels = tap.take().shape[1]
+    tap.remove()
+    assert _counted_passes(explainer, False, monkeypatch) == get_explainer(explainer).cost(channels)
 
 
 class _DoubledSaliency(Explainer):
