@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from core.atomic import write_text_atomic
+from core.distributed import is_main
 from core.errors import SpecError
 from core.resolver import Resolver
 from core.spec import ExportSpec, JobSpec, StudentSpec, TrainingSpec
@@ -77,7 +78,9 @@ def _digest(document: dict[str, Any]) -> str:
     document["loss"] = identity_loss(document["loss"])
     _drop_later_defaults(document)
     if document.get("export") == ExportSpec().model_dump(mode="json"):
-        del document["export"]  # the export block came later too: at its default it is not part of the identity
+        del document["export"]
+    if document.get("training", {}).get("devices") == 1:
+        del document["training"]["devices"]  # added later too: one device is the identity folders already have  # the export block came later too: at its default it is not part of the identity
     canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -124,4 +127,6 @@ class RunState:
         return list(self.stages.get(stage, {}).get("history", []))
 
     def save(self) -> None:
+        if not is_main():
+            return  # on several ranks rank 0 keeps the folder's files; the others hold the same state in memory
         write_json(self.path, {DIGEST_KEY: self.digest, "stages": self.stages})

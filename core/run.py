@@ -23,7 +23,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from core import distributed
 from core.data import DataBundle, load_dataset
+from core.distributed.launch import check_world, run_on_ranks
 from core.deploy.deployment import deployment
 from core.evaluate import evaluate
 from core.models import count_params, explained_layer_path, predict_logits
@@ -60,6 +62,10 @@ def run_distillation(
     Raises DistillError subclasses for problems the user can fix, JobCancelled when the
     callbacks ask to stop (checkpoints are kept, so rerunning continues the run).
     """
+    if spec.training.devices > 1 and not distributed.current().active:  # N ranks, launched from here
+        return run_on_ranks("distill", spec, out_dir, callbacks, named_datasets=named_datasets, resolver=resolver,
+                            tracking=tracking)
+    check_world(spec)
     run = _open(spec, out_dir, callbacks, resolver)
     if (finished := _finished_metrics(run, "rendering")) is not None:
         log.info("job %s: already finished in %s", spec.name, run.out_dir)
@@ -67,6 +73,8 @@ def run_distillation(
 
     data = _prepare(run, named_datasets)
     teacher, student, history = train_models(run, data)
+    if not distributed.main_continues_alone():
+        return {}  # on several ranks, rank 0 alone evaluates, exports and reports
     explainer = spec.loss.explanation.explainer
     with run.stage("evaluating"):
         metrics = evaluate(student, teacher, data, run.device, explainer=explainer)
@@ -100,11 +108,16 @@ def run_teacher(
     weights_sha256, history) and resumes like `run_distillation`. The teacher is trained exactly as
     `run_distillation` would train it for this spec, so a child given these weights matches one that
     trained its own teacher with the same settings."""
+    if spec.training.devices > 1 and not distributed.current().active:
+        return run_on_ranks("teacher", spec, out_dir, callbacks, named_datasets=named_datasets, resolver=resolver)
+    check_world(spec)
     run = _open(spec, out_dir, callbacks, resolver)
     if (finished := _finished_metrics(run, "evaluating")) is not None:
         return finished
     data = _prepare(run, named_datasets)
     teacher, history = train_teacher(run, data)
+    if not distributed.main_continues_alone():
+        return {}
     with run.stage("evaluating"):
         teacher.eval()
         logits = predict_logits(teacher, data.test_x, run.device)
