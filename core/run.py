@@ -29,6 +29,7 @@ from core.distributed.launch import check_world, run_on_ranks
 from core.deploy.deployment import deployment
 from core.evaluate import evaluate
 from core.models import count_params, explained_layer_path, predict_logits
+from core.models.device import describe_device
 from core.publish.heatmaps import HeatmapTile, render_gallery
 from core.publish.manifest import HEATMAP_GRID, METRICS, TEACHER_WEIGHTS
 from core.publish.model_card import write_model_card
@@ -200,6 +201,7 @@ def _metrics_document(
         "explained_layers": {"teacher": explained_layer_path(teacher), "student": explained_layer_path(student)},
         "seconds": dict(run.seconds),
         "device": str(run.device),
+        "device_info": {**describe_device(run.device), "ranks": spec.training.devices},
         "spec_sha256": run.state.digest,
         "spec": spec.model_dump(mode="json"),
         "warnings": warnings,
