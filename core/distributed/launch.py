@@ -125,6 +125,7 @@ def run_on_ranks(
 
     Raises what one process would (DistillError, JobCancelled), and RanksFailed when a rank died.
     """
+    _check_devices(spec)
     callbacks = callbacks or NullCallbacks()
     files = resolved_files(spec, resolver or LocalFiles())
     context = multiprocessing.get_context("spawn")
@@ -138,6 +139,23 @@ def run_on_ranks(
     finally:
         pump.stop()
     return _outcome(results[0])
+
+
+def _check_devices(spec: JobSpec) -> None:
+    """A CUDA job needs a GPU per rank on this machine: a clear error on `training.devices`, not N ranks
+    crowding fewer GPUs (the CPU has no such limit: gloo ranks are processes)."""
+    from core.errors import SpecError
+    from core.models import pick_device
+
+    if pick_device(spec.training.device).type != "cuda":
+        return
+    visible = torch.cuda.device_count()
+    if spec.training.devices > visible:
+        raise SpecError(
+            f"training.devices is {spec.training.devices} but this machine has {visible} CUDA device(s); "
+            "run it on a worker that sees that many GPUs (CUDA_VISIBLE_DEVICES), or lower training.devices",
+            field="training.devices",
+        )
 
 
 def launch(ranks: int, entry: Callable[..., Any], *args: Any) -> dict[int, Any]:

@@ -206,3 +206,29 @@ def test_a_killed_rank_fails_the_attempt_and_the_rerun_resumes_from_the_checkpoi
     assert rerun.progress[0].epoch == 1  # resumed after epoch 1, not from the start
     assert [entry["epoch"] for entry in result["history"]["student"]] == [1, 2, 3]
     assert (tmp_path / "out" / "student.safetensors").exists()
+
+
+def test_distill_run_under_torchrun_runs_one_job_on_two_ranks(tmp_path: Path, teacher_file: Path) -> None:
+    """`torchrun --standalone --nproc-per-node 2 -m cli.main run ...` as the README shows it (one machine)."""
+    import json
+    import subprocess
+    import sys
+
+    spec_file = tmp_path / "spec.json"
+    spec_file.write_text(job_spec(teacher_file, 2, epochs=1).model_dump_json())
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "cli.main", "run", str(spec_file), "--out", str(tmp_path / "out")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = json.loads(result.stdout[result.stdout.index("{"):])  # printed once, by rank 0
+    assert result.stdout.count("student_accuracy") == 1 and 0 <= summary["student_accuracy"] <= 1
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["device_info"]["ranks"] == 2 and metrics["spec"]["training"]["devices"] == 2
+
+
+def test_a_spec_whose_devices_do_not_divide_the_batch_is_refused_on_the_field() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="divisible by devices 3"):
+        JobSpec.model_validate({"dataset": {"name": "digits"}, "training": {"batch_size": 32, "devices": 3}})
