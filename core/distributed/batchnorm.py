@@ -16,11 +16,16 @@ saved weights are those of the plain model.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 from torch.distributed.nn.functional import all_gather
 
 from core.distributed.world import current
+
+# torch.distributed.nn's differentiable collectives warn that they will move (to a private module, today)
+warnings.filterwarnings("ignore", message=r"torch\.distributed\.nn\.functional\.all_gather is deprecated")
 
 
 class _GlobalStats:

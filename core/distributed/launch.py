@@ -95,6 +95,7 @@ class _HostPump(threading.Thread):
             if not self.cancel.is_set() and self.callbacks.should_cancel():
                 log.info("cancel asked: stopping every rank at its next step")
                 self.cancel.set()
+        self._drain(0.0)  # what rank 0 reported last (its final epoch's progress)
 
     def _drain(self, wait_s: float) -> None:
         try:
@@ -112,9 +113,9 @@ class _HostPump(threading.Thread):
                 return
 
     def stop(self) -> None:
+        """Stop after the last events; bounded, since a rank killed while writing can leave a message half sent."""
         self.stopping.set()
-        self.join()
-        self._drain(0.0)
+        self.join(timeout=10)
 
 
 def run_on_ranks(
