@@ -2,7 +2,7 @@
 
 A job with `training.devices: N` runs as N processes (ranks) of one process group: NCCL on
 CUDA, each rank on its LOCAL_RANK device; gloo on the CPU. A process outside any group is a
-world of one, and every helper here is then a no-op, so the single-process path is unchanged.
+world of one, and every function here is then a no-op, so the single-process path is unchanged.
 
 Rank 0 is the one that talks to the host (progress, cancellation, heartbeats) and writes
 files (checkpoints, weights, the report); the others only train. Every decision that changes
