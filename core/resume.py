@@ -58,7 +58,7 @@ def legacy_digest(spec: JobSpec, resolver: Resolver) -> str | None:
 
 # Fields added to a block after run folders were written: at their defaults they are not part of the identity.
 LATER_FIELDS: dict[str, tuple[str, ...]] = {
-    "training": ("milestones", "step_size", "gamma", "warmup_epochs", "label_smoothing"),
+    "training": ("milestones", "step_size", "gamma", "warmup_epochs", "label_smoothing", "devices"),
     "student": ("weights", "head"),
 }
 
@@ -78,9 +78,7 @@ def _digest(document: dict[str, Any]) -> str:
     document["loss"] = identity_loss(document["loss"])
     _drop_later_defaults(document)
     if document.get("export") == ExportSpec().model_dump(mode="json"):
-        del document["export"]
-    if document.get("training", {}).get("devices") == 1:
-        del document["training"]["devices"]  # added later too: one device is the identity folders already have  # the export block came later too: at its default it is not part of the identity
+        del document["export"]  # the export block came later too: at its default it is not part of the identity
     canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 

@@ -161,8 +161,6 @@ def _digest_as_before(spec: JobSpec, home: Path) -> str:
             document[block].pop(name, None)
     if document.get("export") == ExportSpec().model_dump(mode="json"):
         del document["export"]
-    if document["training"].get("devices") == 1:
-        del document["training"]["devices"]  # the field came later: a folder of that time never held it
     return hashlib.sha256(json.dumps(document, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
