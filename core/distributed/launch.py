@@ -46,7 +46,7 @@ class ResolvedFiles:
     """The files the host's resolver gave for this spec, read once here: what the ranks use as their resolver."""
 
     dataset: Path | None = None
-    weights: Path | None = None
+    weights: tuple[tuple[str, Path], ...] = ()  # (reference, file) of the teacher's and the student's weights
 
     def resolve_dataset(self, dataset_id: str) -> Path:
         if self.dataset is None:
@@ -54,14 +54,20 @@ class ResolvedFiles:
         return self.dataset
 
     def resolve_weights(self, reference: str) -> Path:
-        return self.weights if self.weights is not None else Path(reference)
+        return dict(self.weights).get(reference, Path(reference))
 
 
 def resolved_files(spec: JobSpec, resolver: Resolver) -> ResolvedFiles:
     """The spec's references resolved by the host (a store's resolver cannot travel to a spawned rank)."""
+    weights: list[tuple[str, Path]] = []
+    for field, reference in (("teacher.weights", spec.teacher.weights), ("student.weights", spec.student.weights)):
+        if reference:
+            try:
+                weights.append((reference, resolver.resolve_weights(reference)))
+            except DistillError as error:  # the host's resolver names the teacher's field
+                raise type(error)(error.message, field=field) from error
     return ResolvedFiles(
-        dataset=resolver.resolve_dataset(spec.dataset.id) if spec.dataset.id else None,
-        weights=resolver.resolve_weights(spec.teacher.weights) if spec.teacher.weights else None,
+        dataset=resolver.resolve_dataset(spec.dataset.id) if spec.dataset.id else None, weights=tuple(weights),
     )
 
 
