@@ -133,8 +133,7 @@ def one_job(size: Size, data: Path, teacher: Path, method: str, precision: str, 
     sampler.start()
     result = run_distillation(spec, out)
     memory, utilisation = sampler.finish()
-    epochs = result["history"]["student"]
-    seconds = [entry["seconds"] for entry in epochs]
+    seconds = [entry["seconds"] for entry in result["history"]["student"] if "seconds" in entry]  # not epoch 0
     return {"method": method, "precision": precision, "devices": devices, "seconds_per_epoch": seconds,
             "images_per_s": size.images * len(seconds) / sum(seconds), "peak_gpu_mib": memory,
             "gpu_utilisation": utilisation, "device": result["device_info"]}

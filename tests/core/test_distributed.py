@@ -78,9 +78,11 @@ def test_kd_job_on_two_ranks_ends_with_the_one_process_student(tmp_path: Path, t
     difference = max_difference(load_file(tmp_path / "one" / "student.safetensors"),
                                 load_file(tmp_path / "two" / "student.safetensors"))
     assert difference < TOLERANCE
-    assert len(two["history"]["student"]) == 2 and two["spec"]["training"]["devices"] == 2
+    assert [entry["epoch"] for entry in two["history"]["student"]] == [0, 1, 2]  # epoch 0: before the first step
+    assert two["spec"]["training"]["devices"] == 2
     # the history sums every rank's samples: the same epoch losses as one process
-    assert two["history"]["student"][0]["loss"] == pytest.approx(one["history"]["student"][0]["loss"], rel=1e-4)
+    assert two["history"]["student"][1]["loss"] == pytest.approx(one["history"]["student"][1]["loss"], rel=1e-4)
+    assert two["history"]["student"][0]["test_accuracy"] == one["history"]["student"][0]["test_accuracy"]
     assert not (tmp_path / "two" / "checkpoints").exists()  # finished: rank 0 removed them, once
 
 
@@ -204,7 +206,7 @@ def test_a_killed_rank_fails_the_attempt_and_the_rerun_resumes_from_the_checkpoi
     rerun = Watcher(epoch=-1, step=-1, action="none")
     result = run_distillation(spec, tmp_path / "out", rerun)
     assert rerun.progress[0].epoch == 1  # resumed after epoch 1, not from the start
-    assert [entry["epoch"] for entry in result["history"]["student"]] == [1, 2, 3]
+    assert [entry["epoch"] for entry in result["history"]["student"]] == [0, 1, 2, 3]
     assert (tmp_path / "out" / "student.safetensors").exists()
 
 

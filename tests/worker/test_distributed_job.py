@@ -51,5 +51,5 @@ def test_a_killed_rank_requeues_the_job_and_the_next_attempt_resumes_and_succeed
     assert run_job(job.id, runtime) == "succeeded"
     done = read_job(job.id)
     assert done.attempts == 2
-    assert [entry["epoch"] for entry in done.metrics["history"]["student"]] == [1, 2, 3]
+    assert [entry["epoch"] for entry in done.metrics["history"]["student"]] == [0, 1, 2, 3]
     assert done.metrics["spec"]["training"]["devices"] == 2
