@@ -6,6 +6,7 @@
     distill api [--host] [--port] [--workers M]
                                         the API alone (production), in M processes
     distill worker [--concurrency N]    N worker processes alone (production)
+    distill worker --gpus all|0,1,3     one worker process per GPU, each pinned to it (CUDA_VISIBLE_DEVICES)
     distill migrate                     alembic upgrade head
 
 and the client verbs (cli.jobs, cli.uploads), which speak only HTTP through client/:
@@ -55,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_bind(serve)
     serve.add_argument("--workers", type=_positive, default=1, help="worker processes, one job each (default 1)")
     serve.add_argument("--api-workers", type=_positive, default=1, help="API processes (default 1)")
+    serve.add_argument("--gpus", default=None, metavar="all|0,1,3",
+                       help="one worker per listed GPU, each seeing only its GPU (replaces --workers)")
 
     api = commands.add_parser("api", help="serve the HTTP API only")
     _add_bind(api)
@@ -62,6 +65,8 @@ def _parser() -> argparse.ArgumentParser:
 
     worker = commands.add_parser("worker", help="run worker processes only")
     worker.add_argument("--concurrency", type=_positive, default=1, help="worker processes, one job each (default 1)")
+    worker.add_argument("--gpus", default=None, metavar="all|0,1,3",
+                        help="one worker per listed GPU, each seeing only its GPU (CUDA_VISIBLE_DEVICES)")
 
     commands.add_parser("migrate", help="upgrade the database schema to the latest revision")
 
@@ -116,12 +121,17 @@ def _migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
     from api.auth import check_bind_allowed
+    from worker.gpus import gpu_child_envs
     from worker.supervisor import WorkerProcesses
 
     check_bind_allowed(args.host, settings)
+    gpus = _gpus(args.gpus)
+    if gpus == []:
+        return 2
     _migrate(args, settings)
-    workers = WorkerProcesses(args.workers, _embedded_worker_env(settings, args.api_workers), settings.log_level,
-                              niceness=EMBEDDED_WORKER_NICENESS)
+    workers = WorkerProcesses(len(gpus) if gpus else args.workers, _embedded_worker_env(settings, args.api_workers),
+                              settings.log_level, niceness=EMBEDDED_WORKER_NICENESS,
+                              child_envs=gpu_child_envs(gpus) if gpus else None)
     # uvicorn restores the SIGTERM handler it found and re-raises the signal after its own
     # shutdown; with Python's default handler that kills this process before `finally` stops
     # the workers (they run in their own session and would be orphaned). Exiting instead lets it run.
@@ -145,10 +155,15 @@ def _api(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _worker(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.gpus import gpu_child_envs
     from worker.supervisor import WorkerProcesses
 
+    gpus = _gpus(args.gpus)
+    if gpus == []:
+        return 2
     settings.distill_home.mkdir(parents=True, exist_ok=True)
-    workers = WorkerProcesses(args.concurrency, _child_env(settings), settings.log_level)
+    workers = WorkerProcesses(len(gpus) if gpus else args.concurrency, _child_env(settings), settings.log_level,
+                              child_envs=gpu_child_envs(gpus) if gpus else None)
     stop = threading.Event()
 
     def request_stop(signum: int, _frame: FrameType | None) -> None:
@@ -164,6 +179,21 @@ def _worker(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         workers.stop()
     return 0
+
+
+def _gpus(choice: str | None) -> list[str] | None:
+    """The GPUs `--gpus` names (None without the flag); [] after printing why they cannot be used."""
+    if choice is None:
+        return None
+    from worker.gpus import GpuChoiceError, cuda_device_count, parse_gpus
+
+    try:
+        gpus = parse_gpus(choice, cuda_device_count())
+    except GpuChoiceError as exc:
+        print(f"distill: {exc}", file=sys.stderr)
+        return []
+    log.info("one worker per GPU: %s", ", ".join(gpus))
+    return gpus
 
 
 def _run_uvicorn(host: str, port: int, settings: Settings, processes: int = 1) -> None:

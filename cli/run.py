@@ -1,5 +1,9 @@
 """`distill run SPEC.json --out DIR [--data NAME=PATH ...]`: one job in this process, no server.
 
+Run under `torchrun --nproc-per-node N [--nnodes M ...]` with `training.devices: N x M`, each process is
+one rank of the job (the out folder must be the same folder on every machine: shared storage); without
+torchrun a spec with `training.devices > 1` launches its ranks itself, on this machine.
+
 The engine (core.run) gets the spec as written: `dataset.path` and a `teacher.weights` path
 are read as they are (core.resolver.LocalFiles), `--data` registers named datasets. Exit
 codes: 0 done, 2 a spec or setting the user must fix, 130 interrupted (rerun to resume).
@@ -17,7 +21,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from core import distributed
 from core.errors import DistillError, JobCancelled
+from core.train.callbacks import NullCallbacks
 from core.publish.tracking import tracking_from_env
 from core.resolver import LocalFiles
 from core.run import run_distillation
@@ -86,7 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     spec = _read_spec(args.spec)
     if spec is None:
         return 2
-    callbacks = terminal_callbacks()
+    # Under torchrun (WORLD_SIZE > 1) this process is one rank: join the group; rank 0 shows progress and prints.
+    world = distributed.join(spec.training.device)
+    callbacks = terminal_callbacks() if world.is_main else NullCallbacks()
     try:
         result = run_distillation(spec, args.out, callbacks, named_datasets=named, resolver=LocalFiles(),
                                   tracking=tracking_from_env())
@@ -101,6 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         close = getattr(callbacks, "close", None)
         if close is not None:
             close()
+        distributed.leave()
+    if not world.is_main:
+        return 0
     print(json.dumps({key: result[key] for key in SUMMARY_KEYS}, indent=2))
     return 0
 

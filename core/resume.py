@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from core.atomic import write_text_atomic
+from core.distributed import is_main
 from core.errors import SpecError
 from core.resolver import Resolver
 from core.spec import ExportSpec, JobSpec, StudentSpec, TrainingSpec
@@ -57,7 +58,7 @@ def legacy_digest(spec: JobSpec, resolver: Resolver) -> str | None:
 
 # Fields added to a block after run folders were written: at their defaults they are not part of the identity.
 LATER_FIELDS: dict[str, tuple[str, ...]] = {
-    "training": ("milestones", "step_size", "gamma", "warmup_epochs", "label_smoothing"),
+    "training": ("milestones", "step_size", "gamma", "warmup_epochs", "label_smoothing", "devices"),
     "student": ("weights", "head"),
 }
 
@@ -124,4 +125,6 @@ class RunState:
         return list(self.stages.get(stage, {}).get("history", []))
 
     def save(self) -> None:
+        if not is_main():
+            return  # on several ranks rank 0 keeps the folder's files; the others hold the same state in memory
         write_json(self.path, {DIGEST_KEY: self.digest, "stages": self.stages})

@@ -24,13 +24,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from core import distributed
 from core.data import DataBundle, load_dataset
+from core.distributed.launch import check_world, run_on_ranks
 from core.deploy.deployment import deployment, warning
 from core.evaluate import evaluate
 from core.explain import use_settings
-from core.explain.cost import explanation_cost_warning
 from core.explain.cam import tapped_forward
+from core.explain.cost import explanation_cost_warning
 from core.models import count_params, explained_layer, explained_layer_path, predict_logits
+from core.models.device import describe_device
 from core.publish.heatmaps import HeatmapTile, render_gallery
 from core.publish.manifest import HEATMAP_GRID, METRICS, TEACHER_WEIGHTS
 from core.publish.model_card import write_model_card
@@ -65,6 +68,10 @@ def run_distillation(
     Raises DistillError subclasses for problems the user can fix, JobCancelled when the
     callbacks ask to stop (checkpoints are kept, so rerunning continues the run).
     """
+    if spec.training.devices > 1 and not distributed.current().active:  # N ranks, launched from here
+        return run_on_ranks("distill", spec, out_dir, callbacks, named_datasets=named_datasets, resolver=resolver,
+                            tracking=tracking)
+    check_world(spec)
     run = _open(spec, out_dir, callbacks, resolver)
     if (finished := _finished_metrics(run, "rendering")) is not None:
         log.info("job %s: already finished in %s", spec.name, run.out_dir)
@@ -73,6 +80,8 @@ def run_distillation(
 
     data = _prepare(run, named_datasets)
     teacher, student, history = train_models(run, data)
+    if not distributed.main_continues_alone():
+        return {}  # on several ranks, rank 0 alone evaluates, exports and reports
     explainer = spec.loss.explanation.explainer
     with run.stage("evaluating"):
         metrics = evaluate(student, teacher, data, run.device, explainer=explainer)
@@ -109,11 +118,16 @@ def run_teacher(
     weights_sha256, history) and resumes like `run_distillation`. The teacher is trained exactly as
     `run_distillation` would train it for this spec, so a child given these weights matches one that
     trained its own teacher with the same settings."""
+    if spec.training.devices > 1 and not distributed.current().active:
+        return run_on_ranks("teacher", spec, out_dir, callbacks, named_datasets=named_datasets, resolver=resolver)
+    check_world(spec)
     run = _open(spec, out_dir, callbacks, resolver)
     if (finished := _finished_metrics(run, "evaluating")) is not None:
         return finished
     data = _prepare(run, named_datasets)
     teacher, history = train_teacher(run, data)
+    if not distributed.main_continues_alone():
+        return {}
     with run.stage("evaluating"):
         teacher.eval()
         logits = predict_logits(teacher, data.test_x, run.device)
@@ -196,6 +210,7 @@ def _metrics_document(
         "explained_layers": {"teacher": explained_layer_path(teacher), "student": explained_layer_path(student)},
         "seconds": dict(run.seconds),
         "device": str(run.device),
+        "device_info": {**describe_device(run.device), "ranks": spec.training.devices},
         "spec_sha256": run.state.digest,
         "spec": spec.model_dump(mode="json"),
         "warnings": warnings,

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from core import distributed
 from core.data import DataBundle
 from core.data.recipes import resolve_recipe
 from core.errors import DistillError, JobCancelled, SpecError
@@ -53,7 +54,7 @@ class RunContext:
     def __init__(self, spec: JobSpec, out_dir: Path, callbacks: RunCallbacks, resolver: Resolver) -> None:
         self.spec, self.out_dir, self.callbacks, self.resolver = spec, out_dir, callbacks, resolver
         self.state = RunState.open(out_dir, spec, resolver)
-        self.device = pick_device(spec.training.device)
+        self.device = distributed.rank_device(pick_device(spec.training.device))
         self.checkpoints = out_dir / CHECKPOINTS
         self.seconds: dict[str, float] = {stage: info["seconds"] for stage, info in self.state.stages.items()}
         self.spans = _progress_spans(spec)
@@ -80,7 +81,7 @@ class RunContext:
     @contextmanager
     def stage(self, name: str) -> Iterator[None]:
         """One stage: the host may cancel before it starts; it is announced, logged and timed."""
-        if self.callbacks.should_cancel():
+        if distributed.main_decides(self.callbacks.should_cancel()):  # on several ranks rank 0's answer
             raise JobCancelled(f"cancelled before {name}")
         self.callbacks.on_stage(name)
         log.info("job %s: stage %s", self.spec.name, name)
@@ -196,7 +197,8 @@ def _train_to_file(
             history = run.train(model, objective, data, run.config(epochs), stage, evaluate_start)
     finally:
         objective.close()
-    save_weights(model, weights)
+    if distributed.is_main():  # every rank holds the same weights; rank 0 writes them
+        save_weights(model, weights)
     return model, history
 
 

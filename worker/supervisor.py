@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 from store.queue import QUEUE_NAME
 
@@ -38,12 +38,18 @@ def worker_command(index: int, log_level: str = "INFO") -> list[str]:
 
 class WorkerProcesses:
     def __init__(self, count: int, env: Mapping[str, str], log_level: str = "INFO", stop_timeout_s: float = 30.0,
-                 niceness: int = 0) -> None:
+                 niceness: int = 0, child_envs: Sequence[Mapping[str, str]] | None = None,
+                 command: Callable[[int, str], list[str]] = worker_command) -> None:
         if count < 1:
             raise ValueError("need at least one worker")
         self.count = count
         self.niceness = niceness  # added to each child's nice value (lower CPU priority), e.g. next to an API
         self.env = dict(env)
+        # what each child adds to `env` (`--gpus`: its CUDA_VISIBLE_DEVICES), one mapping per child
+        self.child_envs = [dict(extra) for extra in child_envs] if child_envs is not None else [{}] * count
+        if len(self.child_envs) != count:
+            raise ValueError("child_envs needs one mapping per worker")
+        self.command = command
         self.log_level = log_level
         self.stop_timeout_s = stop_timeout_s
         self.children: list[subprocess.Popen[bytes] | None] = [None] * count
@@ -60,10 +66,10 @@ class WorkerProcesses:
         self._monitor.start()
 
     def _spawn(self, index: int) -> None:
-        command = worker_command(index, self.log_level)
+        command = self.command(index, self.log_level)
         if self.niceness:
             command = ["nice", "-n", str(self.niceness), *command]  # exec'd: the child's pid is the worker's
-        child = subprocess.Popen(command, env=self.env, start_new_session=True)
+        child = subprocess.Popen(command, env={**self.env, **self.child_envs[index]}, start_new_session=True)
         self.children[index] = child
         self._started_at[index] = time.monotonic()
         log.info("started worker %d (pid %d)", index, child.pid)

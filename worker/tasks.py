@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 
+from core.distributed.launch import RanksFailed
 from core.errors import DistillError, JobCancelled, is_storage_full
 from core.run import run_distillation, run_teacher
 from core.publish.tracking import DEFAULT_EXPERIMENT, TrackingConfig
@@ -141,6 +142,12 @@ def _execute(
             _release(runtime, job_id)
             return Outcome(None)
         return Outcome(JobStatus.cancelled)
+    except RanksFailed as exc:
+        callbacks.saved()
+        log.error("a rank died in %s: %s; the job goes back to the queue and resumes from its checkpoint",
+                  callbacks.stage, exc)
+        _retry(runtime, job_id)
+        return Outcome(None)
     except DistillError as exc:
         callbacks.saved()
         log.warning("failed in %s: %s (%s, field %s)", callbacks.stage, exc.message, exc.code, exc.field)
@@ -195,6 +202,19 @@ def _release(runtime: WorkerRuntime, job_id: str) -> None:
     except Exception:  # noqa: BLE001 - the broker or DB may be going down with us; the sweeper settles it
         log.exception("could not hand the job back")
     log.warning("stopped by worker shutdown; the sweeper re-queues it once its lease is stale")
+
+
+def _retry(runtime: WorkerRuntime, job_id: str) -> None:
+    """A multi-device attempt lost a rank: queue the job again now (the attempt counts, so a job whose ranks
+    keep dying ends failed after max_attempts); the next attempt resumes from the last epoch checkpoint."""
+    try:
+        with runtime.sessions() as session:
+            retried = repository.retry_job(session, job_id, runtime.worker_id)
+        if retried:
+            enqueue_job(job_id, runtime.celery)
+            return
+    except Exception:  # noqa: BLE001 - the sweeper re-queues it once its lease is stale
+        log.exception("could not queue the job again; the sweeper will")
 
 
 def _finish(runtime: WorkerRuntime, job_id: str, outcome: Outcome) -> None:

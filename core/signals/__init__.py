@@ -59,6 +59,11 @@ class TeacherSignals:
             if name in state:
                 provider.load_state_dict(state[name], device)
 
+    def merge_ranks(self) -> None:
+        """Each provider's per-rank state shared by all ranks, at an epoch end (core.distributed)."""
+        for provider in dict.fromkeys(self.providers[name] for name in sorted(self.providers)):
+            provider.merge_ranks()
+
     def close(self) -> None:
         self.forward.close()
 

@@ -30,6 +30,8 @@ class Batch:
     device_index: torch.Tensor  # the same indices on the device
     step: int  # global step within the stage, 0-based
     steps_per_epoch: int
+    # the loss's share of the global batch on this rank (core.distributed.shard); 1 in one process, 0 for padding
+    weight: float = 1.0
 
     @property
     def epoch(self) -> float:
@@ -111,3 +113,6 @@ class Provider:
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
         pass
+
+    def merge_ranks(self) -> None:
+        """Share state filled per rank with the other ranks (a collective; nothing for a stateless provider)."""

@@ -70,6 +70,19 @@ class MapCache:
         self.filled[index[new]] = True
         self.revision += 1
 
+    def merge_ranks(self) -> None:
+        """Every rank's cache becomes the union of all ranks' (a collective: every rank calls it at the same point).
+
+        Each rank fills the entries of its own shard, so without this a rank would compute maps
+        again for samples another rank already has, and rank 0's checkpoint would hold part of
+        the cache. Where several ranks hold a sample the lowest rank's entry wins (all are the
+        same teacher's map of the same input). Nothing moves when no rank added an entry since
+        the last merge (after the first epoch of a run without augmentation).
+        """
+        from core.distributed.merge import merge_map_cache
+
+        merge_map_cache(self)
+
     def state_dict(self) -> dict[str, Any]:
         """The cache's tensors as they are (no copy, like `nn.Module.state_dict`): saving an unchanged
         revision writes nothing, so it must not cost a device-to-host copy either."""
@@ -114,6 +127,9 @@ class CachedTeacherMaps(Provider):
         signals = self.live.compute(batch, teacher)
         self.cache.store(batch.index, batch.device_index, signals[TARGET_MAPS], signals[TARGET_CLASSES])
         return signals
+
+    def merge_ranks(self) -> None:
+        self.cache.merge_ranks()
 
     def state_dict(self) -> dict[str, Any]:
         return self.cache.state_dict()

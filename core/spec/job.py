@@ -223,6 +223,17 @@ class TrainingSpec(_Strict):
         "fp32", description="Training arithmetic: autocast to bf16 or fp16 (loss scaling for fp16 on CUDA); "
         "explanation maps stay float32."
     )
+    devices: int = Field(
+        1, ge=1, le=64, description="Ranks of torch.distributed the job trains on (one GPU each on CUDA, NCCL; "
+        "gloo on the CPU). batch_size stays the global batch: each rank takes batch_size / devices per step."
+    )
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> TrainingSpec:
+        if self.batch_size % self.devices:
+            raise ValueError(f"batch_size {self.batch_size} must be divisible by devices {self.devices} "
+                             "(each rank takes batch_size / devices samples per step)")
+        return self
 
     @field_validator("milestones")
     @classmethod

@@ -69,6 +69,13 @@ class AutoencoderObjective:
 
     def __post_init__(self) -> None:
         self.train_targets = self.train_targets.to(self.device)
+        self.forward_model: nn.Module | None = None  # the autoencoder's DDP wrapper on several ranks
+
+    def use_forward(self, module: nn.Module | None) -> None:
+        self.forward_model = module
+
+    def merge_ranks(self) -> None:
+        pass  # the targets were computed for every sample before the stage
 
     def extra_parameters(self) -> list[nn.Parameter]:
         return []
@@ -77,7 +84,7 @@ class AutoencoderObjective:
         return []  # the teacher's maps were computed before the stage
 
     def step(self, batch: Batch) -> StepOutput:
-        loss = F.mse_loss(self.autoencoder(batch.x), self.train_targets[batch.device_index])
+        loss = F.mse_loss((self.forward_model or self.autoencoder)(batch.x), self.train_targets[batch.device_index])
         return StepOutput(loss, {"map_mse": loss.detach()})
 
     def held_out(self) -> dict[str, float]:

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from core import distributed
+from core.distributed.shard import rank_share
 from core.train.callbacks import NullCallbacks, Progress, RunCallbacks
 from core.train.checkpoint import CheckpointFile, restore_rng_state, rng_state
 from core.data import ImageSet, TensorImages
@@ -110,13 +112,20 @@ def epoch_batches(
 
     The order and the augmentation both read one generator, in that order, so a resumed
     epoch is the same epoch. Where batches come from (memory or files) is the image set's business.
+    On several ranks each takes its slice of every global batch (core.distributed.shard).
     """
     generator = epoch_generator(config.seed, epoch)
     steps = math.ceil(len(images) / config.batch_size)
     order = torch.randperm(len(images), generator=generator)
-    batches = images.batches(order, config.batch_size, device, augment, generator)
+    world = distributed.current()
+    weights: list[float] = [1.0] * steps
+    batch_size = config.batch_size
+    if world.active:
+        share = rank_share(order, config.batch_size, world.rank, world.size)
+        order, batch_size, weights = share.order, share.per_rank_batch, share.weights
+    batches = images.batches(order, batch_size, device, augment, generator)
     for step, (x, y, index) in enumerate(batches):
-        yield Batch(x, y, index, index.to(device, non_blocking=True), epoch * steps + step, steps)
+        yield Batch(x, y, index, index.to(device, non_blocking=True), epoch * steps + step, steps, weights[step])
 
 
 @dataclass
@@ -131,6 +140,8 @@ class _EpochStats:
     classifier: bool = False
 
     def add(self, output: StepOutput, batch: Batch) -> None:
+        if batch.weight == 0:
+            return  # a rank's padding step (core.distributed.shard): no sample of its own
         size = len(batch.index)
         loss = output.loss.detach() * size
         self.loss_sum = loss if self.loss_sum is None else self.loss_sum + loss
@@ -141,6 +152,20 @@ class _EpochStats:
         if output.logits is not None:
             hits = (output.logits.detach().argmax(dim=1) == batch.y).sum()
             self.correct = hits if self.correct is None else self.correct + hits
+
+    def sum_ranks(self) -> None:
+        """On several ranks, the sums over all ranks' samples (a collective), so the history is the global batch's."""
+        if not distributed.current().active:
+            return
+        names = sorted(self.term_sums)
+        values = [float(self.loss_sum or 0.0), float(self.correct or 0)]
+        values += [float(self.term_sums[name]) for name in names] + [float(self.term_counts[name]) for name in names]
+        summed = distributed.sum_ranks(values)
+        self.loss_sum = torch.tensor(summed[0])
+        self.correct = torch.tensor(summed[1]) if self.correct is not None else None
+        for i, name in enumerate(names):
+            self.term_sums[name] = torch.tensor(summed[2 + i])
+            self.term_counts[name] = int(summed[2 + len(names) + i])
 
     def entry(self, epoch: int, samples: int) -> dict[str, Any]:
         entry: dict[str, Any] = {
@@ -166,6 +191,7 @@ class _Stage:
         self.models = [model.to(device), *objective.frozen_models()]
         for module in self.models:
             self.amp.prepare_model(module)
+        self.world = distributed.current()
         self.optimizer = make_optimizer(list(model.parameters()) + objective.extra_parameters(), config)
         self.steps = math.ceil(samples / config.batch_size)
         self.scheduler = make_scheduler(self.optimizer, config, self.steps)
@@ -176,8 +202,13 @@ class _Stage:
 
     def release(self) -> None:
         """The models back in the default layout (Precision.release_model), however the stage ended."""
+        distributed.unwrap(self.model, self.objective)
         for module in self.models:
             self.amp.release_model(module)
+
+    def wrap(self) -> None:
+        """On several ranks, after the restore: the trained model in DDP (core.distributed.ranks)."""
+        distributed.wrap(self.model, self.objective, self.device)
 
     def restore(self) -> None:
         """Continue after the checkpoint's last finished epoch, if there is a checkpoint."""
@@ -195,8 +226,8 @@ class _Stage:
                  self.checkpoint.path)
 
     def save(self, epoch: int) -> None:
-        if self.checkpoint is None:
-            return
+        if self.checkpoint is None or not self.world.is_main:
+            return  # on several ranks rank 0 writes the checkpoint: every rank holds the same state
         self.checkpoint.save({
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -223,14 +254,23 @@ class _Stage:
         with self.amp.autocast():
             output = self.objective.step(batch)
         self.optimizer.zero_grad(set_to_none=True)
-        self.amp.step(output.loss, self.optimizer)
+        loss = output.loss if batch.weight == 1 else output.loss * batch.weight
+        self.amp.step(loss, self.optimizer, after_backward=self._average_extras)
         if self.scheduler is not None:
             self.scheduler.step()
         return output
 
+    def _average_extras(self) -> None:
+        """On several ranks: the objective's own trainable parameters (not in DDP) get the ranks' mean gradient."""
+        if self.world.active:
+            distributed.average_gradients(self.objective.extra_parameters())
+
     def close_epoch(self, epoch: int, stats: _EpochStats, started: float) -> None:
+        stats.sum_ranks()
+        distributed.merge_objective(self.objective)
         entry = stats.entry(epoch, self.samples)
-        entry.update(self.objective.held_out())
+        if self.world.is_main:  # held-out numbers go to the history, which rank 0 keeps
+            entry.update(self.objective.held_out())
         entry["lr"] = float(self.optimizer.param_groups[0]["lr"])
         entry["seconds"] = time.perf_counter() - started
         self.history.append(entry)
@@ -270,8 +310,9 @@ def train(
                  callbacks or NullCallbacks(), span)
     try:
         run.restore()
-        if evaluate_start and run.start_epoch == 0:
-            run.history.append({"epoch": 0, "losses": {}, **run.objective.held_out()})
+        if evaluate_start and run.start_epoch == 0:  # held-out numbers: rank 0's history, as at epoch ends
+            run.history.append({"epoch": 0, "losses": {}, **(run.objective.held_out() if run.world.is_main else {})})
+        run.wrap()
         run.callbacks.on_progress(Progress(stage, run.start_epoch, config.epochs, 0, run.steps,
                                            run.fraction(run.start_epoch * run.steps)))
         for epoch in range(run.start_epoch, config.epochs):
@@ -287,7 +328,7 @@ def _train_epoch(run: _Stage, images: ImageSet, epoch: int, augment: bool | str)
     run.model.train()
     for batch in epoch_batches(images, run.config, epoch, run.device, augment):
         step = batch.step - epoch * run.steps
-        if run.callbacks.should_cancel():
+        if distributed.main_decides(run.callbacks.should_cancel()):
             raise JobCancelled(f"{run.stage} cancelled at epoch {epoch + 1}, step {step + 1}")
         output = run.step(batch)
         stats.add(output, batch)

@@ -53,6 +53,12 @@ class Objective(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    def use_forward(self, module: nn.Module | None) -> None:
+        """Run the trained model's forward through `module` (its DDP wrapper on several ranks); None: directly."""
+
+    def merge_ranks(self) -> None:
+        """State each rank fills on its own (signal caches) made whole on every rank (a collective)."""
+
 
 @dataclass
 class DistillationObjective:
@@ -80,6 +86,7 @@ class DistillationObjective:
     autoencoder: nn.Module | None = None
     cache_maps: bool = False
     signals: TeacherSignals | None = field(init=False, default=None)
+    forward_model: nn.Module | None = field(init=False, default=None)  # the student's DDP wrapper on several ranks
 
     def __post_init__(self) -> None:
         needs = self.terms.needs
@@ -121,6 +128,13 @@ class DistillationObjective:
         if self.signals is not None:
             self.signals.load_state_dict(state.get("signals", {}), self.device)
 
+    def use_forward(self, module: nn.Module | None) -> None:
+        self.forward_model = module
+
+    def merge_ranks(self) -> None:
+        if self.signals is not None:
+            self.signals.merge_ranks()
+
     def held_out(self) -> dict[str, float]:
         logits = predict_logits(self.student, self.data.test_x, self.device)
         return {"test_accuracy": float((logits.argmax(dim=1) == self.data.test_y).float().mean())}
@@ -131,7 +145,7 @@ class DistillationObjective:
         explaining = STUDENT_MAPS in wanted and self.explanation is not None
         input_maps = explaining and get_explainer(self.explanation.explainer).needs_input_grad  # type: ignore[union-attr]
         student_inputs = batch.x.detach().requires_grad_() if input_maps else batch.x
-        student_logits = self.student(student_inputs)
+        student_logits = (self.forward_model or self.student)(student_inputs)
         student_features = self.student_tap.take()
         explained = self.student_map_tap.take() if self.student_map_tap is not None else student_features
         student_maps = None

@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -64,13 +64,19 @@ class Precision:
     def prepare_input(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
 
-    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
-        """backward + optimizer step, through the scaler when there is one."""
+    def step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer,
+             after_backward: Callable[[], None] | None = None) -> None:
+        """backward + optimizer step, through the scaler when there is one; `after_backward` runs between them
+        (e.g. averaging gradients over ranks)."""
         if self.scaler is None:
             loss.backward()
+            if after_backward is not None:
+                after_backward()
             optimizer.step()
             return
         self.scaler.scale(loss).backward()
+        if after_backward is not None:
+            after_backward()
         self.scaler.step(optimizer)
         self.scaler.update()
 

@@ -42,6 +42,7 @@ from store.repository.leases import (
     release_job,
     request_cancel,
     requeue_stale_jobs,
+    retry_job,
 )
 from store.repository.ownership import owned_idempotency_key
 from store.repository.polls import (
@@ -107,6 +108,7 @@ __all__ = [
     "read_job_row",
     "release_dependents",
     "release_job",
+    "retry_job",
     "remove_worker",
     "request_cancel",
     "request_digest",

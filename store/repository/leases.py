@@ -202,3 +202,15 @@ def release_job(session: Session, job_id: str, worker_id: str) -> bool:
     )  # fmt: skip
     session.commit()
     return released
+
+
+def retry_job(session: Session, job_id: str, worker_id: str) -> bool:
+    """running -> queued for its owner, keeping the attempt: the attempt failed in a way a new attempt may
+    not (a rank of a multi-device job died) and resumes from the job's checkpoints. claim_job counts the
+    attempts, so a job that keeps failing so ends failed ('too_many_attempts'). The caller enqueues it again."""
+    retried = transition(
+        session, job_id, JobStatus.running, JobStatus.queued, owner=worker_id,
+        worker_id=None, stage=None, heartbeat_at=None,
+    )  # fmt: skip
+    session.commit()
+    return retried
