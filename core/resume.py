@@ -20,7 +20,7 @@ from core.atomic import write_text_atomic
 from core.distributed import is_main
 from core.errors import SpecError
 from core.resolver import Resolver
-from core.spec import ExportSpec, JobSpec, StudentSpec, TrainingSpec
+from core.spec import ExportSpec, JobSpec, StudentSpec, TeacherSpec, TrainingSpec
 from core.terms.registry import identity_loss
 
 log = logging.getLogger(__name__)
@@ -60,12 +60,13 @@ def legacy_digest(spec: JobSpec, resolver: Resolver) -> str | None:
 LATER_FIELDS: dict[str, tuple[str, ...]] = {
     "training": ("milestones", "step_size", "gamma", "warmup_epochs", "label_smoothing", "devices"),
     "student": ("weights", "head"),
+    "teacher": ("normalize", "class_names"),
 }
 
 
 def _drop_later_defaults(document: dict[str, Any]) -> None:
     """Remove the LATER_FIELDS that hold their defaults, so a folder written before they existed still resumes."""
-    models = {"training": TrainingSpec, "student": StudentSpec}
+    models = {"training": TrainingSpec, "student": StudentSpec, "teacher": TeacherSpec}
     for block, names in LATER_FIELDS.items():
         fields = models[block].model_fields
         for name in names:
@@ -74,12 +75,18 @@ def _drop_later_defaults(document: dict[str, Any]) -> None:
                 del document[block][name]
 
 
-def _digest(document: dict[str, Any]) -> str:
+def identity_document(document: dict[str, Any]) -> dict[str, Any]:
+    """The spec dump a run's identity is taken over: fields added after runs were first written are
+    dropped while at their defaults (a test pins that every later field is listed here)."""
     document["loss"] = identity_loss(document["loss"])
     _drop_later_defaults(document)
     if document.get("export") == ExportSpec().model_dump(mode="json"):
         del document["export"]  # the export block came later too: at its default it is not part of the identity
-    canonical = json.dumps(document, sort_keys=True, separators=(",", ":"))
+    return document
+
+
+def _digest(document: dict[str, Any]) -> str:
+    canonical = json.dumps(identity_document(document), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
