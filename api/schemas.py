@@ -281,6 +281,15 @@ class CheckOut(BaseModel):
     detail: str = ""
 
 
+class WorkerOut(BaseModel):
+    id: str
+    hostname: str
+    device: dict[str, Any] | None = Field(
+        None, description="type (cpu|cuda), name, memory_bytes (CUDA) and count of the devices the worker sees.",
+        examples=[{"type": "cuda", "name": "NVIDIA H100 80GB HBM3", "memory_bytes": 85520809984, "count": 1}],
+    )
+
+
 class ReadyOut(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -293,6 +302,9 @@ class ReadyOut(BaseModel):
 
     status: str = Field(description="'ready' or 'not_ready'.")
     checks: dict[str, CheckOut]
+    workers: list[WorkerOut] = Field(
+        default_factory=list, description="The workers seen within the last heartbeats, and what each computes on."
+    )
 
 
 # Error responses documented on every route (with the shared example body).

@@ -217,3 +217,5 @@ class WorkerRecord(Base):
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     seen_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # What the worker computes on ({"type", "name", "memory_bytes", "count"}), for /readyz and dashboards.
+    device: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)

@@ -7,17 +7,27 @@ on a clean shutdown, so readiness sees a worker even while it is busy with a job
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
+from typing import Any
 
+from core.models.device import describe_device
 from store import repository
 from worker.runtime import WorkerRuntime
 
 
+@functools.cache
+def this_device() -> dict[str, Any]:
+    """What this worker process computes on (under `--gpus`, the one GPU its CUDA_VISIBLE_DEVICES shows);
+    asked once: the answer does not change while the process lives."""
+    return describe_device()
+
+
 def announce(runtime: WorkerRuntime) -> None:
-    """This worker is alive now."""
+    """This worker is alive now, on this device."""
     with runtime.sessions() as session:
-        repository.touch_worker(session, runtime.worker_id, socket.gethostname(), os.getpid())
+        repository.touch_worker(session, runtime.worker_id, socket.gethostname(), os.getpid(), device=this_device())
 
 
 def withdraw(runtime: WorkerRuntime) -> None:

@@ -12,7 +12,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.deps import CeleryDep, SessionMakerDep, SettingsDep, StateDep
-from api.schemas import CheckOut, HealthOut, ReadyOut
+from api.schemas import CheckOut, HealthOut, ReadyOut, WorkerOut
 from store import repository
 from store.settings import Settings
 
@@ -51,7 +51,7 @@ def _check_broker(celery: Celery) -> CheckOut:
     return CheckOut(ok=True, detail=f"connected ({transport})")
 
 
-def _check_worker(settings: Settings, sessions: sessionmaker[Session]) -> CheckOut:
+def _check_worker(settings: Settings, sessions: sessionmaker[Session]) -> tuple[CheckOut, list[WorkerOut]]:
     """A worker refreshes its `workers` row every heartbeat; one that missed a few beats is gone.
 
     The table works for every broker (the filesystem transport has no remote control) and
@@ -63,10 +63,11 @@ def _check_worker(settings: Settings, sessions: sessionmaker[Session]) -> CheckO
             alive = repository.live_workers(session, seen_after)
     except Exception as exc:
         log.warning("readyz: worker check failed: %s", exc)
-        return CheckOut(ok=False, detail=f"worker check failed: {type(exc).__name__}")
+        return CheckOut(ok=False, detail=f"worker check failed: {type(exc).__name__}"), []
+    workers = [WorkerOut(id=record.id, hostname=record.hostname, device=record.device) for record in alive]
     if alive:
-        return CheckOut(ok=True, detail=f"{len(alive)} worker(s) present")
-    return CheckOut(ok=False, detail="no worker reported within the last heartbeats")
+        return CheckOut(ok=True, detail=f"{len(alive)} worker(s) present"), workers
+    return CheckOut(ok=False, detail="no worker reported within the last heartbeats"), workers
 
 
 @router.get(
@@ -75,13 +76,10 @@ def _check_worker(settings: Settings, sessions: sessionmaker[Session]) -> CheckO
     responses={503: {"model": ReadyOut, "description": "A check failed; `checks` says which."}},
 )
 def readyz(settings: SettingsDep, sessions: SessionMakerDep, celery: CeleryDep, response: Response) -> ReadyOut:
-    checks = {
-        "database": _check_database(sessions),
-        "broker": _check_broker(celery),
-        "worker": _check_worker(settings, sessions),
-    }
+    worker_check, workers = _check_worker(settings, sessions)
+    checks = {"database": _check_database(sessions), "broker": _check_broker(celery), "worker": worker_check}
     ready = all(check.ok for check in checks.values())
-    body = ReadyOut(status="ready" if ready else "not_ready", checks=checks)
+    body = ReadyOut(status="ready" if ready else "not_ready", checks=checks, workers=workers)
     if not ready:
         failed = ", ".join(name for name, check in checks.items() if not check.ok)
         log.warning("readyz: not ready (%s)", failed)

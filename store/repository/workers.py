@@ -4,6 +4,7 @@ shares with the workers whether any is alive, with no broker round trip."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
@@ -12,18 +13,22 @@ from sqlalchemy.orm import Session
 from store.models import WorkerRecord, utcnow
 
 
-def touch_worker(session: Session, worker_id: str, hostname: str, pid: int, now: datetime | None = None) -> None:
-    """Record that this worker is alive now (insert on first call, then refresh seen_at)."""
+def touch_worker(
+    session: Session, worker_id: str, hostname: str, pid: int, now: datetime | None = None,
+    device: dict[str, Any] | None = None,
+) -> None:
+    """Record that this worker is alive now, on `device` (insert on first call, then refresh seen_at)."""
     now = now or utcnow()
-    updated = session.execute(update(WorkerRecord).where(WorkerRecord.id == worker_id).values(seen_at=now))
+    fresh = {"seen_at": now, "device": device}
+    updated = session.execute(update(WorkerRecord).where(WorkerRecord.id == worker_id).values(**fresh))
     if updated.rowcount == 0:
-        session.add(WorkerRecord(id=worker_id, hostname=hostname, pid=pid, started_at=now, seen_at=now))
+        session.add(WorkerRecord(id=worker_id, hostname=hostname, pid=pid, started_at=now, **fresh))
         try:
             session.commit()
             return
         except IntegrityError:  # a concurrent first touch of the same id: the row exists now
             session.rollback()
-            session.execute(update(WorkerRecord).where(WorkerRecord.id == worker_id).values(seen_at=now))
+            session.execute(update(WorkerRecord).where(WorkerRecord.id == worker_id).values(**fresh))
     session.commit()
 
 

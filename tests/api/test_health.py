@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 from fastapi.testclient import TestClient
 
@@ -14,11 +15,11 @@ from store.settings import Settings
 from tests.api.support import digits_spec
 
 
-def _touch(settings: Settings, worker_id: str, seen_at: datetime) -> None:
+def _touch(settings: Settings, worker_id: str, seen_at: datetime, device: dict[str, Any] | None = None) -> None:
     """A worker's presence row as its sweeper would leave it at `seen_at`."""
     database = Database(settings.db_url)
     with database.sessions() as session:
-        repository.touch_worker(session, worker_id, "host", 1, now=seen_at)
+        repository.touch_worker(session, worker_id, "host", 1, now=seen_at, device=device)
     database.dispose()
 
 
@@ -47,6 +48,16 @@ def test_readyz_is_ready_when_a_worker_is_present(client: TestClient, app_settin
     assert response.status_code == 200, response.json()
     assert response.json()["status"] == "ready"
     assert all(check["ok"] for check in response.json()["checks"].values())
+
+
+def test_readyz_lists_each_present_worker_with_its_device(client: TestClient, app_settings: Settings) -> None:
+    gpu = {"type": "cuda", "name": "NVIDIA H100 80GB HBM3", "memory_bytes": 85520809984, "count": 1}
+    _touch(app_settings, "worker-gpu1", utcnow(), device=gpu)
+    _touch(app_settings, "worker-gone", utcnow() - timedelta(hours=1), device=gpu)
+
+    workers = client.get("/readyz").json()["workers"]
+
+    assert workers == [{"id": "worker-gpu1", "hostname": "host", "device": gpu}]
 
 
 def test_readyz_ignores_a_worker_that_stopped_reporting(client: TestClient, app_settings: Settings) -> None:

@@ -57,8 +57,11 @@ def test_distill_serve_runs_a_job_end_to_end_and_stops_its_workers_on_ctrl_c(tmp
     home = tmp_path / "home"
     serve, client = _start_serve(tmp_path, home)
     try:
-        checks = client.get("/readyz").json()["checks"]
+        ready = client.get("/readyz").json()
+        checks = ready["checks"]
         assert checks["worker"]["ok"] and checks["database"]["ok"] and checks["broker"]["ok"]
+        # each worker process says what it computes on (this host has no CUDA device)
+        assert ready["workers"] and all(worker["device"]["type"] == "cpu" for worker in ready["workers"])
         assert (home / "distill.db").is_file() and (home / "broker").is_dir()  # SQLite + filesystem broker
 
         response = client.post("/v1/jobs", json=tiny_spec(student_epochs=2))

@@ -126,6 +126,7 @@ def test_presence_is_refreshed_every_tick_and_withdrawn_on_stop(runtime: WorkerR
             time.sleep(0.05)
         first_seen = _live(database)[WORKER_ID].seen_at
         assert _live(database)[WORKER_ID].pid == os.getpid()
+        assert _live(database)[WORKER_ID].device == {"type": "cpu", "name": "cpu", "count": 1}  # no CUDA here
         time.sleep(runtime.settings.heartbeat_s * 3)
         assert _live(database)[WORKER_ID].seen_at > first_seen
     finally:
