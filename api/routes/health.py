@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timedelta, timezone
 
 from celery import Celery
 from fastapi import APIRouter, Response
@@ -21,8 +20,6 @@ log = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
 
 BROKER_TIMEOUT_S = 2.0
-# A worker refreshes its presence row every heartbeat; one missing this many beats is gone.
-PRESENCE_MISSED_BEATS = 3
 
 
 @router.get("/healthz", summary="Liveness: the process answers")
@@ -57,10 +54,9 @@ def _check_worker(settings: Settings, sessions: sessionmaker[Session]) -> tuple[
     The table works for every broker (the filesystem transport has no remote control) and
     sees a worker that is busy with a job, which a broker ping would not.
     """
-    seen_after = datetime.now(timezone.utc) - timedelta(seconds=PRESENCE_MISSED_BEATS * settings.heartbeat_s)
     try:
         with sessions() as session:
-            alive = repository.live_workers(session, seen_after)
+            alive = repository.present_workers(session, settings.heartbeat_s)
     except Exception as exc:
         log.warning("readyz: worker check failed: %s", exc)
         return CheckOut(ok=False, detail=f"worker check failed: {type(exc).__name__}"), []

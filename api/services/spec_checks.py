@@ -18,6 +18,7 @@ from api.services.errors import InvalidFormValue, PathNotAllowed, UnknownDataset
 from core.errors import DistillError, SpecError
 from core.models.classes import class_index
 from core.models.compat import DatasetShape, WeightsShape, fit_problems
+from core.models.device import gpu_shortfall
 from core.models.heads import starting_weights_problems
 from core.spec import JobSpec, control_character_field
 from core.spec.sweep import Child
@@ -61,6 +62,7 @@ def _dataset_shape(
 def check_spec_against_server(spec: JobSpec, *, session: Session, settings: Settings, owner: str | None) -> None:
     """What JobSpec cannot know alone: the dataset and the teacher weights exist here, belong to the
     caller (`owner`; None: anyone's) and fit each other."""
+    _check_devices(spec, session, settings)
     num_classes, in_channels = _dataset_shape(spec, session, settings, owner)
     _check_student_weights(spec, session, owner, DatasetShape(num_classes, in_channels))
     model_id = spec.teacher.weights
@@ -81,6 +83,23 @@ def check_spec_against_server(spec: JobSpec, *, session: Session, settings: Sett
         dataset_names = DIGITS_CLASS_NAMES if spec.dataset.id is None else (
             repository.get_dataset(session, spec.dataset.id, owner).class_names.get("names") or [])
         class_index(names, list(dataset_names))  # a dataset class the teacher does not know: 422 naming it
+
+
+def _check_devices(spec: JobSpec, session: Session, settings: Settings) -> None:
+    """A CUDA job needs one worker that sees training.devices GPUs. Judged only when workers are present
+    (the service knows them); with none present the job waits in the queue as any job does."""
+    if spec.training.device != "cuda":
+        return  # auto/cpu: gloo ranks are processes, any worker can run them
+    workers = repository.present_workers(session, settings.heartbeat_s)
+    if not workers:
+        return
+    shortfalls = [gpu_shortfall(spec.training.devices, worker.device) for worker in workers]
+    if None not in shortfalls:
+        most = spec.training.devices - min(short for short in shortfalls if short is not None)
+        raise SpecError(
+            f"training.devices is {spec.training.devices} on 'cuda', but the most CUDA devices any of the "
+            f"{len(workers)} present worker(s) sees is {most}; lower training.devices or start a worker that sees "
+            "that many GPUs (a `--gpus` worker sees one)", "training.devices")
 
 
 def _check_student_weights(spec: JobSpec, session: Session, owner: str | None, dataset: DatasetShape) -> None:

@@ -153,13 +153,15 @@ def _check_devices(spec: JobSpec) -> None:
     crowding fewer GPUs (the CPU has no such limit: gloo ranks are processes)."""
     from core.errors import SpecError
     from core.models import pick_device
+    from core.models.device import describe_device, gpu_shortfall
 
-    if pick_device(spec.training.device).type != "cuda":
+    device = pick_device(spec.training.device)
+    if device.type != "cuda":
         return
-    visible = torch.cuda.device_count()
-    if spec.training.devices > visible:
+    if gpu_shortfall(spec.training.devices, describe_device(device)) is not None:
         raise SpecError(
-            f"training.devices is {spec.training.devices} but this machine has {visible} CUDA device(s); "
+            f"training.devices is {spec.training.devices} but this machine has {torch.cuda.device_count()} "
+            "CUDA device(s); "
             "run it on a worker that sees that many GPUs (CUDA_VISIBLE_DEVICES), or lower training.devices",
             field="training.devices",
         )

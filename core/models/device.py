@@ -29,3 +29,10 @@ def describe_device(device: torch.device | None = None) -> dict[str, Any]:
     properties = torch.cuda.get_device_properties(index)
     return {"type": "cuda", "name": properties.name, "memory_bytes": int(properties.total_memory),
             "count": torch.cuda.device_count()}
+
+
+def gpu_shortfall(devices: int, seen: dict[str, Any] | None) -> int | None:
+    """How many GPUs a CUDA job of `devices` ranks lacks where `seen` (a describe_device answer) was taken;
+    None when it fits. One rule for the worker (its own device) and the API (the workers it knows)."""
+    have = int(seen.get("count", 0)) if seen and seen.get("type") == "cuda" else 0
+    return None if devices <= have else devices - have

@@ -62,7 +62,7 @@ from store.repository.polls import (
 )
 from store.repository.states import ALLOWED_TRANSITIONS
 from store.repository.uploads import create_dataset, create_model, get_dataset, get_model, list_datasets, list_models
-from store.repository.workers import live_workers, remove_worker, touch_worker
+from store.repository.workers import live_workers, present_workers, remove_worker, touch_worker
 
 __all__ = [
     "ALLOWED_TRANSITIONS",
@@ -100,6 +100,7 @@ __all__ = [
     "list_jobs",
     "list_models",
     "live_workers",
+    "present_workers",
     "new_dataset_id",
     "new_job_id",
     "new_model_id",

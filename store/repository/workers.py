@@ -3,7 +3,7 @@ shares with the workers whether any is alive, with no broker round trip."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select, update
@@ -47,3 +47,13 @@ def live_workers(session: Session, seen_after: datetime) -> list[WorkerRecord]:
     )
     session.commit()
     return records
+
+
+# A worker that missed this many heartbeats is gone (readiness and the device check agree on it).
+PRESENCE_MISSED_BEATS = 3
+
+
+def present_workers(session: Session, heartbeat_s: float, now: datetime | None = None) -> list[WorkerRecord]:
+    """The workers that reported within the last PRESENCE_MISSED_BEATS heartbeats, most recent first."""
+    now = now or utcnow()
+    return live_workers(session, now - timedelta(seconds=PRESENCE_MISSED_BEATS * heartbeat_s))

@@ -112,3 +112,20 @@ def test_an_unexpected_error_is_a_json_500_without_the_traceback(make_client: Ca
     assert response.json()["error"]["code"] == "internal_error"
     assert "secret internals" not in response.text and "Traceback" not in response.text
     assert 'route="/explode",status="500"' in client.get("/metrics").text
+
+
+def test_a_cuda_job_no_present_worker_can_hold_is_422_on_devices(client: TestClient, app_settings: Settings) -> None:
+    spec = {"name": "ddp", "method": "kd", "dataset": {"name": "digits", "image_size": 16},
+            "teacher": {"arch": "resnet8", "epochs": 1}, "student": {"arch": "resnet8"},
+            "training": {"epochs": 1, "batch_size": 32, "device": "cuda", "devices": 2}}
+    one_gpu = {"type": "cuda", "name": "NVIDIA H100 80GB HBM3", "memory_bytes": 85520809984, "count": 1}
+
+    _touch(app_settings, "worker-gpu0", utcnow(), device=one_gpu)
+    _touch(app_settings, "worker-cpu", utcnow(), device={"type": "cpu", "name": "cpu", "count": 1})
+    refused = client.post("/v1/jobs", json=spec)
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["error"]["field"] == "training.devices"
+    assert "the most CUDA devices any of the 2 present worker(s) sees is 1" in refused.json()["error"]["message"]
+
+    _touch(app_settings, "worker-all-gpus", utcnow(), device={**one_gpu, "count": 2})
+    assert client.post("/v1/jobs", json=spec).status_code == 201  # one present worker sees two GPUs
