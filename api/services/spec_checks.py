@@ -23,6 +23,7 @@ from core.models.heads import starting_weights_problems
 from core.spec import JobSpec, control_character_field
 from core.spec.sweep import Child
 from store import repository
+from store.models import ModelRecord
 from store.settings import Settings
 
 # scikit-learn's digits: 10 classes of 8x8 grey images (core.data reads it the same way).
@@ -68,11 +69,7 @@ def check_spec_against_server(spec: JobSpec, *, session: Session, settings: Sett
     model_id = spec.teacher.weights
     if model_id is None:
         return
-    try:
-        model = repository.get_model(session, model_id, owner)
-    except repository.NotFound:
-        raise UnknownModel(f"no uploaded model with id '{model_id}' (upload weights with POST /v1/models)",
-                           "teacher.weights") from None
+    model = _owned_model(session, model_id, owner, "teacher.weights")
     names = spec.teacher.class_names
     teacher_classes = len(names) if names else num_classes  # class_names: the teacher's own outputs
     problems = fit_problems(WeightsShape(model.arch, model.num_classes, model.in_channels),
@@ -102,17 +99,22 @@ def _check_devices(spec: JobSpec, session: Session, settings: Settings) -> None:
             "that many GPUs (a `--gpus` worker sees one)", "training.devices")
 
 
+def _owned_model(session: Session, model_id: str, owner: str | None, field: str) -> ModelRecord:
+    """The uploaded model record `field` names, or a 422 on that field when the caller has none of that id."""
+    try:
+        return repository.get_model(session, model_id, owner)
+    except repository.NotFound:
+        raise UnknownModel(f"no uploaded model with id '{model_id}' (upload weights with POST /v1/models)",
+                           field) from None
+
+
 def _check_student_weights(spec: JobSpec, session: Session, owner: str | None, dataset: DatasetShape) -> None:
     """The student's starting weights exist here, belong to the caller and fit the student and the dataset
     (core.models.heads.starting_weights_problems, the engine's own rule: another class count needs head 'reset')."""
     model_id = spec.student.weights
     if model_id is None:
         return
-    try:
-        model = repository.get_model(session, model_id, owner)
-    except repository.NotFound:
-        raise UnknownModel(f"no uploaded model with id '{model_id}' (upload weights with POST /v1/models)",
-                           "student.weights") from None
+    model = _owned_model(session, model_id, owner, "student.weights")
     problems = starting_weights_problems(WeightsShape(model.arch, model.num_classes, model.in_channels),
                                          spec.student.arch, dataset, spec.student.head)
     if problems:

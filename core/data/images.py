@@ -19,7 +19,7 @@ memory on CUDA.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
 import torch
@@ -105,14 +105,10 @@ class MemoryImages:
         self, order: torch.Tensor, batch_size: int, device: torch.device, augment: bool | str,
         generator: torch.Generator,
     ) -> Iterator[Batch]:
-        from core.data.recipes import apply_recipe
+        def read(index: torch.Tensor) -> torch.Tensor:
+            return normalise(to_device(self.pixels[index], device), self.mean, self.std)
 
-        for start in range(0, len(order), batch_size):
-            index = order[start : start + batch_size]
-            x = normalise(to_device(self.pixels[index], device), self.mean, self.std)
-            if augment:
-                x = apply_recipe(x, augment, generator)
-            yield x, to_device(self.labels[index], device), index
+        return batches_of(order, batch_size, device, augment, generator, read, self.labels)
 
 
 class TensorImages:
@@ -131,11 +127,22 @@ class TensorImages:
         self, order: torch.Tensor, batch_size: int, device: torch.device, augment: bool | str,
         generator: torch.Generator,
     ) -> Iterator[Batch]:
-        from core.data.recipes import apply_recipe
+        return batches_of(order, batch_size, device, augment, generator, lambda index: to_device(self.x[index], device),
+                          self.labels)
 
-        for start in range(0, len(order), batch_size):
-            index = order[start : start + batch_size]
-            x = to_device(self.x[index], device)
-            if augment:
-                x = apply_recipe(x, augment, generator)
-            yield x, to_device(self.labels[index], device), index
+
+def batches_of(
+    order: torch.Tensor, batch_size: int, device: torch.device, augment: bool | str, generator: torch.Generator,
+    read: Callable[[torch.Tensor], torch.Tensor], labels: torch.Tensor,
+) -> Iterator[Batch]:
+    """The one batch loop of every placement (RAM, disk, tensors): `read(index)` gives a batch's normalised
+    images on `device`; the augmentation recipe runs there, with the epoch's generator, so a set yields the
+    same batches wherever it is held."""
+    from core.data.recipes import apply_recipe
+
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        x = read(index)
+        if augment:
+            x = apply_recipe(x, augment, generator)
+        yield x, to_device(labels[index], device), index

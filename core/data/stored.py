@@ -18,8 +18,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
-from core.data.images import Batch, normalise, to_device
-from core.data.recipes import apply_recipe
+from core.data.images import Batch, batches_of, normalise, to_device
 from core.data.store import ImageStore
 
 PLACEMENTS = ("memory", "disk")
@@ -94,11 +93,10 @@ class StoreImages:
         self, order: torch.Tensor, batch_size: int, device: torch.device, augment: bool | str,
         generator: torch.Generator,
     ) -> Iterator[Batch]:
-        for start in range(0, len(order), batch_size):
-            index = order[start : start + batch_size]
-            x = normalise(to_device(self.uint8(index), device), self.mean, self.std)
-            x = apply_recipe(x, augment, generator) if augment else x
-            yield x, to_device(self.labels[index], device), index
+        def read(index: torch.Tensor) -> torch.Tensor:
+            return normalise(to_device(self.uint8(index), device), self.mean, self.std)
+
+        return batches_of(order, batch_size, device, augment, generator, read, self.labels)
 
 
 def _resident_file_bytes() -> int | None:
