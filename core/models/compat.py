@@ -20,8 +20,8 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-GREY_MODES = ("L", "1", "I;16")
-CLASS_NAMES_HINT = " (a teacher with other classes, or another order: give teacher.class_names, its output order)"  # PIL modes read as one channel; every other mode is converted to RGB
+GREY_MODES = ("L", "1", "I;16")  # PIL modes read as one channel; every other mode is converted to RGB
+CLASS_NAMES_HINT = " (a teacher with other classes, or another order: give teacher.class_names, its output order)"
 
 
 def image_channels(mode: str) -> int:
@@ -52,15 +52,18 @@ class WeightsShape:
 
 
 def fit_problems(
-    weights: WeightsShape, *, arch: str | None = None, dataset: DatasetShape | None = None, job: bool = False
+    weights: WeightsShape, *, arch: str | None = None, dataset: DatasetShape | None = None, job: bool = False,
+    role: str = "teacher",
 ) -> list[str]:
-    """Every way `weights` do not fit architecture `arch` and `dataset`; empty when they fit. For a `job`,
-    a class-count mismatch says how to map a teacher's own classes (teacher.class_names)."""
+    """Every way `weights` do not fit architecture `arch` (the `role` model's) and `dataset`; empty when they
+    fit. Only a teacher may be an exported program, which is its own architecture. For a `job`, a
+    class-count mismatch says how to map a teacher's own classes (teacher.class_names)."""
     problems = []
     from core.models.exported import EXPORTED_ARCH
 
-    if arch is not None and weights.arch not in (None, EXPORTED_ARCH) and weights.arch != arch:
-        problems.append(f"it is a {weights.arch} but teacher.arch is {arch}")
+    own_architecture = (None, EXPORTED_ARCH) if role == "teacher" else (None,)
+    if arch is not None and weights.arch not in own_architecture and weights.arch != arch:
+        problems.append(f"it is a {weights.arch} but {role}.arch is {arch}")
     if dataset is not None:
         if None not in (dataset.num_classes, weights.num_classes) and weights.num_classes != dataset.num_classes:
             problems.append(f"it has {weights.num_classes} classes but the dataset has {dataset.num_classes}"

@@ -9,10 +9,10 @@ classes when `arch` is built empty with 2 and with 3 classes. One rule for every
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
-
-from pathlib import Path
 
 from core.errors import SpecError
 from core.models.compat import DatasetShape, WeightsShape, check_weights_file, fit_problems, weights_shape
@@ -40,14 +40,11 @@ def load_with_fresh_head(
 def starting_weights_problems(weights: WeightsShape, arch: str, dataset: DatasetShape, head: str) -> list[str]:
     """Every way a student's starting `weights` do not fit `student.arch` and the dataset; empty when they fit.
 
-    The teachers' rule (core.models.compat.fit_problems) for the input channels; the class count counts
-    only when the head is kept, and its message says how to start a fresh head instead. The API (an
+    The teachers' rule (core.models.compat.fit_problems) for the architecture and input channels; the class
+    count counts only when the head is kept, and its message says how to start a fresh head instead. The API (an
     uploaded model's record) and the engine (the file itself) both ask this.
     """
-    problems = []
-    if weights.arch is not None and weights.arch != arch:
-        problems.append(f"it is a {weights.arch} but student.arch is {arch}")
-    problems += fit_problems(weights, dataset=DatasetShape(None, dataset.in_channels))
+    problems = fit_problems(weights, arch=arch, dataset=DatasetShape(None, dataset.in_channels), role="student")
     if head != "reset" and None not in (weights.num_classes, dataset.num_classes) and \
             weights.num_classes != dataset.num_classes:
         problems.append(f"it has {weights.num_classes} classes but the dataset has {dataset.num_classes} "
